@@ -1,0 +1,23 @@
+# Dockyard: the two commands a newcomer needs are `make run` and `make test`.
+.PHONY: run stop test unit lint bench install
+
+run:            ## install what is missing, start everything, serve the API on 127.0.0.1:8000
+	@bash scripts/run.sh
+
+stop:           ## stop what `make run` started (and nothing else)
+	@bash scripts/stop.sh
+
+test:           ## install, start services, run the whole suite
+	@bash scripts/test.sh
+
+unit:           ## unit tests only (no services needed)
+	@bash scripts/bootstrap.sh && .venv/bin/pytest tests/unit
+
+lint:
+	@.venv/bin/ruff check .
+
+install:
+	@bash scripts/bootstrap.sh
+
+bench:          ## benchmarks (see docs/benchmarks.md)
+	@bash scripts/bench.sh

@@ -1,0 +1,14 @@
+"""HTTP API: one flask-smorest blueprint per resource."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask, api) -> None:
+    """Import and register every blueprint (inside the factory, never at import time)."""
+    from api import health, hosts, jobs, tokens
+
+    for module in (jobs, hosts, tokens):
+        api.register_blueprint(module.blp, url_prefix="/api/v1")
+    app.register_blueprint(health.blp)

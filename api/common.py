@@ -1,0 +1,91 @@
+"""What every view shares: the caller, role checks, job answers and idempotency."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from flask import g, request
+
+from app import jobs as jobstates
+from app.auth import Principal
+from app.dispatch import submit_job
+from app.errors import BadRequestError
+from app.runtime import runtime
+
+
+def principal() -> Principal:
+    return g.principal
+
+
+def requires(role: str) -> Callable:
+    """Allow a view method only to ``role`` or above, and only on hosts in the token's scope."""
+
+    def decorator(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            caller = principal()
+            caller.require_role(role)
+            if "host" in kwargs:
+                caller.require_host(kwargs["host"])
+            return view(*args, **kwargs)
+
+        wrapper.required_role = role
+        return wrapper
+
+    return decorator
+
+
+def accepts(*mimetypes: str) -> Callable:
+    """Declare which request body types a view method takes besides JSON."""
+
+    def decorator(view: Callable) -> Callable:
+        view.accepted_mimetypes = mimetypes
+        return view
+
+    return decorator
+
+
+def wait_seconds() -> float:
+    raw = request.args.get("wait")
+    if raw in (None, ""):
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        from app.errors import InvalidInputError
+        raise InvalidInputError("wait must be a number of seconds",
+                                errors={"wait": ["Not a valid number."]}) from None
+    return max(0.0, min(value, runtime().settings.max_wait_seconds))
+
+
+def job_answer(record: dict[str, Any], wait: float | None = None) -> tuple[dict, int, dict]:
+    """A job as the answer to an operation: 202 + Location, or 200 once finished in ``wait``."""
+    wait = wait_seconds() if wait is None else wait
+    if wait > 0 and record["state"] not in jobstates.FINAL_STATES:
+        record = runtime().jobs.wait_final(record["id"], wait)
+    view = jobstates.public_view(record)
+    status = 200 if record["state"] in jobstates.FINAL_STATES and wait > 0 else 202
+    return view, status, {"Location": view["links"]["self"]}
+
+
+def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | None,
+              args: list[Any], body: Any = None) -> tuple[dict, int, dict]:
+    """Record and enqueue a job for the current request, honouring Idempotency-Key."""
+    key = request.headers.get("Idempotency-Key")
+    idempotency = None
+    if key is not None:
+        body = body if body is not None else request.get_json(silent=True)
+        fingerprint = runtime().idempotency.fingerprint(request.method, request.path, body)
+        idempotency = (key, fingerprint)
+    record, _created = submit_job(kind, principal(), host_record=host_record, target=target,
+                                  args=args, idempotency=idempotency)
+    return job_answer(record)
+
+
+def require_json_object() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequestError("the body must be a JSON object")
+    return body

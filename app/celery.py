@@ -1,0 +1,41 @@
+"""The Celery app: Redis broker, at-least-once delivery, two lanes per route."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.config import Settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Build the Celery app from settings.
+
+    Delivery is at-least-once: a task is acknowledged only after it ran, and a task
+    whose worker died is redelivered, so every task must be idempotent.
+    """
+    celery = Celery("dockyard", broker=settings.redis_url, include=["tasks"])
+    limit = settings.task_time_limit_seconds
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Job state and results live in Dockyard's own Redis records, not Celery's backend.
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_time_limit=limit,
+        task_soft_time_limit=max(limit - 30, 1),
+        # Unacknowledged messages come back after this long; it must exceed the longest task
+        # or a slow task would run twice while still running.
+        broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_pool_limit=64,
+        task_default_queue="engine.ops",
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_enable_remote_control=True,
+        timezone="UTC",
+    )
+    return celery

@@ -1,0 +1,91 @@
+"""Typed settings read from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(name: str, default: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, default)
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob Dockyard reads; each maps to one ``DOCKYARD_*`` variable."""
+
+    redis_url: str = field(default_factory=lambda: _env("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    secret_key: str = field(default_factory=lambda: _env("DOCKYARD_SECRET_KEY", ""))
+    admin_token: str = field(default_factory=lambda: _env("DOCKYARD_ADMIN_TOKEN", ""))
+    state_dir: Path = field(
+        default_factory=lambda: Path(_env("DOCKYARD_STATE_DIR", str(_ROOT / ".state"))).resolve()
+    )
+    bind_roots: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_BIND_ROOTS", "/srv/dockyard")
+    )
+    allowed_registries: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_ALLOWED_REGISTRIES", "")
+    )
+    admin_policy_exceptions: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_ADMIN_POLICY_EXCEPTIONS", "")
+    )
+    max_body_bytes: int = field(default_factory=lambda: _env_int("DOCKYARD_MAX_BODY_BYTES", 1 << 20))
+    job_retention_seconds: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_JOB_RETENTION_SECONDS", 7 * 24 * 3600)
+    )
+    max_wait_seconds: float = field(default_factory=lambda: _env_float("DOCKYARD_MAX_WAIT_SECONDS", 60.0))
+    query_timeout_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_QUERY_TIMEOUT_SECONDS", 15.0)
+    )
+    engine_timeout_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_ENGINE_TIMEOUT_SECONDS", 10.0)
+    )
+    task_time_limit_seconds: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_TASK_TIME_LIMIT_SECONDS", 3600)
+    )
+    visibility_timeout_seconds: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_VISIBILITY_TIMEOUT_SECONDS", 0)
+    )
+    token_cache_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_TOKEN_CACHE_SECONDS", 2.0)
+    )
+    public_metrics: bool = field(default_factory=lambda: _env_bool("DOCKYARD_PUBLIC_METRICS", True))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def effective_visibility_timeout(self) -> int:
+        """Broker visibility timeout: explicit, or comfortably above the longest task."""
+        return self.visibility_timeout_seconds or self.task_time_limit_seconds + 600
+
+    def as_public_dict(self) -> dict[str, object]:
+        """Settings without secrets, for diagnostics."""
+        hidden = {"secret_key", "admin_token"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}

@@ -1,0 +1,126 @@
+"""Enqueueing jobs and queries on a host's lanes, and liveness of those lanes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from app.auth import Principal
+from app.errors import NoWorkerError, QueryTimeoutError, error_from_problem
+from app.hosts import queues_for
+from app.runtime import runtime
+from app.store import PREFIX, get_redis
+
+logger = logging.getLogger(__name__)
+
+LANE_TTL_SECONDS = 15
+REPLY_TTL_SECONDS = 60
+
+
+def lane_key(queue: str) -> str:
+    return f"{PREFIX}lane:{queue}"
+
+
+def reply_key(reply_id: str) -> str:
+    return f"{PREFIX}reply:{reply_id}"
+
+
+def lane_alive(queue: str) -> bool:
+    """True if some worker refreshed its heartbeat for ``queue`` within the TTL."""
+    return get_redis().zcount(lane_key(queue), time.time(), "+inf") > 0
+
+
+def beat_lanes(queues: list[str], worker: str) -> None:
+    """Record that ``worker`` consumes ``queues`` for the next LANE_TTL_SECONDS."""
+    pipe = get_redis().pipeline(transaction=False)
+    until = time.time() + LANE_TTL_SECONDS
+    for queue in queues:
+        pipe.zadd(lane_key(queue), {worker: until})
+        pipe.zremrangebyscore(lane_key(queue), "-inf", time.time())
+    pipe.execute()
+
+
+def leave_lanes(queues: list[str], worker: str) -> None:
+    pipe = get_redis().pipeline(transaction=False)
+    for queue in queues:
+        pipe.zrem(lane_key(queue), worker)
+    pipe.execute()
+
+
+def require_lane(queue: str, host: str | None) -> None:
+    """Fail fast when no worker consumes ``queue`` (workers refresh a key every few seconds).
+
+    Raises:
+        NoWorkerError: the lane has no live consumer.
+    """
+    if not lane_alive(queue):
+        where = f" for host '{host}'" if host else ""
+        raise NoWorkerError(f"no live worker consumes queue '{queue}'{where}", queue=queue,
+                            host=host)
+
+
+def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] | None,
+               target: str | None, args: list[Any], idempotency: tuple[str, str] | None,
+               queue: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Record a job and enqueue its task.
+
+    Args:
+        kind: the task name, e.g. ``containers.provision``.
+        host_record: the host the job runs on (its route picks the queue), or None.
+        args: JSON-ready task arguments after the job id.
+        idempotency: (key, request fingerprint) from an ``Idempotency-Key`` header.
+        queue: explicit queue for host-less jobs.
+
+    Returns:
+        The job record and whether it was created now (False: an idempotent replay).
+    """
+    rt = runtime()
+    host = host_record["name"] if host_record else None
+    queue = queue or (queues_for(host_record)[0] if host_record else "engine.ops")
+    require_lane(queue, host)
+    record = rt.jobs.new_record(kind, host, target, principal.name, principal.token_id, queue)
+    if idempotency is not None:
+        earlier = rt.idempotency.claim(principal.token_id, idempotency[0], idempotency[1],
+                                       record["id"])
+        if earlier is not None:
+            return rt.jobs.get(earlier), False
+    pipe = get_redis().pipeline(transaction=False)
+    rt.jobs.add_to_pipeline(pipe, record)
+    pipe.execute()
+    task_args = [record["id"], host, *args] if host_record else [record["id"], *args]
+    rt.celery.send_task(kind, args=task_args, queue=queue, task_id=record["id"])
+    logger.info("job %s queued kind=%s host=%s", record["id"], kind, host)
+    return record, True
+
+
+def run_query(name: str, host_record: dict[str, Any], args: list[Any],
+              timeout: float | None = None) -> Any:
+    """Run a read on the host's query lane and wait for its answer.
+
+    The worker pushes the answer onto a one-off Redis list and the caller blocks on it,
+    so a read costs a few milliseconds rather than a result-backend polling interval.
+
+    Raises:
+        NoWorkerError: no worker consumes the host's query lane.
+        QueryTimeoutError: no answer in time.
+        DockyardError: whatever the worker reported.
+    """
+    rt = runtime()
+    timeout = timeout or rt.settings.query_timeout_seconds
+    queue = queues_for(host_record)[1]
+    require_lane(queue, host_record["name"])
+    reply_id = uuid.uuid4().hex
+    rt.celery.send_task(name, args=[reply_id, host_record["name"],
+                                    host_record.get("revision", 1), *args],
+                        queue=queue, expires=timeout)
+    answer = get_redis().blpop([reply_key(reply_id)], timeout=timeout)
+    if answer is None:
+        raise QueryTimeoutError(f"host '{host_record['name']}' did not answer within "
+                                f"{timeout:g}s", host=host_record["name"])
+    payload = json.loads(answer[1])
+    if "error" in payload:
+        raise error_from_problem(payload["error"])
+    return payload["ok"]

@@ -1,0 +1,1 @@
+"""The engine layer: plain functions over a docker.DockerClient, one module per concern."""

@@ -1,0 +1,73 @@
+"""Docker clients per host, cached per process and rebuilt when the host record changes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.tls import TLSConfig
+
+logger = logging.getLogger(__name__)
+
+
+class EngineClients:
+    """One client per host per process, keyed by the host record's revision."""
+
+    def __init__(self, tls_dir: Path, timeout: float, pool_size: int = 10) -> None:
+        self.tls_dir = tls_dir
+        self.timeout = timeout
+        self.pool_size = pool_size
+        self._clients: dict[str, tuple[int, docker.DockerClient]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, record: dict[str, Any], tls: dict[str, str] | None) -> docker.DockerClient:
+        name, revision = record["name"], int(record.get("revision", 1))
+        with self._lock:
+            cached = self._clients.get(name)
+            if cached and cached[0] == revision:
+                return cached[1]
+        client = self._build(record, tls)
+        with self._lock:
+            old = self._clients.get(name)
+            self._clients[name] = (revision, client)
+        if old:
+            old[1].close()
+        return client
+
+    def cached(self, name: str, revision: int) -> docker.DockerClient | None:
+        with self._lock:
+            hit = self._clients.get(name)
+        return hit[1] if hit and hit[0] == revision else None
+
+    def forget(self, name: str) -> None:
+        """Drop a host's client, e.g. after its engine restarted and the pool went stale."""
+        with self._lock:
+            old = self._clients.pop(name, None)
+        if old:
+            old[1].close()
+
+    def _build(self, record: dict[str, Any], tls: dict[str, str] | None) -> docker.DockerClient:
+        tls_config = self._tls_config(record, tls) if tls else None
+        # version="auto" negotiates the API version with the engine on first connect.
+        return docker.DockerClient(base_url=record["url"], version="auto", timeout=self.timeout,
+                                   tls=tls_config, max_pool_size=self.pool_size)
+
+    def _tls_config(self, record: dict[str, Any], tls: dict[str, str]) -> TLSConfig:
+        # docker-py and ssl need files; they live in a private directory of this process.
+        folder = self.tls_dir / f"{record['name']}-{record.get('revision', 1)}-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, mode=0o700)
+        paths = {}
+        for field in ("ca_cert", "client_cert", "client_key"):
+            path = folder / f"{field}.pem"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(tls[field])
+            paths[field] = str(path)
+        return TLSConfig(client_cert=(paths["client_cert"], paths["client_key"]),
+                         ca_cert=paths["ca_cert"], verify=True)

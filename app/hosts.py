@@ -1,0 +1,194 @@
+"""The host inventory: how each Docker engine is reached and which queues serve it."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from app import crypto
+from app.config import Settings
+from app.errors import ConflictError, InvalidInputError, NotFoundError
+from app.store import PREFIX, utcnow
+
+_HOSTS = PREFIX + "hosts"
+_STATUS = PREFIX + "hosts:status"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+RESERVED_NAMES = frozenset({"auto"})
+ROUTES = ("central", "agent")
+TLS_FIELDS = ("ca_cert", "client_cert", "client_key")
+
+
+def validate_url(url: str, has_tls: bool) -> None:
+    """Check a host URL the way the engine client will use it.
+
+    Raises:
+        InvalidInputError: unsupported scheme, missing path/port, or plain TCP off loopback.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise _url_error("unix:// URLs need an absolute socket path, e.g. unix:///var/run/docker.sock")
+        return
+    if parts.scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise _url_error("tcp:// URLs need a host and a port, e.g. tcp://10.0.0.5:2376")
+        if not has_tls and not _is_loopback(parts.hostname):
+            raise _url_error("tcp:// engines off loopback must use mutual TLS: give tls "
+                             "{ca_cert, client_cert, client_key}")
+        return
+    if parts.scheme == "ssh":
+        raise _url_error("ssh:// hosts are not supported yet; use tcp:// with mutual TLS, "
+                         "unix://, or an agent")
+    raise _url_error(f"unsupported scheme '{parts.scheme or url}': use unix:// or tcp://")
+
+
+def validate_tls(tls: dict[str, str]) -> None:
+    """Parse PEM material so a bad certificate is refused at registration, not at first use.
+
+    Raises:
+        InvalidInputError: a field is missing or does not parse, or key and cert do not pair.
+    """
+    errors: dict[str, list[str]] = {}
+    for name in TLS_FIELDS:
+        if not tls.get(name):
+            errors[name] = ["required for mutual TLS"]
+    if errors:
+        raise InvalidInputError("incomplete TLS material", errors={"tls": errors})
+    certs = {}
+    for name in ("ca_cert", "client_cert"):
+        try:
+            certs[name] = x509.load_pem_x509_certificates(tls[name].encode())[0]
+        except ValueError:
+            errors[name] = ["not a PEM certificate"]
+    try:
+        key = serialization.load_pem_private_key(tls["client_key"].encode(), password=None)
+    except (ValueError, TypeError):
+        errors["client_key"] = ["not an unencrypted PEM private key"]
+        key = None
+    if key is not None and "client_cert" in certs:
+        cert_public = certs["client_cert"].public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key_public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if cert_public != key_public:
+            errors["client_key"] = ["does not match client_cert"]
+    if errors:
+        raise InvalidInputError("TLS material does not parse", errors={"tls": errors})
+
+
+def queues_for(record: dict[str, Any]) -> tuple[str, str]:
+    """The (ops, query) queues that serve a host."""
+    if record.get("route") == "agent":
+        return f"host.{record['name']}.ops", f"host.{record['name']}.query"
+    return "engine.ops", "engine.query"
+
+
+class HostStore:
+    """Host records in ``dy:hosts``; TLS material sealed with the secret key."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+
+    def create(self, name: str, url: str, tls: dict[str, str] | None, route: str,
+               labels: dict[str, str]) -> dict[str, Any]:
+        if name in RESERVED_NAMES:
+            raise InvalidInputError(f"'{name}' is a reserved host name",
+                                    errors={"name": ["reserved"]})
+        validate_url(url, bool(tls))
+        if tls:
+            validate_tls(tls)
+        now = utcnow()
+        record = {"name": name, "url": url, "route": route, "labels": labels,
+                  "tls": crypto.seal(self.settings, tls) if tls else None,
+                  "created_at": now, "updated_at": now, "revision": 1}
+        if not self.redis.hsetnx(_HOSTS, name, json.dumps(record)):
+            raise ConflictError(f"host '{name}' already exists")
+        return record
+
+    def upsert(self, name: str, url: str, tls: dict[str, str] | None = None,
+               route: str = "central", labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create or replace a host (used by bootstrap, where re-running must be safe)."""
+        try:
+            return self.create(name, url, tls, route, labels or {})
+        except ConflictError:
+            return self.update(name, {"url": url, "tls": tls, "route": route,
+                                      "labels": labels or {}})
+
+    def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        record = self.get(name)
+        if "tls" in changes:
+            tls = changes.pop("tls")
+            if tls:
+                validate_tls(tls)
+            record["tls"] = crypto.seal(self.settings, tls) if tls else None
+        record.update(changes)
+        validate_url(record["url"], bool(record["tls"]))
+        record["updated_at"] = utcnow()
+        record["revision"] = int(record.get("revision", 1)) + 1
+        self.redis.hset(_HOSTS, name, json.dumps(record))
+        return record
+
+    def get(self, name: str) -> dict[str, Any]:
+        raw = self.redis.hget(_HOSTS, name)
+        if raw is None:
+            raise NotFoundError(f"no host '{name}'", host=name)
+        return json.loads(raw)
+
+    def list(self) -> list[dict[str, Any]]:
+        return sorted((json.loads(raw) for raw in self.redis.hvals(_HOSTS)),
+                      key=lambda r: r["name"])
+
+    def delete(self, name: str) -> None:
+        if not self.redis.hdel(_HOSTS, name):
+            raise NotFoundError(f"no host '{name}'", host=name)
+        self.redis.hdel(_STATUS, name)
+
+    def tls_material(self, record: dict[str, Any]) -> dict[str, str] | None:
+        return crypto.unseal(self.settings, record["tls"]) if record.get("tls") else None
+
+    def record_seen(self, name: str, engine_version: str | None) -> None:
+        self.redis.hset(_STATUS, name, json.dumps(
+            {"last_seen": utcnow(), "engine_version": engine_version}))
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        return {name: json.loads(raw) for name, raw in self.redis.hgetall(_STATUS).items()}
+
+
+def public_view(record: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A host as the API shows it: never the TLS material, only whether it is set."""
+    status = status or {}
+    return {
+        "name": record["name"], "url": record["url"], "route": record.get("route", "central"),
+        "labels": record.get("labels") or {}, "tls": bool(record.get("tls")),
+        "created_at": record.get("created_at"), "updated_at": record.get("updated_at"),
+        "last_seen": status.get("last_seen"), "engine_version": status.get("engine_version"),
+    }
+
+
+def _url_error(message: str) -> InvalidInputError:
+    return InvalidInputError(message, errors={"url": [message]})
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def name_is_valid(name: str) -> bool:
+    return re.match(NAME_PATTERN, name) is not None

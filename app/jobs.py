@@ -1,0 +1,273 @@
+"""Job records, their state machine and their event streams, kept in Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from app.errors import ConflictError, InvalidInputError, NotFoundError
+from app.ids import new_id
+from app.store import PREFIX, utcnow
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "running", "succeeded", "failed", "cancelled")
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+_INDEX = PREFIX + "jobs"
+_JSON_FIELDS = ("progress", "result", "error")
+_EVENTS_MAXLEN = 10000
+
+# Moves a job between states atomically and records the change in its event stream,
+# so a reader of the stream never sees a state the record does not have.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {-1, ''} end
+local allowed = false
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == cur then allowed = true end
+end
+if not allowed then return {0, cur} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 5))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'state', 'data', ARGV[3])
+return {1, cur}
+"""
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:events"
+
+
+@dataclass(frozen=True)
+class Transition:
+    applied: bool
+    previous: str | None
+
+
+class JobStore:
+    """Redis-backed job records.
+
+    Each job is a hash ``dy:job:<id>``; ``dy:jobs`` is a lexically ordered index of
+    ids (ULIDs sort by time), and ``dy:job:<id>:events`` a stream of its events.
+    """
+
+    def __init__(self, client: redis.Redis, retention_seconds: int) -> None:
+        self.redis = client
+        self.retention = retention_seconds
+        self._transition = client.register_script(_TRANSITION)
+
+    # -- creation ---------------------------------------------------------------------
+
+    def new_record(self, kind: str, host: str | None, target: str | None,
+                   requested_by: str, token_id: str, queue: str) -> dict[str, Any]:
+        return {
+            "id": new_id(), "kind": kind, "state": QUEUED, "host": host or "",
+            "target": target or "", "progress": None, "result": None, "error": None,
+            "created_at": utcnow(), "started_at": "", "finished_at": "",
+            "requested_by": requested_by, "token_id": token_id, "queue": queue,
+            "cancel_requested": "0",
+        }
+
+    def add_to_pipeline(self, pipe: redis.client.Pipeline, record: dict[str, Any]) -> None:
+        """Queue the writes that create ``record`` on a pipeline the caller executes."""
+        key = job_key(record["id"])
+        pipe.hset(key, mapping=_encode(record))
+        pipe.expire(key, self.retention)
+        pipe.zadd(_INDEX, {record["id"]: 0})
+        pipe.xadd(events_key(record["id"]), {"type": "state", "data": json.dumps({"state": QUEUED})},
+                  maxlen=_EVENTS_MAXLEN, approximate=True)
+        pipe.expire(events_key(record["id"]), self.retention)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        raw = self.redis.hgetall(job_key(job_id))
+        if not raw:
+            raise NotFoundError(f"no job '{job_id}'")
+        return _decode(raw)
+
+    def list(self, *, state: str | None = None, kind: str | None = None,
+             host: str | None = None, hosts_allowed: frozenset[str] | None = None,
+             limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Newest first. Returns the page and the cursor of the next page (or None)."""
+        found: list[dict] = []
+        upper = f"({cursor}" if cursor else "+"
+        scanned = 0
+        while len(found) < limit and scanned < 20000:
+            ids = self.redis.zrevrangebylex(_INDEX, upper, "-", start=0, num=200)
+            if not ids:
+                return found, None
+            scanned += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(job_key(job_id))
+            gone = []
+            for job_id, raw in zip(ids, pipe.execute(), strict=True):
+                if not raw:
+                    gone.append(job_id)
+                    continue
+                record = _decode(raw)
+                if _matches(record, state, kind, host, hosts_allowed):
+                    found.append(record)
+                    if len(found) == limit:
+                        return found, job_id
+            if gone:
+                self.redis.zrem(_INDEX, *gone)
+            upper = f"({ids[-1]}"
+        return found, (found[-1]["id"] if found else None)
+
+    def last_event_id(self, job_id: str) -> str:
+        last = self.redis.xrevrange(events_key(job_id), count=1)
+        return last[0][0] if last else "0-0"
+
+    def read_events(self, job_id: str, after: str, block_ms: int | None,
+                    count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        reply = self.redis.xread({events_key(job_id): after}, count=count, block=block_ms)
+        return reply[0][1] if reply else []
+
+    def wait_final(self, job_id: str, timeout: float) -> dict[str, Any]:
+        """The job, once final or when ``timeout`` seconds have passed."""
+        after = self.last_event_id(job_id)
+        record = self.get(job_id)
+        deadline = time.monotonic() + timeout
+        while record["state"] not in FINAL_STATES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            events = self.read_events(job_id, after, block_ms=max(1, int(remaining * 1000)))
+            if not events:
+                break
+            after = events[-1][0]
+            if any(fields.get("type") == "state" for _, fields in events):
+                record = self.get(job_id)
+        return record
+
+    # -- writes from workers ----------------------------------------------------------
+
+    def transition(self, job_id: str, allowed: tuple[str, ...], new_state: str,
+                   event: dict[str, Any] | None = None, **fields: Any) -> Transition:
+        """Move a job to ``new_state`` if its current state is one of ``allowed``."""
+        argv: list[Any] = [",".join(allowed), new_state,
+                           json.dumps(event or {"state": new_state}), _EVENTS_MAXLEN]
+        for name, value in _encode(fields).items():
+            argv.extend((name, value))
+        code, previous = self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv)
+        if code == -1:
+            raise NotFoundError(f"no job '{job_id}'")
+        return Transition(bool(code), previous or None)
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(job_key(job_id), "progress", json.dumps(progress))
+        pipe.xadd(events_key(job_id), {"type": "progress", "data": json.dumps(progress)},
+                  maxlen=_EVENTS_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        self.redis.xadd(events_key(job_id), {"type": kind, "data": json.dumps(data)},
+                        maxlen=_EVENTS_MAXLEN, approximate=True)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.redis.hget(job_key(job_id), "cancel_requested") == "1"
+
+    # -- cancel from the API ----------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job now; ask a running one to stop at its next checkpoint."""
+        outcome = self.transition(job_id, (QUEUED,), CANCELLED,
+                                  event={"state": CANCELLED}, finished_at=utcnow(),
+                                  cancel_requested="1")
+        if not outcome.applied:
+            if outcome.previous in FINAL_STATES:
+                raise ConflictError(f"job '{job_id}' already {outcome.previous}")
+            self.redis.hset(job_key(job_id), "cancel_requested", "1")
+            self.add_event(job_id, "log", {"message": "cancellation requested"})
+        return self.get(job_id)
+
+
+class IdempotencyStore:
+    """Maps (token, Idempotency-Key) to the job the first request created."""
+
+    def __init__(self, client: redis.Redis, retention_seconds: int) -> None:
+        self.redis = client
+        self.retention = retention_seconds
+
+    @staticmethod
+    def fingerprint(method: str, path: str, body: Any) -> str:
+        canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def claim(self, token_id: str, key: str, fingerprint: str, job_id: str) -> str | None:
+        """Claim ``key`` for ``job_id``; returns the earlier job id if the key was used.
+
+        Raises:
+            InvalidInputError: the key was used with a different request.
+        """
+        if not key or len(key) > 255:
+            raise InvalidInputError("Idempotency-Key must be 1-255 characters",
+                                    errors={"Idempotency-Key": ["length must be 1-255"]})
+        redis_key = f"{PREFIX}idem:{token_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+        value = json.dumps({"job": job_id, "fp": fingerprint})
+        if self.redis.set(redis_key, value, nx=True, ex=self.retention):
+            return None
+        earlier = json.loads(self.redis.get(redis_key) or value)
+        if earlier["fp"] != fingerprint:
+            raise InvalidInputError(
+                "Idempotency-Key was already used with a different request",
+                errors={"Idempotency-Key": ["already used with a different request"]})
+        return earlier["job"]
+
+
+def public_view(record: dict[str, Any]) -> dict[str, Any]:
+    """The job as the API shows it."""
+    job_id = record["id"]
+    return {
+        "id": job_id, "kind": record["kind"], "state": record["state"],
+        "host": record.get("host") or None, "target": record.get("target") or None,
+        "progress": record.get("progress"), "result": record.get("result"),
+        "error": record.get("error"),
+        "created_at": record.get("created_at") or None,
+        "started_at": record.get("started_at") or None,
+        "finished_at": record.get("finished_at") or None,
+        "requested_by": record.get("requested_by") or None,
+        "cancel_requested": record.get("cancel_requested") == "1",
+        "links": {"self": f"/api/v1/jobs/{job_id}", "events": f"/api/v1/jobs/{job_id}/events"},
+    }
+
+
+def _matches(record: dict, state: str | None, kind: str | None, host: str | None,
+             hosts_allowed: frozenset[str] | None) -> bool:
+    if state and record["state"] != state:
+        return False
+    if kind and record["kind"] != kind:
+        return False
+    if host and record.get("host") != host:
+        return False
+    return not (hosts_allowed is not None and record.get("host") not in hosts_allowed)
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, value in fields.items():
+        if name in _JSON_FIELDS:
+            out[name] = json.dumps(value)
+        else:
+            out[name] = "" if value is None else str(value)
+    return out
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    record: dict[str, Any] = dict(raw)
+    for name in _JSON_FIELDS:
+        if name in record:
+            record[name] = json.loads(record[name]) if record[name] else None
+    return record

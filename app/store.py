@@ -1,0 +1,48 @@
+"""Process-wide settings and the Redis connection every store shares."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import redis
+
+from app.config import Settings
+
+PREFIX = "dy:"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+_redis: redis.Redis | None = None
+
+
+def get_redis() -> redis.Redis:
+    """The process's Redis client (one pool per process; reset after fork)."""
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(
+            get_settings().redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            max_connections=256,
+        )
+    return _redis
+
+
+def _reset_after_fork() -> None:
+    global _redis
+    _redis = None
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def utcnow() -> str:
+    """Now as an RFC 3339 UTC timestamp with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

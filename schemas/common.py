@@ -1,0 +1,51 @@
+"""Schemas shared by every resource: problems, jobs, wait and pagination arguments."""
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details, as every error is sent."""
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String()
+    errors = fields.Dict(metadata={"description": "validation messages keyed by field"})
+    rule = fields.String(metadata={"description": "the policy rule a request broke"})
+    host = fields.String(allow_none=True)
+
+
+class ProgressSchema(Schema):
+    done = fields.Integer(allow_none=True)
+    total = fields.Integer(allow_none=True)
+    unit = fields.String()
+    message = fields.String()
+
+
+class JobSchema(Schema):
+    """A job: every operation's handle."""
+
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(
+        ["queued", "running", "succeeded", "failed", "cancelled"]))
+    host = fields.String(allow_none=True)
+    target = fields.String(allow_none=True)
+    progress = fields.Nested(ProgressSchema, allow_none=True)
+    result = fields.Raw(allow_none=True)
+    error = fields.Nested(ProblemSchema, allow_none=True)
+    created_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    requested_by = fields.String(allow_none=True)
+    cancel_requested = fields.Boolean()
+    links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class WaitArgsSchema(Schema):
+    """``?wait=N``: answer with the finished job if it finishes within N seconds."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    wait = fields.Float(load_default=0, validate=validate.Range(min=0, max=3600))

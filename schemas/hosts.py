@@ -1,0 +1,83 @@
+"""Schemas for /hosts."""
+
+from marshmallow import Schema, fields, validate
+
+from app.hosts import NAME_PATTERN, ROUTES
+
+
+class TlsSchema(Schema):
+    ca_cert = fields.String(required=True, load_only=True)
+    client_cert = fields.String(required=True, load_only=True)
+    client_key = fields.String(required=True, load_only=True)
+
+
+class HostCreateSchema(Schema):
+    name = fields.String(required=True, validate=validate.Regexp(
+        NAME_PATTERN, error="lowercase letters, digits, '.', '_' or '-', at most 63"))
+    url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    tls = fields.Nested(TlsSchema, load_default=None, allow_none=True)
+    route = fields.String(load_default="central", validate=validate.OneOf(ROUTES))
+    labels = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=128)),
+                         values=fields.String(validate=validate.Length(max=256)),
+                         load_default=dict)
+
+
+class HostUpdateSchema(Schema):
+    url = fields.String(validate=validate.Length(min=1, max=2048))
+    tls = fields.Nested(TlsSchema, allow_none=True)
+    route = fields.String(validate=validate.OneOf(ROUTES))
+    labels = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=128)),
+                         values=fields.String(validate=validate.Length(max=256)))
+
+
+class HostSchema(Schema):
+    """A host record; TLS material is never returned, only whether it is set."""
+
+    name = fields.String(required=True)
+    url = fields.String(required=True)
+    route = fields.String()
+    labels = fields.Dict(keys=fields.String(), values=fields.String())
+    tls = fields.Boolean(metadata={"description": "mutual TLS material is stored"})
+    created_at = fields.String(allow_none=True)
+    updated_at = fields.String(allow_none=True)
+    last_seen = fields.String(allow_none=True)
+    engine_version = fields.String(allow_none=True)
+    lanes_alive = fields.Dict(keys=fields.String(), values=fields.Boolean())
+
+
+class ContainerCountsSchema(Schema):
+    total = fields.Integer()
+    running = fields.Integer()
+    paused = fields.Integer()
+    stopped = fields.Integer()
+
+
+class HostLiveSchema(Schema):
+    reachable = fields.Boolean()
+    engine_version = fields.String(allow_none=True)
+    api_version = fields.String(allow_none=True)
+    os = fields.String(allow_none=True)
+    architecture = fields.String(allow_none=True)
+    containers = fields.Nested(ContainerCountsSchema)
+    images = fields.Integer()
+    error = fields.Dict(allow_none=True)
+
+
+class HostDetailSchema(HostSchema):
+    live = fields.Nested(HostLiveSchema)
+
+
+class DfTotalsSchema(Schema):
+    total = fields.Integer()
+    active = fields.Integer()
+    size = fields.Integer()
+    reclaimable = fields.Integer()
+
+
+class DiskUsageSchema(Schema):
+    images = fields.Nested(DfTotalsSchema)
+    containers = fields.Nested(DfTotalsSchema)
+    volumes = fields.Nested(DfTotalsSchema)
+    build_cache = fields.Nested(DfTotalsSchema)
+
+

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Start (up) or stop (down) Dockyard's own processes: Celery workers for the ops and
+# query lanes, beat, and (with `up --api`) gunicorn in the background.
+# Needs $RUN_DIR/env from services.sh. Pidfiles live in $PROC_DIR (default $RUN_DIR).
+source "$(dirname "$0")/lib.sh"
+source "$RUN_DIR/env"
+PROC_DIR="${PROC_DIR:-$RUN_DIR}"
+mkdir -p "$PROC_DIR"
+CELERY="$VENV/bin/celery -A wsgi:celery"
+cd "$ROOT"
+
+start_bg() {  # name, command...
+  local name=$1; shift
+  if pid_alive "$PROC_DIR/$name.pid"; then return; fi
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PROC_DIR/$name.pid"
+}
+
+up() {
+  # ops: prefork, one message per process at a time (acks_late + prefetch 1).
+  start_bg worker-ops $CELERY worker -Q engine.ops -n "ops.$$@%h" -P prefork \
+    -c "${DOCKYARD_OPS_CONCURRENCY:-2}" --prefetch-multiplier 1 -l INFO -E
+  # query: threads, so a read never waits for a process and clients are shared.
+  start_bg worker-query $CELERY worker -Q engine.query -n "query.$$@%h" -P threads \
+    -c "${DOCKYARD_QUERY_CONCURRENCY:-8}" -l INFO
+  start_bg beat $CELERY beat -s "$PROC_DIR/beat-schedule" -l INFO
+  if [ "${1:-}" = "--api" ]; then
+    start_bg api "$VENV/bin/gunicorn" -c "$ROOT/gunicorn.conf.py" wsgi:app
+  fi
+}
+
+down() {
+  for name in api beat worker-query worker-ops; do
+    stop_pidfile "$PROC_DIR/$name.pid" 30
+  done
+}
+
+case "${1:-up}" in
+  up) shift || true; up "$@" ;;
+  down) down ;;
+  *) echo "usage: $0 up [--api] | down" >&2; exit 2 ;;
+esac

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Start (up) or stop (down) the services Dockyard needs: Redis, a Docker engine and a
+# v2 registry. A service that already answers is used as it is and never stopped by us;
+# what we start is recorded by a pidfile under $RUN_DIR, and only that is stopped.
+# `up` writes $RUN_DIR/env, which the other scripts source.
+source "$(dirname "$0")/lib.sh"
+
+PRIVATE_SOCK="$RUN_DIR/docker.sock"
+
+redis_ping() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+sock_ping() { curl -sf --max-time 3 --unix-socket "$1" http://d/_ping >/dev/null 2>&1; }
+registry_ping() { curl -s --max-time 3 -o /dev/null "http://$REGISTRY_ADDR/v2/"; }
+
+up_redis() {
+  if redis_ping; then log "redis: using the one on 127.0.0.1:$REDIS_PORT"; return; fi
+  mkdir -p "$STATE_DIR/redis"
+  # AOF keeps queued jobs across a Redis restart; noeviction never drops a queued job.
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE_DIR/redis" \
+    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save "" \
+    --daemonize yes --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log"
+  wait_for 15 redis_ping || { log "redis did not start; see $LOG_DIR/redis.log"; exit 1; }
+  log "redis: started on 127.0.0.1:$REDIS_PORT"
+}
+
+engine_url() {
+  if [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != "unix://$PRIVATE_SOCK" ]; then
+    if docker version >/dev/null 2>&1; then echo "$DOCKER_HOST"; return; fi
+  fi
+  if [ -S /var/run/docker.sock ] && sock_ping /var/run/docker.sock; then
+    echo "unix:///var/run/docker.sock"; return
+  fi
+  return 1
+}
+
+up_engine() {
+  local url
+  if url=$(engine_url); then ENGINE_URL=$url; log "docker: using the engine at $url"; return; fi
+  ENGINE_URL="unix://$PRIVATE_SOCK"
+  if sock_ping "$PRIVATE_SOCK"; then log "docker: private engine already up"; return; fi
+  mkdir -p "$STATE_DIR/docker" "$RUN_DIR/docker-exec"
+  # A private engine: its own data-root, exec-root, pidfile and socket; system services
+  # are left alone.
+  setsid dockerd --data-root "$STATE_DIR/docker" --exec-root "$RUN_DIR/docker-exec" \
+    --pidfile "$RUN_DIR/dockerd.pid" -H "unix://$PRIVATE_SOCK" \
+    >"$LOG_DIR/dockerd.log" 2>&1 < /dev/null &
+  wait_for 60 sock_ping "$PRIVATE_SOCK" || { log "dockerd did not start; see $LOG_DIR/dockerd.log"; exit 1; }
+  log "docker: started a private engine at $ENGINE_URL"
+}
+
+up_registry() {
+  if registry_ping; then log "registry: using the one on $REGISTRY_ADDR"; return; fi
+  mkdir -p "$STATE_DIR/registry"
+  cat > "$RUN_DIR/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE_DIR/registry
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+YML
+  setsid docker-registry serve "$RUN_DIR/registry.yml" >"$LOG_DIR/registry.log" 2>&1 < /dev/null &
+  echo $! > "$RUN_DIR/registry.pid"
+  wait_for 20 registry_ping || { log "registry did not start; see $LOG_DIR/registry.log"; exit 1; }
+  log "registry: started on $REGISTRY_ADDR"
+}
+
+build_test_image() {
+  # No public registry is reachable: the test image is scratch + a static busybox.
+  local ctx="$RUN_DIR/busybox-ctx"
+  if DOCKER_HOST="$ENGINE_URL" docker image inspect dockyard-test/busybox:latest >/dev/null 2>&1; then
+    return
+  fi
+  mkdir -p "$ctx"
+  cp /bin/busybox "$ctx/busybox"
+  printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nCMD ["sh"]\n' > "$ctx/Dockerfile"
+  DOCKER_HOST="$ENGINE_URL" DOCKER_BUILDKIT=0 docker build -q -t dockyard-test/busybox:latest "$ctx" >/dev/null 2>"$LOG_DIR/test-image.log"
+  log "docker: built dockyard-test/busybox:latest"
+}
+
+write_env() {
+  local secret token
+  secret=${DOCKYARD_SECRET_KEY:-$(secret_file secret-key)}
+  token=${DOCKYARD_ADMIN_TOKEN:-dy_$(secret_file admin-token)}
+  (umask 077; cat > "$RUN_DIR/env" <<ENV
+export DOCKYARD_STATE_DIR="$STATE_DIR"
+export DOCKYARD_REDIS_URL="${DOCKYARD_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
+export DOCKYARD_SECRET_KEY="$secret"
+export DOCKYARD_ADMIN_TOKEN="$token"
+export DOCKYARD_LOCAL_ENGINE="$ENGINE_URL"
+export DOCKYARD_LOCAL_REGISTRY="http://$REGISTRY_ADDR"
+export DOCKER_HOST="$ENGINE_URL"
+ENV
+  )
+}
+
+down() {
+  stop_pidfile "$RUN_DIR/registry.pid" 10
+  if pid_alive "$RUN_DIR/dockerd.pid"; then
+    # Containers of the private engine stop with it; give them its shutdown grace.
+    stop_pidfile "$RUN_DIR/dockerd.pid" 40
+    log "docker: private engine stopped"
+  fi
+  if pid_alive "$RUN_DIR/redis.pid"; then
+    redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || stop_pidfile "$RUN_DIR/redis.pid"
+    wait_for 10 bash -c "! kill -0 $(cat "$RUN_DIR/redis.pid" 2>/dev/null || echo 0)" || true
+    rm -f "$RUN_DIR/redis.pid"
+    log "redis: stopped"
+  fi
+}
+
+case "${1:-up}" in
+  up) up_redis; up_engine; up_registry; build_test_image; write_env ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

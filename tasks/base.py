@@ -1,0 +1,163 @@
+"""Base tasks owning the job lifecycle, query replies and engine clients per host."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import docker
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from app import jobs as jobstates
+from app.dispatch import REPLY_TTL_SECONDS, reply_key
+from app.engine.client import EngineClients
+from app.engine.errors import translate_engine_error
+from app.errors import DockyardError, JobCancelledError, QueryTimeoutError
+from app.runtime import runtime
+from app.store import get_redis, utcnow
+
+logger = logging.getLogger(__name__)
+
+_clients: EngineClients | None = None
+
+
+def engine_clients() -> EngineClients:
+    """This process's engine clients (one per host)."""
+    global _clients
+    if _clients is None:
+        settings = runtime().settings
+        _clients = EngineClients(settings.run_dir / "tls", settings.engine_timeout_seconds)
+    return _clients
+
+
+def client_for(host: str, revision: int | None = None) -> docker.DockerClient:
+    """The cached client for ``host``, read from the inventory only on a miss."""
+    clients = engine_clients()
+    if revision is not None:
+        hit = clients.cached(host, int(revision))
+        if hit is not None:
+            return hit
+    record = runtime().hosts.get(host)
+    return clients.get(record, runtime().hosts.tls_material(record))
+
+
+def internal_problem() -> dict[str, Any]:
+    return {"type": "about:blank", "title": "Internal error", "status": 500,
+            "detail": "the worker failed unexpectedly; see the worker log for this job"}
+
+
+def to_problem(exc: BaseException, host: str | None) -> dict[str, Any]:
+    """Any exception as a problem object; unknown ones carry no internals."""
+    if isinstance(exc, DockyardError):
+        return exc.to_problem()
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return QueryTimeoutError("the job exceeded its time limit").to_problem()
+    if host is not None and isinstance(exc, docker.errors.DockerException | OSError):
+        return translate_engine_error(exc, host).to_problem()
+    if host is not None and type(exc).__module__.startswith(("requests", "urllib3")):
+        return translate_engine_error(exc, host).to_problem()
+    return internal_problem()
+
+
+class JobContext:
+    """What an operation sees of its job: its host's client, progress, events, cancellation."""
+
+    def __init__(self, job_id: str, host: str | None) -> None:
+        self.job_id = job_id
+        self.host = host
+        self._last_progress = 0.0
+
+    @property
+    def client(self) -> docker.DockerClient:
+        assert self.host is not None
+        return client_for(self.host)
+
+    def progress(self, done: int | None, total: int | None, unit: str, message: str,
+                 force: bool = False) -> None:
+        # Progress is rate-limited so a chatty stream does not flood Redis.
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.25:
+            return
+        self._last_progress = now
+        runtime().jobs.set_progress(self.job_id, {"done": done, "total": total, "unit": unit,
+                                                  "message": message})
+
+    def log(self, message: str, **data: Any) -> None:
+        runtime().jobs.add_event(self.job_id, "log", {"message": message, **data})
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelledError if a client asked to cancel this job."""
+        if runtime().jobs.cancel_requested(self.job_id):
+            raise JobCancelledError(f"job '{self.job_id}' was cancelled")
+
+
+class JobTask(Task):
+    """Base for operations: moves the job record through its states around the work."""
+
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+
+    def run_job(self, job_id: str, host: str | None,
+                operation: Callable[[JobContext], dict[str, Any] | None]) -> None:
+        store = runtime().jobs
+        # A redelivered job is already 'running': it runs again, so operations are idempotent.
+        started = store.transition(job_id, (jobstates.QUEUED, jobstates.RUNNING),
+                                   jobstates.RUNNING, started_at=utcnow())
+        if not started.applied:
+            logger.info("job %s skipped: it is %s", job_id, started.previous)
+            return
+        if started.previous == jobstates.RUNNING:
+            logger.warning("job %s redelivered; resuming", job_id)
+        context = JobContext(job_id, host)
+        try:
+            context.check_cancelled()
+            result = operation(context)
+        except JobCancelledError:
+            store.transition(job_id, (jobstates.RUNNING,), jobstates.CANCELLED,
+                             finished_at=utcnow())
+            logger.info("job %s cancelled host=%s", job_id, host)
+            return
+        except BaseException as exc:
+            problem = to_problem(exc, host)
+            if problem["status"] == 500:
+                logger.exception("job %s failed unexpectedly host=%s", job_id, host)
+            else:
+                logger.info("job %s failed host=%s: %s", job_id, host, problem["detail"])
+            store.transition(job_id, (jobstates.RUNNING,), jobstates.FAILED,
+                             event={"state": jobstates.FAILED, "error": problem},
+                             error=problem, finished_at=utcnow())
+            if not isinstance(exc, Exception):
+                raise
+            return
+        store.transition(job_id, (jobstates.RUNNING,), jobstates.SUCCEEDED,
+                         event={"state": jobstates.SUCCEEDED}, result=result,
+                         finished_at=utcnow())
+        logger.info("job %s succeeded host=%s", job_id, host)
+
+
+class QueryTask(Task):
+    """Base for reads: runs against the host's engine and pushes the answer to the caller."""
+
+    abstract = True
+    acks_late = False
+
+    def reply(self, reply_id: str, host: str, revision: int,
+              read: Callable[[docker.DockerClient], Any]) -> None:
+        try:
+            payload = {"ok": read(client_for(host, revision))}
+        except Exception as exc:
+            if isinstance(exc, docker.errors.DockerException | OSError):
+                engine_clients().forget(host)
+            problem = to_problem(exc, host)
+            if problem["status"] == 500:
+                logger.exception("query %s failed unexpectedly host=%s", self.name, host)
+            payload = {"error": problem}
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.rpush(reply_key(reply_id), json.dumps(payload, default=str))
+        pipe.expire(reply_key(reply_id), REPLY_TTL_SECONDS)
+        pipe.execute()

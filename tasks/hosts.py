@@ -1,0 +1,34 @@
+"""Reads of a whole engine: ping, version, info, disk usage."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from app.engine import system
+from app.runtime import runtime
+from tasks.base import QueryTask
+
+
+@shared_task(bind=True, base=QueryTask, name="hosts.summary")
+def host_summary(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
+    def read(client):
+        summary = system.host_summary(client)
+        runtime().hosts.record_seen(host, summary["engine_version"])
+        return summary
+
+    self.reply(reply_id, host, revision, read)
+
+
+@shared_task(bind=True, base=QueryTask, name="hosts.info")
+def host_info(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
+    self.reply(reply_id, host, revision, system.engine_info)
+
+
+@shared_task(bind=True, base=QueryTask, name="hosts.version")
+def host_version(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
+    self.reply(reply_id, host, revision, system.engine_version)
+
+
+@shared_task(bind=True, base=QueryTask, name="hosts.df")
+def host_df(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
+    self.reply(reply_id, host, revision, system.disk_usage)
