@@ -89,7 +89,8 @@ def _sse(job_id: str, after: str):
             continue
         for event_id, fields in events:
             after = event_id
-            yield f"id: {event_id}\nevent: {fields.get('type', 'message')}\ndata: {fields.get('data', '{}')}\n\n"
+            kind, data = fields.get("type", "message"), fields.get("data", "{}")
+            yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n"
             if fields.get("type") == "state" and \
                     json.loads(fields.get("data", "{}")).get("state") in jobstates.FINAL_STATES:
                 return

@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from docker.constants import DEFAULT_DOCKER_API_VERSION
 from docker.tls import TLSConfig
 
 logger = logging.getLogger(__name__)
+
+_MIN_API_VERSION = "1.24"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 class EngineClients:
@@ -54,8 +61,16 @@ class EngineClients:
     def _build(self, record: dict[str, Any], tls: dict[str, str] | None) -> docker.DockerClient:
         tls_config = self._tls_config(record, tls) if tls else None
         # version="auto" negotiates the API version with the engine on first connect.
-        return docker.DockerClient(base_url=record["url"], version="auto", timeout=self.timeout,
-                                   tls=tls_config, max_pool_size=self.pool_size)
+        client = docker.DockerClient(base_url=record["url"], version=_MIN_API_VERSION,
+                                     timeout=self.timeout, tls=tls_config,
+                                     max_pool_size=self.pool_size)
+        # requests would otherwise let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the host's CA
+        # and route engine traffic through *_PROXY variables. It must be off before the first
+        # call, so the API version is negotiated here rather than by version="auto".
+        client.api.trust_env = False
+        server = client.api.version(api_version=False)["ApiVersion"]
+        client.api._version = min(server, DEFAULT_DOCKER_API_VERSION, key=_version_key)
+        return client
 
     def _tls_config(self, record: dict[str, Any], tls: dict[str, str]) -> TLSConfig:
         # docker-py and ssl need files; they live in a private directory of this process.

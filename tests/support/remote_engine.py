@@ -212,9 +212,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str:
     try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 
@@ -628,13 +626,9 @@ class RemoteEngine:
         self.containerd_pidfile.write_text(f"{self._containerd.pid}\n")
         while not self.containerd_sock.is_socket():
             if self._containerd.poll() is not None:
-                raise RuntimeError(
-                    f"containerd exited early:\n{self._log_tail(self.containerd_log)}"
-                )
+                raise RuntimeError(f"containerd exited early:\n{self._log_tail(self.containerd_log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"containerd did not come up:\n{self._log_tail(self.containerd_log)}"
-                )
+                raise RuntimeError(f"containerd did not come up:\n{self._log_tail(self.containerd_log)}")
             time.sleep(0.05)
 
     def _start_dockerd(self, deadline: float) -> None:
@@ -728,7 +722,7 @@ class RemoteEngine:
         which a busybox httpd running as PID 1 never does.
         """
         local = docker.DockerClient(
-            base_url=f"unix://{self.docker_sock}", version=self.api_version, timeout=10
+            base_url=f"unix://{self.docker_sock}", version=self.api_version, timeout=5
         )
         try:
             for container in local.containers.list():
@@ -761,9 +755,7 @@ class RemoteEngine:
             return pid
         return None
 
-    def _stop_process(
-        self, proc: subprocess.Popen[bytes] | None, pidfile: Path, expect: str
-    ) -> None:
+    def _stop_process(self, proc: subprocess.Popen[bytes] | None, pidfile: Path, expect: str) -> None:
         """SIGTERM a daemon, wait up to 15s, then SIGKILL it."""
         pid = proc.pid if proc is not None else self._pid_from_file(pidfile, expect)
         if pid is None or (proc is not None and proc.poll() is not None):

@@ -22,9 +22,7 @@ from remote_engine import RemoteEngine, tcp_reachable, wrong_ca_pem
 logger = logging.getLogger(__name__)
 
 IMAGE = "dy-busybox:smoke"
-DOCKERFILE = (
-    'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
-)
+DOCKERFILE = 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
 STATE_DIR = Path("/tmp/dy-smoke")
 
 
@@ -43,6 +41,19 @@ def check(cond: bool, what: str) -> None:
         raise SystemExit(f"check failed: {what}")
 
 
+def sh(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command and capture its output.
+
+    Args:
+        args: Command and arguments.
+        env: Environment, if not inherited.
+
+    Returns:
+        The completed process.
+    """
+    return subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+
+
 def ping(address: str) -> bool:
     """Send one ICMP echo with busybox ping.
 
@@ -52,15 +63,12 @@ def ping(address: str) -> bool:
     Returns:
         True if a reply came back within a second.
     """
-    proc = subprocess.run(
-        ["/bin/busybox", "ping", "-c", "1", "-W", "1", address], capture_output=True, check=False
-    )
-    return proc.returncode == 0
+    return sh(["/bin/busybox", "ping", "-c", "1", "-W", "1", address]).returncode == 0
 
 
 def iptables_snapshot() -> str:
-    """Return the root namespace's iptables rules (nat and filter), without counters."""
-    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    """Return the root namespace's iptables rules, without comments and counters."""
+    out = sh(["iptables-save"]).stdout
     return "\n".join(line for line in out.splitlines() if not line.startswith("#"))
 
 
@@ -76,6 +84,75 @@ def build_image(client: docker.DockerClient) -> None:
         client.images.build(path=ctx, tag=IMAGE, rm=True, forcerm=True)
 
 
+def tls_client(engine: RemoteEngine, ca: Path, with_cert: bool) -> docker.DockerClient:
+    """Build a TLS client for ``engine`` with a CA and client certificate of our choosing.
+
+    Args:
+        engine: Engine to talk to.
+        ca: CA file to trust.
+        with_cert: Present the engine's client certificate.
+
+    Returns:
+        The client.
+    """
+    cert = (str(engine.client_cert_path), str(engine.client_key_path)) if with_cert else None
+    client = docker.DockerClient(
+        base_url=f"https://{engine.address}:2376",
+        tls=docker.tls.TLSConfig(client_cert=cert, ca_cert=str(ca), verify=True),
+        version=engine.api_version,
+        timeout=5,
+    )
+    client.api.trust_env = False  # else REQUESTS_CA_BUNDLE would replace the CA under test
+    return client
+
+
+def check_gone(engine: RemoteEngine, pids: list[int]) -> None:
+    """Check that nothing of ``engine`` is left on the machine.
+
+    Args:
+        engine: A stopped engine.
+        pids: Pids of its daemons while it ran.
+    """
+    check(engine.netns not in sh(["ip", "netns", "list"]).stdout.split(), f"{engine.netns}: netns gone")
+    check(not Path(f"/sys/class/net/{engine.host_veth}").exists(), f"{engine.netns}: host veth gone")
+    check(not any(running(p) for p in pids), f"{engine.netns}: daemons {pids} gone")
+    leftovers = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"{engine.dir}/" in cmd or f"{engine.exec_root}/" in cmd:
+                leftovers.append(f"{p}: {cmd}")
+    check(not leftovers, f"{engine.netns}: no processes left {leftovers}")
+    mounts = Path("/proc/self/mountinfo").read_text()
+    check(
+        str(engine.dir) not in mounts and str(engine.exec_root) not in mounts,
+        f"{engine.netns}: no mounts left",
+    )
+    check(not engine.dir.exists() and not engine.exec_root.exists(), f"{engine.netns}: {engine.dir} removed")
+    cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{engine.cgroup_parent}")]
+    check(not cgroups, f"{engine.netns}: no cgroups left {cgroups}")
+    check(
+        f"10.213.{engine.subnet_index}." not in sh(["ip", "route"]).stdout, f"{engine.netns}: no routes left"
+    )
+
+
+def running(pid: int) -> bool:
+    """Tell whether ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def daemon_pids(engine: RemoteEngine) -> list[int]:
+    """Return the pids of the engine's dockerd and containerd."""
+    return [int(engine.dockerd_pidfile.read_text()), int(engine.containerd_pidfile.read_text())]
+
+
 def main() -> int:
     """Run the smoke test.
 
@@ -84,34 +161,34 @@ def main() -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root_iptables = iptables_snapshot()
-    root_links = subprocess.run(
-        ["ip", "-o", "link", "show", "docker0"], capture_output=True, text=True
-    ).stdout
+    root_docker0 = sh(["ip", "-o", "link", "show", "docker0"]).stdout
     engine = RemoteEngine("smoke", STATE_DIR, 7)
-    print(f"engine: {engine!r}  netns={engine.netns} veth={engine.host_veth}/{engine.ns_veth}")
+    other = RemoteEngine("smoke-b", STATE_DIR, 8)
+    print(f"engines: {engine!r} ({engine.host_veth}/{engine.ns_veth}), {other!r}")
     t0 = time.monotonic()
     engine.start()
     start_s = time.monotonic() - t0
     print(f"started in {start_s:.2f}s (api {engine.api_version})")
-    dockerd_pid = int(engine.dockerd_pidfile.read_text())
-    containerd_pid = int(engine.containerd_pidfile.read_text())
+    other.start()
+    pids = daemon_pids(engine)
+    other_pids = daemon_pids(other)
+    stop_s = 0.0
     try:
         cli = engine.client()
-        info = cli.info()
-        check(
-            info["Name"] != "" and info["ID"] != "",
-            f"info over mTLS: name={info['Name']} id={info['ID']}",
-        )
-        key_check = subprocess.run(
-            ["stat", "-c", "%a", str(engine.client_key_path)], capture_output=True, text=True
-        )
-        check(key_check.stdout.strip() == "600", "client key is mode 0600")
+        other_cli = other.client()
+        info, other_info = cli.info(), other_cli.info()
+        check(bool(info["ID"]), f"info over mTLS: name={info['Name']} id={info['ID']}")
+        check(info["ID"] != other_info["ID"], f"engines have distinct IDs (other: {other_info['ID']})")
+        check(oct(engine.client_key_path.stat().st_mode & 0o777) == "0o600", "client key is mode 0600")
 
         t = time.monotonic()
-        build_image(cli)
+        build_image(other_cli)
+        check(True, f"built {IMAGE} in {other.netns} ({time.monotonic() - t:.1f}s)")
+        t = time.monotonic()
+        engine.load_image_from(other_cli, IMAGE)
         check(
-            cli.images.get(IMAGE) is not None,
-            f"built {IMAGE} in the remote engine ({time.monotonic() - t:.1f}s)",
+            IMAGE in cli.images.get(IMAGE).tags,
+            f"load_image_from() copied it into {engine.netns} ({time.monotonic() - t:.1f}s)",
         )
 
         container = cli.containers.run(
@@ -121,9 +198,8 @@ def main() -> int:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(
-                    f"http://{engine.address}:18080/etc/hostname", timeout=2
-                ) as resp:
+                url = f"http://{engine.address}:18080/etc/hostname"
+                with urllib.request.urlopen(url, timeout=2) as resp:
                     body = resp.read().decode().strip()
                 break
             except OSError:
@@ -133,50 +209,20 @@ def main() -> int:
             f"published port reachable at {engine.address}:18080 (hostname={body!r})",
         )
 
-        ps = subprocess.run(
-            ["docker", "ps", "--format", "{{.ID}} {{.Image}} {{.Ports}}"],
-            env=engine.cli_env(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        ps = sh(["docker", "ps", "--format", "{{.ID}} {{.Image}} {{.Ports}}"], env=engine.cli_env())
         print("    docker ps ->", ps.stdout.strip() or ps.stderr.strip())
-        check(
-            ps.returncode == 0 and container.id[:12] in ps.stdout, "docker CLI works with cli_env()"
-        )
+        check(ps.returncode == 0 and container.id[:12] in ps.stdout, "docker CLI works with cli_env()")
 
         wrong_ca = STATE_DIR / "wrong-ca.pem"
         wrong_ca.write_text(wrong_ca_pem())
-        bad = docker.DockerClient(
-            base_url=f"https://{engine.address}:2376",
-            tls=docker.tls.TLSConfig(
-                client_cert=(str(engine.client_cert_path), str(engine.client_key_path)),
-                ca_cert=str(wrong_ca),
-                verify=True,
-            ),
-            version=engine.api_version,
-            timeout=5,
-        )
-        bad.api.trust_env = False  # else REQUESTS_CA_BUNDLE would replace the CA under test
         try:
-            bad.ping()
-            err: Exception | None = None
+            tls_client(engine, wrong_ca, with_cert=True).ping()
+            err = ""
         except requests.exceptions.SSLError as exc:
-            err = exc
-        check(
-            err is not None,
-            f"client trusting wrong_ca_pem() fails with SSLError ({str(err)[:90]}...)",
-        )
-
-        no_cert = docker.DockerClient(
-            base_url=f"https://{engine.address}:2376",
-            tls=docker.tls.TLSConfig(ca_cert=str(engine.ca_path), verify=True),
-            version=engine.api_version,
-            timeout=5,
-        )
-        no_cert.api.trust_env = False
+            err = str(exc)
+        check("CERTIFICATE_VERIFY_FAILED" in err, f"wrong_ca_pem() client: SSLError ...{err[-110:]}")
         try:
-            no_cert.ping()
+            tls_client(engine, engine.ca_path, with_cert=False).ping()
             rejected = False
         except (requests.exceptions.SSLError, requests.exceptions.ConnectionError):
             rejected = True
@@ -185,63 +231,48 @@ def main() -> int:
         check(ping(engine.address), "ping works before link_down()")
         engine.link_down()
         check(not ping(engine.address), "ping fails after link_down()")
-        check(not tcp_reachable(engine.address, 2376), "tcp 2376 unreachable after link_down()")
-        route = subprocess.run(
-            ["ip", "route", "get", engine.address], capture_output=True, text=True
-        )
+        t = time.monotonic()
+        check(not tcp_reachable(engine.address, 2376, timeout=3), "tcp :2376 refused after link_down()")
+        check(time.monotonic() - t < 0.5, "... immediately (No route to host)")
+        route = sh(["ip", "route", "get", engine.address])
         check(
-            "eth0" not in route.stdout,
-            f"no leak via default route: {route.stdout.strip() or route.stderr.strip()}",
+            "eth0" not in route.stdout, f"no leak via default route: {(route.stdout + route.stderr).strip()}"
         )
+        check(ping(other.address), "other engine unaffected")
         engine.link_up()
         check(ping(engine.address), "ping works after link_up()")
         check(cli.ping(), "docker API works after link_up()")
 
         engine.link_down(silent=True)
         t = time.monotonic()
-        check(
-            not tcp_reachable(engine.address, 2376, timeout=1.5),
-            "silent link_down(): tcp times out",
-        )
-        check(time.monotonic() - t >= 1.4, "silent link_down() drops packets (connect timed out)")
+        check(not tcp_reachable(engine.address, 2376, timeout=1.5), "silent link_down(): tcp fails")
+        check(time.monotonic() - t >= 1.4, "... by timing out (packets dropped)")
         engine.link_up()
         check(cli.ping(), "docker API works after silent link_down()/link_up()")
+
+        # Crash recovery: a fresh object for a name whose engine is still running.
+        other_cli.containers.run(IMAGE, ["sleep", "1000"], detach=True, restart_policy={"Name": "always"})
+        reborn = RemoteEngine("smoke-b", STATE_DIR, 8)
+        reborn.start()
+        alive = [p for p in other_pids if running(p)]
+        check(not alive, f"start() over a still-running engine killed its daemons {other_pids}")
+        check(reborn.client().containers.list(all=True) == [], "restarted engine is fresh (no containers)")
+        reborn_pids = daemon_pids(reborn)
+        reborn.stop()
+        check_gone(reborn, reborn_pids + other_pids)
+
         cli.close()
+        other_cli.close()
     finally:
         t0 = time.monotonic()
         engine.stop()
         stop_s = time.monotonic() - t0
-        print(f"stopped in {stop_s:.2f}s (with a container still running)")
-
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    check(engine.netns not in netns.split(), "netns gone")
-    check(not Path(f"/sys/class/net/{engine.host_veth}").exists(), "host veth gone")
-    check(not os.path.exists(f"/proc/{dockerd_pid}"), f"dockerd pid {dockerd_pid} gone")
-    check(not os.path.exists(f"/proc/{containerd_pid}"), f"containerd pid {containerd_pid} gone")
-    leftovers = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(engine.dir) in cmd or str(engine.exec_root) in cmd:
-                leftovers.append(f"{p}: {cmd}")
-    check(not leftovers, f"no processes of the engine left {leftovers}")
-    mounts = Path("/proc/self/mountinfo").read_text()
-    check(str(STATE_DIR) not in mounts and str(engine.exec_root) not in mounts, "no mounts left")
-    check(not engine.dir.exists() and not engine.exec_root.exists(), f"{engine.dir} removed")
-    cg = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{engine.cgroup_parent}")]
-    check(not cg, f"no cgroups left {cg}")
-    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
-    check("10.213.7." not in routes, "no routes left")
+        other.stop()
+    print(f"stopped in {stop_s:.2f}s (with a container running)")
+    check_gone(engine, pids)
     check(iptables_snapshot() == root_iptables, "root-namespace iptables rules unchanged")
     check(
-        subprocess.run(
-            ["ip", "-o", "link", "show", "docker0"], capture_output=True, text=True
-        ).stdout
-        == root_links,
-        "root-namespace docker0 unchanged",
+        sh(["ip", "-o", "link", "show", "docker0"]).stdout == root_docker0, "root-namespace docker0 unchanged"
     )
     engine.stop()
     check(True, "second stop() is a no-op")

@@ -1,0 +1,143 @@
+"""The server-side policy: what a container spec may ask of an engine."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import PolicyViolationError
+
+ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+RULES = ("no-privileged", "no-host-network", "no-host-pid", "no-host-ipc", "no-host-uts",
+         "no-cap-add", "no-devices", "no-sysctls", "no-security-opt", "bind-roots",
+         "no-engine-socket", "allowed-registries")
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Rules from settings.
+
+    Attributes:
+        bind_roots: host directories under which bind mounts may live.
+        allowed_registries: registry hosts images may come from (empty: any).
+        admin_exceptions: rules an admin token may break.
+        engine_sockets: socket paths no container may mount, nor a folder above them.
+    """
+
+    bind_roots: tuple[str, ...]
+    allowed_registries: tuple[str, ...] = ()
+    admin_exceptions: frozenset[str] = frozenset()
+    engine_sockets: tuple[str, ...] = ENGINE_SOCKETS
+
+    def violations(self, spec: dict[str, Any], is_admin: bool = False) -> list[Violation]:
+        """Every rule ``spec`` breaks, minus those an admin is excused from."""
+        found = list(self._check(spec))
+        if is_admin:
+            found = [v for v in found if v.rule not in self.admin_exceptions]
+        return found
+
+    def enforce(self, spec: dict[str, Any], is_admin: bool = False) -> None:
+        """Raise PolicyViolationError naming the first rule broken (and listing all)."""
+        found = self.violations(spec, is_admin)
+        if found:
+            raise PolicyViolationError(
+                found[0].rule, found[0].detail,
+                violations=[{"rule": v.rule, "detail": v.detail} for v in found])
+
+    def _check(self, spec: dict[str, Any]) -> Iterable[Violation]:
+        if spec.get("privileged"):
+            yield Violation("no-privileged", "privileged containers are not allowed")
+        network = spec.get("network") or ""
+        if network == "host":
+            yield Violation("no-host-network", "the host network namespace is not allowed")
+        for field, rule in (("pid_mode", "no-host-pid"), ("ipc_mode", "no-host-ipc"),
+                            ("uts_mode", "no-host-uts")):
+            if spec.get(field) == "host":
+                yield Violation(rule, f"{field} 'host' shares the host's namespace")
+        if spec.get("cap_add"):
+            yield Violation("no-cap-add", f"added capabilities are not allowed: {spec['cap_add']}")
+        if spec.get("devices"):
+            yield Violation("no-devices", "host devices are not allowed")
+        if spec.get("sysctls"):
+            yield Violation("no-sysctls", "sysctls are not allowed")
+        if spec.get("security_opt"):
+            yield Violation("no-security-opt", "security options are not allowed")
+        for volume in spec.get("volumes") or []:
+            if volume.get("type") == "bind":
+                yield from self._check_bind(volume["source"])
+        if self.allowed_registries:
+            domain = image_registry(spec.get("image", ""))
+            if domain not in self.allowed_registries:
+                yield Violation("allowed-registries",
+                                f"images from '{domain}' are not allowed; allowed: "
+                                f"{', '.join(self.allowed_registries)}")
+
+    def _check_bind(self, source: str) -> Iterable[Violation]:
+        if ".." in source.split("/"):
+            yield Violation("bind-roots", f"bind source '{source}' contains '..'")
+            return
+        lexical = posixpath.normpath(source)
+        if self._touches_socket(lexical):
+            yield Violation("no-engine-socket", f"bind source '{source}' exposes the engine socket")
+            return
+        if not self._under_roots(lexical):
+            yield Violation("bind-roots", f"bind source '{source}' is outside the allowed roots "
+                                          f"({', '.join(self.bind_roots) or 'none configured'})")
+
+    def check_resolved_bind(self, source: str) -> list[Violation]:
+        """Re-check a bind source on the engine's own filesystem, following symlinks.
+
+        Only meaningful where the worker shares the engine's filesystem (a unix socket).
+        """
+        resolved = os.path.realpath(source)
+        found = []
+        if self._touches_socket(resolved) or _is_socket(resolved):
+            found.append(Violation("no-engine-socket", f"bind source '{source}' resolves to a socket"))
+        elif not self._under_roots(resolved):
+            found.append(Violation("bind-roots", f"bind source '{source}' resolves to "
+                                                 f"'{resolved}', outside the allowed roots"))
+        return found
+
+    def _under_roots(self, path: str) -> bool:
+        return any(path == root or path.startswith(root.rstrip("/") + "/")
+                   for root in (posixpath.normpath(r) for r in self.bind_roots))
+
+    def _touches_socket(self, path: str) -> bool:
+        # A bind of the socket itself, or of any folder above it, exposes the engine.
+        for sock in self.engine_sockets:
+            if path == sock or sock.startswith(path.rstrip("/") + "/") or path == "/":
+                return True
+        return path.endswith(".sock") and "docker" in posixpath.basename(path)
+
+
+def image_registry(reference: str) -> str:
+    """The registry host of an image reference, as docker resolves it."""
+    first, sep, _rest = reference.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def policy_from_settings(settings: Any, engine_socket: str | None = None) -> Policy:
+    sockets = ENGINE_SOCKETS + ((engine_socket,) if engine_socket else ())
+    return Policy(bind_roots=tuple(settings.bind_roots),
+                  allowed_registries=tuple(settings.allowed_registries),
+                  admin_exceptions=frozenset(settings.admin_policy_exceptions),
+                  engine_sockets=sockets)

@@ -1,0 +1,101 @@
+"""Container jobs (provision, lifecycle, remove) and reads (ps, inspect, logs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from app.engine import containers
+from app.errors import PolicyViolationError
+from app.policy import image_registry, policy_from_settings
+from app.registries import registry_address
+from app.runtime import runtime
+from tasks.base import JobContext, JobTask, QueryTask
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def registry_auth(image: str, registry_name: str | None) -> dict[str, str] | None:
+    """Credentials for pulling ``image``: the named registry's, or the one whose address matches."""
+    store = runtime().registries
+    if registry_name:
+        return store.auth_config(store.get(registry_name))
+    domain = image_registry(image)
+    for record in store.list():
+        if registry_address(record["url"]) == domain:
+            return store.auth_config(record)
+    return None
+
+
+def enforce_policy_on_host(job: JobContext, spec: dict[str, Any], is_admin: bool) -> None:
+    """The policy again, where the job runs; on a unix-socket host also through symlinks."""
+    host = runtime().hosts.get(job.host)
+    socket_path = host["url"].removeprefix("unix://") if host["url"].startswith("unix://") else None
+    policy = policy_from_settings(runtime().settings, socket_path)
+    policy.enforce(spec, is_admin)
+    if socket_path:
+        for volume in spec.get("volumes") or []:
+            if volume["type"] == "bind":
+                found = [v for v in policy.check_resolved_bind(volume["source"])
+                         if not (is_admin and v.rule in policy.admin_exceptions)]
+                if found:
+                    raise PolicyViolationError(found[0].rule, found[0].detail)
+
+
+@shared_task(bind=True, base=JobTask, name="containers.provision")
+def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any], is_admin: bool) -> None:
+    def operation(job: JobContext) -> dict[str, Any]:
+        enforce_policy_on_host(job, spec, is_admin)
+        return containers.provision_container(
+            job.client, spec, job_id, auth=registry_auth(spec["image"], spec.get("registry")),
+            progress=lambda done, total, unit, message: job.progress(
+                done, total, unit, message, force=unit == "steps"))
+
+    self.run_job(job_id, host, operation)
+
+
+_LIFECYCLE = {
+    "start": lambda client, ref, args: containers.start_container(client, ref),
+    "stop": lambda client, ref, args: containers.stop_container(client, ref, args.get("timeout")),
+    "restart": lambda client, ref, args: containers.restart_container(client, ref, args.get("timeout")),
+    "kill": lambda client, ref, args: containers.kill_container(client, ref, args.get("signal", "SIGKILL")),
+    "pause": lambda client, ref, args: containers.pause_container(client, ref),
+    "unpause": lambda client, ref, args: containers.unpause_container(client, ref),
+}
+LIFECYCLE_ACTIONS = tuple(_LIFECYCLE)
+
+
+@shared_task(bind=True, base=JobTask, name="containers.action")
+def action(self: JobTask, job_id: str, host: str, ref: str, verb: str, args: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: _LIFECYCLE[verb](job.client, ref, args))
+
+
+@shared_task(bind=True, base=JobTask, name="containers.remove")
+def remove(self: JobTask, job_id: str, host: str, ref: str, force: bool, volumes: bool) -> None:
+    self.run_job(job_id, host,
+                 lambda job: containers.remove_container(job.client, ref, force, volumes))
+
+
+# -- reads --------------------------------------------------------------------------------
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.list")
+def list_(self: QueryTask, reply_id: str, host: str, revision: int, args: dict[str, Any]) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.list_containers(client, **args))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.inspect")
+def inspect(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.inspect_container(client, ref))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.exists")
+def exists(self: QueryTask, reply_id: str, host: str, revision: int, name: str) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.container_exists(client, name))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.logs")
+def logs(self: QueryTask, reply_id: str, host: str, revision: int, ref: str,
+         args: dict[str, Any]) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.container_logs(client, ref, **args))

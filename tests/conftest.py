@@ -1,0 +1,1 @@
+"""Suite-wide settings: unit tests need nothing; integration tests get a real stack."""

@@ -1,0 +1,151 @@
+"""Integration fixtures: a real API, real Celery workers, real Redis, engine and registry."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import redis
+import requests
+
+from tests.support.stack import ROOT, Stack
+
+TEST_REDIS_URL = os.environ.get("DOCKYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+ADMIN_TOKEN = "dy_test-admin-" + uuid.uuid4().hex
+SECRET_KEY = "test-secret-" + uuid.uuid4().hex
+BUSYBOX = "dockyard-test/busybox:latest"
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Path:
+    path = ROOT / ".state" / "test"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bind_root(state_dir: Path) -> Path:
+    root = state_dir / "binds"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def stack_env(state_dir: Path, bind_root: Path) -> dict[str, str]:
+    if "DOCKER_HOST" not in os.environ:
+        pytest.fail("DOCKER_HOST is not set: run the suite with `make test`")
+    return {
+        **os.environ,
+        "DOCKYARD_REDIS_URL": TEST_REDIS_URL,
+        "DOCKYARD_STATE_DIR": str(state_dir),
+        "DOCKYARD_SECRET_KEY": SECRET_KEY,
+        "DOCKYARD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "DOCKYARD_BIND_ROOTS": str(bind_root),
+        "DOCKYARD_LOCAL_ENGINE": os.environ["DOCKER_HOST"],
+        "DOCKYARD_MAX_BODY_BYTES": str(256 * 1024),
+        "DOCKYARD_TOKEN_CACHE_SECONDS": "0",
+    }
+
+
+@pytest.fixture(scope="session")
+def test_redis() -> redis.Redis:
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str], state_dir: Path, test_redis: redis.Redis) -> Iterator[Stack]:
+    running = Stack(stack_env, state_dir / "log")
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+class Api:
+    """A tiny HTTP client for the API under test."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        self.base = base + "/api/v1"
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 120)
+        return self.session.request(method, self.base + path, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs) -> requests.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict:
+        response = self.get(f"/jobs/{job_id}", params={"wait": timeout})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture(scope="session")
+def admin(stack: Stack) -> Api:
+    return Api(stack.url, ADMIN_TOKEN)
+
+
+@pytest.fixture(scope="session")
+def make_token(admin: Api):
+    def make(role: str, hosts: list[str] | None = None) -> Api:
+        response = admin.post("/tokens", json={"name": f"t-{role}-{uuid.uuid4().hex[:6]}",
+                                               "role": role, "hosts": hosts})
+        assert response.status_code == 201, response.text
+        return Api(admin.base.removesuffix("/api/v1"), response.json()["token"])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def operator(make_token) -> Api:
+    return make_token("operator")
+
+
+@pytest.fixture(scope="session")
+def viewer(make_token) -> Api:
+    return make_token("viewer")
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    return docker.DockerClient(base_url=os.environ["DOCKER_HOST"])
+
+
+@pytest.fixture
+def unique() -> str:
+    return "dyt-" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def cleanup(engine: docker.DockerClient) -> Iterator[list[str]]:
+    """Names or ids of containers a test made; removed (with volumes) afterwards."""
+    made: list[str] = []
+    yield made
+    for ref in made:
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.containers.get(ref).remove(force=True, v=True)
