@@ -219,11 +219,13 @@ def find_by_job(client: docker.DockerClient, job_id: str) -> dict[str, Any] | No
 
 def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_id: str, *,
                         auth: dict[str, str] | None = None,
-                        progress: ProgressFn | None = None) -> dict[str, Any]:
+                        progress: ProgressFn | None = None,
+                        checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """``docker run -d``: pull as the policy says, create, start, wait; clean up on failure.
 
     A redelivered job adopts the container its earlier delivery made, so a provision runs
-    at most one container per job.
+    at most one container per job. ``checkpoint`` is called between steps and while
+    waiting; it raises to abandon the provision (e.g. on cancel), which removes the container.
 
     Raises:
         ConflictError: the name is taken and ``replace`` is false.
@@ -236,10 +238,15 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     earlier = find_by_job(client, job_id)
     if earlier is not None:
         logger.info("job %s adopts container %s", job_id, earlier["Id"][:12])
-        return _finish(client, earlier["Id"], spec, adopted=True)
+        try:
+            return _finish(client, earlier["Id"], spec, adopted=True, checkpoint=checkpoint)
+        except BaseException:
+            _discard(client, earlier["Id"])
+            raise
 
     step("pulling image" if spec.get("pull") != "never" else "checking image", 0)
     ensure_image(client, spec["image"], spec.get("pull", "missing"), auth, progress)
+    checkpoint()
     step("creating container", 1)
     displaced = _displace(client, spec, job_id)
     try:
@@ -249,7 +256,8 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
         raise
     container_id = created["Id"]
     try:
-        result = _finish(client, container_id, spec, adopted=False, step=step)
+        result = _finish(client, container_id, spec, adopted=False, step=step,
+                         checkpoint=checkpoint)
     except BaseException:
         _discard(client, container_id)
         _restore(client, displaced, spec.get("name"))
@@ -306,7 +314,8 @@ def _discard(client: docker.DockerClient, container_id: str) -> None:
 
 
 def _finish(client: docker.DockerClient, container_id: str, spec: dict[str, Any], *,
-            adopted: bool, step: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+            adopted: bool, step: Callable[[str, int], None] | None = None,
+            checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
     if spec.get("start", True):
         if step:
             step("starting container", 2)
@@ -317,14 +326,16 @@ def _finish(client: docker.DockerClient, container_id: str, spec: dict[str, Any]
         if wait_for != "none":
             if step:
                 step(f"waiting for {wait_for}", 3)
-            _wait_for(client, container_id, wait_for, spec.get("wait_timeout", 60))
+            _wait_for(client, container_id, wait_for, spec.get("wait_timeout", 60), checkpoint)
     return describe_container(client.api.inspect_container(container_id), adopted=adopted)
 
 
-def _wait_for(client: docker.DockerClient, container_id: str, condition: str, timeout: float) -> None:
+def _wait_for(client: docker.DockerClient, container_id: str, condition: str, timeout: float,
+              checkpoint: Callable[[], None]) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
+        checkpoint()
         info = client.api.inspect_container(container_id)
         state = info["State"]
         if not state["Running"] and state["Status"] in ("exited", "dead"):

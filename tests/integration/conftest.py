@@ -24,7 +24,9 @@ BUSYBOX = "dockyard-test/busybox:latest"
 
 @pytest.fixture(scope="session")
 def state_dir() -> Path:
-    path = ROOT / ".state" / "test"
+    # DOCKYARD_TEST_STATE_DIR (with DOCKYARD_TEST_REDIS_URL) lets two sessions run side by side;
+    # the directory is wiped at session start, so sessions must not share it.
+    path = Path(os.environ.get("DOCKYARD_TEST_STATE_DIR", str(ROOT / ".state" / "test")))
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path

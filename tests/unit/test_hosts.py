@@ -2,60 +2,21 @@
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app.errors import InvalidInputError
 from app.hosts import name_is_valid, public_view, queues_for, validate_tls, validate_url
+from tests.support.pki import cert_pem, client_tls, key_pem, make_cert
 
 # --------------------------------------------------------------------------- TLS material
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _cert(subject: str, key, issuer: str, issuer_key, *, ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _key_pem(key, fmt=serialization.PrivateFormat.PKCS8,
-             encryption: serialization.KeySerializationEncryption | None = None) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, fmt,
-                             encryption or serialization.NoEncryption()).decode()
 
 
 @pytest.fixture(scope="module")
 def tls() -> dict[str, str]:
     """A CA and a client certificate it signed, with the client's key: what a host needs."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("unit-ca", ca_key, "unit-ca", ca_key, ca=True)
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _cert("unit-client", client_key, "unit-ca", ca_key, ca=False)
-    return {"ca_cert": _pem(ca), "client_cert": _pem(client), "client_key": _key_pem(client_key)}
+    return client_tls("unit")
 
 
 def tls_errors(material: dict[str, str]) -> dict[str, list[str]]:
@@ -147,11 +108,11 @@ def test_well_formed_mutual_tls_material_passes(tls: dict[str, str]) -> None:
 
 def test_rsa_key_in_traditional_format_passes() -> None:
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = _cert("rsa-ca", ca_key, "rsa-ca", ca_key, ca=True)
+    ca = make_cert("rsa-ca", ca_key, "rsa-ca", ca_key, ca=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = _cert("rsa-client", key, "rsa-ca", ca_key, ca=False)
-    validate_tls({"ca_cert": _pem(ca), "client_cert": _pem(cert),
-                  "client_key": _key_pem(key, serialization.PrivateFormat.TraditionalOpenSSL)})
+    cert = make_cert("rsa-client", key, "rsa-ca", ca_key, ca=False)
+    validate_tls({"ca_cert": cert_pem(ca), "client_cert": cert_pem(cert),
+                  "client_key": key_pem(key, serialization.PrivateFormat.TraditionalOpenSSL)})
 
 
 def test_garbage_in_every_field_is_reported_per_field() -> None:
@@ -181,7 +142,7 @@ def test_missing_fields_are_each_required(tls: dict[str, str]) -> None:
 
 
 def test_key_that_does_not_match_the_client_certificate_is_refused(tls: dict[str, str]) -> None:
-    other_key = _key_pem(ec.generate_private_key(ec.SECP256R1()))
+    other_key = key_pem(ec.generate_private_key(ec.SECP256R1()))
     errors = tls_errors({**tls, "client_key": other_key})
     assert errors == {"client_key": ["does not match client_cert"]}
 
@@ -189,14 +150,14 @@ def test_key_that_does_not_match_the_client_certificate_is_refused(tls: dict[str
 def test_passphrase_protected_key_is_refused(tls: dict[str, str]) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert("enc-client", key, "enc-ca", ca_key, ca=False)
-    encrypted = _key_pem(key, encryption=serialization.BestAvailableEncryption(b"secret"))
-    errors = tls_errors({**tls, "client_cert": _pem(cert), "client_key": encrypted})
+    cert = make_cert("enc-client", key, "enc-ca", ca_key, ca=False)
+    encrypted = key_pem(key, encryption=serialization.BestAvailableEncryption(b"secret"))
+    errors = tls_errors({**tls, "client_cert": cert_pem(cert), "client_key": encrypted})
     assert set(errors) == {"client_key"}
 
 
 def test_validation_errors_never_echo_the_key(tls: dict[str, str]) -> None:
-    other_key = _key_pem(ec.generate_private_key(ec.SECP256R1()))
+    other_key = key_pem(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(InvalidInputError) as caught:
         validate_tls({**tls, "client_key": other_key})
     assert "PRIVATE KEY" not in str(caught.value.to_problem())

@@ -1,0 +1,41 @@
+"""Small helpers shared by integration tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import docker
+
+BUSYBOX = "dockyard-test/busybox:latest"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventually(check: Callable[[], Any], timeout: float = 20, interval: float = 0.1) -> Any:
+    """Retry ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+def containers_of_job(engine: docker.DockerClient, job_id: str) -> list:
+    return engine.containers.list(all=True, filters={"label": f"dockyard.job={job_id}"})
+
+
+def httpd_spec(name: str, port: int, root: str, **extra: Any) -> dict[str, Any]:
+    spec = {"image": BUSYBOX, "name": name, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+            "ports": [f"{port}:8080"], "volumes": [f"{root}:/www:ro"]}
+    spec.update(extra)
+    return spec

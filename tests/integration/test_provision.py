@@ -1,0 +1,255 @@
+"""Provisioning (docker run -d) through the API against the real engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+import requests
+
+from tests.integration.helpers import (
+    BUSYBOX,
+    containers_of_job,
+    eventually,
+    free_port,
+    httpd_spec,
+)
+
+
+@pytest.fixture
+def www(bind_root, unique):
+    folder = bind_root / unique
+    folder.mkdir()
+    (folder / "index.html").write_text(f"hello from {unique}\n")
+    return folder
+
+
+def provision(api, spec, wait=60, host="local"):
+    response = api.post(f"/hosts/{host}/containers", params={"wait": wait}, json=spec)
+    assert response.status_code in (200, 202), response.text
+    return response.json()
+
+
+def test_provision_maps_ports_and_mounts_read_only(operator, engine, www, unique, cleanup):
+    port = free_port()
+    cleanup.append(unique)
+    job = provision(operator, httpd_spec(unique, port, str(www), env={"MODE": "prod"},
+                                         labels={"team": "a"}))
+    assert job["state"] == "succeeded", job
+    result = job["result"]
+    assert result["name"] == unique and result["state"] == "running"
+    assert {"container_port": 8080, "protocol": "tcp", "host_ip": "0.0.0.0", "host_port": port} \
+        in result["ports"]
+    assert result["mounts"] == [{"type": "bind", "source": str(www), "target": "/www",
+                                 "read_only": True, "name": None}]
+    body = requests.get(f"http://127.0.0.1:{port}/index.html", timeout=5).text
+    assert body == f"hello from {unique}\n"
+    container = engine.containers.get(unique)
+    assert container.labels["dockyard.managed"] == "true"
+    assert container.labels["dockyard.job"] == job["id"]
+    assert container.labels["team"] == "a"
+    assert "MODE=prod" in container.attrs["Config"]["Env"]
+    code, output = container.exec_run(["touch", "/www/written"])
+    assert code != 0 and b"Read-only file system" in output
+    assert not (www / "written").exists()
+
+
+@pytest.mark.parametrize("ports, expected", [
+    (["{p}:8080/tcp"], lambda p: {("0.0.0.0", "{p}".format(p=p), "8080/tcp")}),
+    (["8080"], None),
+    (["127.0.0.1:{p}:8080"], lambda p: {("127.0.0.1", str(p), "8080/tcp")}),
+    ([{"container_port": 8080, "host_port": "{p}", "protocol": "udp", "host_ip": "127.0.0.1"}],
+     lambda p: {("127.0.0.1", str(p), "8080/udp")}),
+])
+def test_provision_accepts_docker_port_forms(operator, engine, unique, cleanup, ports, expected):
+    port = free_port()
+    rendered = [p.format(p=port) if isinstance(p, str) else {**p, "host_port": port} for p in ports]
+    cleanup.append(unique)
+    job = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"],
+                               "ports": rendered})
+    assert job["state"] == "succeeded", job
+    bound = engine.api.inspect_container(unique)["NetworkSettings"]["Ports"]
+    actual = {(b["HostIp"], b["HostPort"], key) for key, bs in bound.items() for b in bs or []
+              if b["HostIp"] != "::"}
+    if expected is None:  # "8080": a random host port, reported as bound
+        assert len(actual) == 1
+        (_, host_port, key), = actual
+        assert key == "8080/tcp" and int(host_port) > 0
+        assert any(p["host_port"] == int(host_port) for p in job["result"]["ports"])
+    else:
+        assert actual == expected(port)
+
+
+def test_provision_accepts_volume_short_forms(operator, engine, www, unique, cleanup):
+    volume = f"{unique}-data"
+    cleanup.append(unique)
+    job = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"],
+                               "volumes": [f"{www}:/www:ro", f"{volume}:/data", "/cache"]})
+    assert job["state"] == "succeeded", job
+    mounts = {m["Destination"]: m for m in engine.api.inspect_container(unique)["Mounts"]}
+    assert mounts["/www"]["Type"] == "bind" and mounts["/www"]["RW"] is False
+    assert mounts["/data"]["Type"] == "volume" and mounts["/data"]["Name"] == volume
+    assert mounts["/data"]["RW"] is True
+    assert mounts["/cache"]["Type"] == "volume"
+    engine.containers.get(unique).remove(force=True, v=True)
+    engine.volumes.get(volume).remove()
+
+
+def test_volumes_from_shares_mounts_read_only(operator, engine, www, unique, cleanup):
+    source, sharer = f"{unique}-src", f"{unique}-use"
+    cleanup.extend([sharer, source])
+    assert provision(operator, {"image": BUSYBOX, "name": source, "command": ["sleep", "300"],
+                                "volumes": [f"{unique}-vol:/shared"]})["state"] == "succeeded"
+    engine.containers.get(source).exec_run(["sh", "-c", "echo shared > /shared/f"])
+    job = provision(operator, {"image": BUSYBOX, "name": sharer, "command": ["sleep", "300"],
+                               "volumes_from": [f"{source}:ro"]})
+    assert job["state"] == "succeeded", job
+    container = engine.containers.get(sharer)
+    assert container.exec_run(["cat", "/shared/f"]).output == b"shared\n"
+    assert container.exec_run(["touch", "/shared/g"]).exit_code != 0
+
+
+def test_wait_for_healthy_returns_once_healthcheck_passes(operator, engine, unique, cleanup):
+    cleanup.append(unique)
+    job = provision(operator, {
+        "image": BUSYBOX, "name": unique,
+        "command": ["sh", "-c", "sleep 1; touch /ready; sleep 300"],
+        "healthcheck": {"test": ["test", "-f", "/ready"], "interval": "1s", "retries": 30},
+        "wait_for": "healthy", "wait_timeout": 30})
+    assert job["state"] == "succeeded", job
+    assert job["result"]["health"] == "healthy"
+    assert engine.api.inspect_container(unique)["State"]["Health"]["Status"] == "healthy"
+
+
+def test_restart_policy_memory_cpus_user_workdir_hostname_reach_the_engine(operator, engine, unique,
+                                                                          cleanup):
+    cleanup.append(unique)
+    job = provision(operator, {
+        "image": BUSYBOX, "name": unique, "command": "sleep 300",
+        "restart_policy": {"name": "on-failure", "maximum_retry_count": 3},
+        "memory": "64m", "cpus": 0.5, "user": "1000", "workdir": "/tmp", "hostname": "box1",
+        "entrypoint": ["/bin/sh", "-c", "exec \"$0\" \"$@\""]})
+    assert job["state"] == "succeeded", job
+    info = engine.api.inspect_container(unique)
+    host_config, config = info["HostConfig"], info["Config"]
+    assert host_config["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert host_config["Memory"] == 64 * 1024 * 1024
+    assert host_config["NanoCpus"] == 500_000_000
+    assert (config["User"], config["WorkingDir"], config["Hostname"]) == ("1000", "/tmp", "box1")
+    assert config["Cmd"] == ["sleep", "300"]
+
+
+def test_replace_swaps_the_container_and_keeps_the_name(operator, engine, unique, cleanup):
+    cleanup.append(unique)
+    first = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"]})
+    conflict = operator.post("/hosts/local/containers",
+                             json={"image": BUSYBOX, "name": unique, "command": ["sleep", "1"]})
+    assert conflict.status_code == 409
+    assert conflict.headers["Content-Type"] == "application/problem+json"
+    second = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "301"],
+                                  "replace": True})
+    assert second["state"] == "succeeded", second
+    assert second["result"]["id"] != first["result"]["id"]
+    assert engine.containers.get(unique).id == second["result"]["id"]
+    assert engine.containers.list(all=True, filters={"id": first["result"]["id"]}) == []
+
+
+def test_create_without_start_leaves_container_created(operator, engine, unique, cleanup):
+    cleanup.append(unique)
+    job = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"],
+                               "start": False})
+    assert job["state"] == "succeeded"
+    assert engine.api.inspect_container(unique)["State"]["Status"] == "created"
+
+
+# -- failures leave nothing behind ----------------------------------------------------------
+
+
+def test_bad_command_fails_and_removes_the_container(operator, engine, unique, cleanup):
+    cleanup.append(unique)
+    job = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["/no/such/binary"]})
+    assert job["state"] == "failed"
+    assert "no/such/binary" in job["error"]["detail"]
+    assert containers_of_job(engine, job["id"]) == []
+    assert engine.containers.list(all=True, filters={"name": f"^/{unique}$"}) == []
+
+
+def test_command_that_exits_fails_with_its_exit_code(operator, engine, unique, cleanup):
+    cleanup.append(unique)
+    job = provision(operator, {"image": BUSYBOX, "name": unique,
+                               "command": ["sh", "-c", "echo boom; exit 3"],
+                               "wait_for": "healthy",
+                               "healthcheck": {"test": ["true"], "interval": "1s"}})
+    assert job["state"] == "failed"
+    assert "code 3" in job["error"]["detail"] and "boom" in job["error"]["detail"]
+    assert containers_of_job(engine, job["id"]) == []
+
+
+def test_port_already_bound_fails_and_removes_the_container(operator, engine, unique, cleanup):
+    port = free_port()
+    first, second = f"{unique}-a", f"{unique}-b"
+    cleanup.extend([first, second])
+    spec = {"image": BUSYBOX, "command": ["sleep", "300"], "ports": [f"{port}:8080"]}
+    assert provision(operator, {**spec, "name": first})["state"] == "succeeded"
+    job = provision(operator, {**spec, "name": second})
+    assert job["state"] == "failed"
+    assert "allocated" in job["error"]["detail"] or "in use" in job["error"]["detail"]
+    assert containers_of_job(engine, job["id"]) == []
+
+
+def test_missing_image_with_pull_never_fails_without_residue(operator, engine, unique):
+    job = provision(operator, {"image": "dockyard-test/absent:1", "name": unique, "pull": "never"})
+    assert job["state"] == "failed"
+    assert job["error"]["status"] == 404
+    assert containers_of_job(engine, job["id"]) == []
+
+
+def test_missing_image_pull_fails_with_registry_reason(operator, engine, unique):
+    job = provision(operator, {"image": "127.0.0.1:5000/dockyard-test/absent:1", "name": unique})
+    assert job["state"] == "failed"
+    assert "absent" in job["error"]["detail"] or "not found" in job["error"]["detail"].lower()
+    assert containers_of_job(engine, job["id"]) == []
+
+
+def test_unhealthy_container_fails_and_is_removed(operator, engine, unique):
+    job = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"],
+                               "healthcheck": {"test": ["false"], "interval": "1s", "retries": 1},
+                               "wait_for": "healthy", "wait_timeout": 30})
+    assert job["state"] == "failed"
+    assert "unhealthy" in job["error"]["detail"]
+    assert containers_of_job(engine, job["id"]) == []
+
+
+def test_symlink_escaping_a_bind_root_is_refused_by_the_worker(operator, engine, bind_root,
+                                                               unique):
+    link = bind_root / unique
+    link.symlink_to("/etc")
+    job = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"],
+                               "volumes": [f"{link}:/x:ro"]})
+    assert job["state"] == "failed"
+    assert job["error"]["status"] == 403 and job["error"]["rule"] == "bind-roots"
+    assert containers_of_job(engine, job["id"]) == []
+
+
+def test_worker_killed_mid_provision_ends_with_exactly_one_container(operator, engine, stack,
+                                                                     unique, cleanup):
+    cleanup.append(unique)
+    response = operator.post("/hosts/local/containers", json={
+        "image": BUSYBOX, "name": unique,
+        "command": ["sh", "-c", "sleep 3; touch /ready; sleep 300"],
+        "healthcheck": {"test": ["test", "-f", "/ready"], "interval": "1s", "retries": 60},
+        "wait_for": "healthy", "wait_timeout": 60})
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    eventually(lambda: containers_of_job(engine, job_id), timeout=30)
+    parent = stack.procs["worker-ops"].pid
+    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+    for pid in children.stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
+    job = operator.wait_job(job_id, timeout=90)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["adopted"] is True
+    assert len(containers_of_job(engine, job_id)) == 1
+    assert len(engine.containers.list(all=True, filters={"name": f"^/{unique}$"})) == 1
