@@ -71,14 +71,24 @@ def job_answer(record: dict[str, Any], wait: float | None = None) -> tuple[dict,
 
 
 def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | None,
-              args: list[Any], body: Any = None) -> tuple[dict, int, dict]:
-    """Record and enqueue a job for the current request, honouring Idempotency-Key."""
+              args: list[Any], body: Any = None,
+              precheck: Callable[[], None] | None = None) -> tuple[dict, int, dict]:
+    """Record and enqueue a job for the current request, honouring Idempotency-Key.
+
+    A repeated request answers with the original job before ``precheck`` runs, since the
+    state it checks (a free container name, say) is what the first request changed.
+    """
     key = request.headers.get("Idempotency-Key")
     idempotency = None
     if key is not None:
         body = body if body is not None else request.get_json(silent=True)
         fingerprint = runtime().idempotency.fingerprint(request.method, request.path, body)
+        earlier = runtime().idempotency.lookup(principal().token_id, key, fingerprint)
+        if earlier is not None:
+            return job_answer(runtime().jobs.get(earlier))
         idempotency = (key, fingerprint)
+    if precheck is not None:
+        precheck()
     record, _created = submit_job(kind, principal(), host_record=host_record, target=target,
                                   args=args, idempotency=idempotency)
     return job_answer(record)

@@ -56,13 +56,17 @@ class Containers(MethodView):
         """`docker run -d`: provision a container (job)."""
         record = host_record(host)
         check_spec_policy(spec)
-        if spec["name"] and not spec["replace"] and \
-                run_query("containers.exists", record, [spec["name"]]):
-            raise ConflictError(f"container name '{spec['name']}' is already in use on host "
-                                f"'{host}'; pass replace: true to replace it", name=spec["name"])
+
+        def name_is_free() -> None:
+            if spec["name"] and not spec["replace"] and \
+                    run_query("containers.exists", record, [spec["name"]]):
+                raise ConflictError(f"container name '{spec['name']}' is already in use on host "
+                                    f"'{host}'; pass replace: true to replace it",
+                                    name=spec["name"])
+
         return start_job("containers.provision", host_record=record,
                          target=spec["name"] or spec["image"],
-                         args=[spec, principal().role == "admin"])
+                         args=[spec, principal().role == "admin"], precheck=name_is_free)
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>")

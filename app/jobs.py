@@ -206,25 +206,42 @@ class IdempotencyStore:
         canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def _key(self, token_id: str, key: str) -> str:
+        if not key or len(key) > 255:
+            raise InvalidInputError("Idempotency-Key must be 1-255 characters",
+                                    errors={"Idempotency-Key": ["length must be 1-255"]})
+        return f"{PREFIX}idem:{token_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def lookup(self, token_id: str, key: str, fingerprint: str) -> str | None:
+        """The job an earlier request with this key created, if any.
+
+        Raises:
+            InvalidInputError: the key was used with a different request.
+        """
+        raw = self.redis.get(self._key(token_id, key))
+        if raw is None:
+            return None
+        return self._check(json.loads(raw), fingerprint)
+
+    @staticmethod
+    def _check(earlier: dict[str, str], fingerprint: str) -> str:
+        if earlier["fp"] != fingerprint:
+            raise InvalidInputError(
+                "Idempotency-Key was already used with a different request",
+                errors={"Idempotency-Key": ["already used with a different request"]})
+        return earlier["job"]
+
     def claim(self, token_id: str, key: str, fingerprint: str, job_id: str) -> str | None:
         """Claim ``key`` for ``job_id``; returns the earlier job id if the key was used.
 
         Raises:
             InvalidInputError: the key was used with a different request.
         """
-        if not key or len(key) > 255:
-            raise InvalidInputError("Idempotency-Key must be 1-255 characters",
-                                    errors={"Idempotency-Key": ["length must be 1-255"]})
-        redis_key = f"{PREFIX}idem:{token_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+        redis_key = self._key(token_id, key)
         value = json.dumps({"job": job_id, "fp": fingerprint})
         if self.redis.set(redis_key, value, nx=True, ex=self.retention):
             return None
-        earlier = json.loads(self.redis.get(redis_key) or value)
-        if earlier["fp"] != fingerprint:
-            raise InvalidInputError(
-                "Idempotency-Key was already used with a different request",
-                errors={"Idempotency-Key": ["already used with a different request"]})
-        return earlier["job"]
+        return self._check(json.loads(self.redis.get(redis_key) or value), fingerprint)
 
 
 def public_view(record: dict[str, Any]) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def test_rm_refuses_running_without_force_then_removes_with_volumes(operator, en
         "image": BUSYBOX, "name": unique, "command": ["sleep", "300"],
         "volumes": ["/anon"]}).json()
     assert volume_job["state"] == "succeeded"
-    anon = [m["name"] for m in volume_job["result"]["mounts"]][0]
+    anon = next(m["name"] for m in volume_job["result"]["mounts"])
     refused = operator.delete(f"/hosts/local/containers/{unique}", params={"wait": 30}).json()
     assert refused["state"] == "failed" and refused["error"]["status"] == 409
     assert engine.containers.get(unique).status == "running"
