@@ -37,5 +37,10 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         worker_enable_remote_control=True,
         timezone="UTC",
+        beat_schedule={
+            # Job records expire by TTL; this keeps the listing index from growing with them.
+            "prune-job-index": {"task": "jobs.prune_index", "schedule": 3600.0,
+                                "options": {"queue": "engine.ops", "expires": 3000}},
+        },
     )
     return celery

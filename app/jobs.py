@@ -125,6 +125,21 @@ class JobStore:
             upper = f"({ids[-1]}"
         return found, (found[-1]["id"] if found else None)
 
+    def prune_index(self, batch: int = 500) -> int:
+        """Drop ids of expired job records from the index; returns how many went."""
+        removed, lower = 0, "-"
+        while True:
+            ids = self.redis.zrangebylex(_INDEX, lower, "+", start=0, num=batch)
+            if not ids:
+                return removed
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(job_key(job_id))
+            gone = [j for j, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+            if gone:
+                removed += self.redis.zrem(_INDEX, *gone)
+            lower = f"({ids[-1]}"
+
     def last_event_id(self, job_id: str) -> str:
         last = self.redis.xrevrange(events_key(job_id), count=1)
         return last[0][0] if last else "0-0"

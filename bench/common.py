@@ -246,3 +246,13 @@ def overlap_note(log: RoundLog) -> str:
     if log.polluted_kept:
         text += f"; rounds kept although pytest ran: {log.polluted_kept} (polluted)"
     return text + "."
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so ``finally`` clean-up runs when the runner is stopped."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)

@@ -29,6 +29,7 @@ from bench.common import (
     admin_token,
     assert_loopback,
     docker_host,
+    exit_on_sigterm,
     interleaved_rounds,
     machine_summary,
     ms,
@@ -137,6 +138,7 @@ def main() -> int:
     parser.add_argument("--containers", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    exit_on_sigterm()
     return run(args.containers, args.rounds)
 
 

@@ -32,6 +32,7 @@ from bench.common import (
     admin_token,
     assert_loopback,
     docker_host,
+    exit_on_sigterm,
     forget_jobs,
     interleaved_rounds,
     machine_summary,
@@ -191,6 +192,7 @@ def main() -> int:
     parser.add_argument("--unnamed", action="store_true",
                         help="let the engine name the containers (skips the API's name check)")
     args = parser.parse_args()
+    exit_on_sigterm()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return run(args.rounds, named=not args.unnamed)

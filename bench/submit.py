@@ -1,0 +1,442 @@
+"""Job submission throughput and acceptance latency: Dockyard vs a bare reference endpoint.
+
+(a) Dockyard: ``POST /api/v1/hosts/bench-sink/containers/x/start`` (a cheap job, no
+    Idempotency-Key) on a host registered only for this benchmark with route "agent", so
+    its jobs go to ``host.bench-sink.ops``, which no worker consumes: the engine is never
+    touched. The API refuses to enqueue on a lane without a live worker, so a fake
+    heartbeat is written into ``dy:lane:host.bench-sink.ops`` for the run and removed after.
+(b) The reference: bench/reference_app.py (Flask + one Redis write + Celery send_task),
+    served by gunicorn with Dockyard's gunicorn.conf.py and the running API's worker and
+    thread counts, on another loopback port.
+
+Closed loop: 32 clients for 30 s (hey -c 32 -z 30s). Open loop: a constant 500 req/s for
+25 s, with hey (-c 50 -q 10: 50 workers each ticking at 10/s, latency from the actual
+send) and with bench/loadgen.py (requests due on a clock, latency from the scheduled send).
+Between runs and at the end the queues are deleted and every job record the run made is
+removed; the host, the fake heartbeat and the reference server go too.
+
+    python -m bench.submit [--duration 30] [--clients 32] [--rate 500] [--open-duration 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import functools
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from bench.common import (
+    API_URL,
+    ROOT,
+    OverlapMonitor,
+    admin_token,
+    assert_loopback,
+    docker_host,
+    exit_on_sigterm,
+    forget_jobs,
+    machine_summary,
+    percentile,
+    pytest_running,
+    redis_client,
+    table,
+    verdict,
+    wait_quiet,
+)
+from bench.loadgen import LoadResult, closed_loop, open_loop
+
+SINK = os.environ.get("DOCKYARD_BENCH_SINK", "bench-sink")
+SINK_QUEUES = (f"host.{SINK}.ops", f"host.{SINK}.query")
+FAKE_WORKER = "bench-fake-heartbeat"
+REF_QUEUE = "bench.reference"
+REF_KEY_PREFIX = "bench:ref:"
+PROC_DIR = Path(os.environ.get("PROC_DIR") or ROOT / ".state" / "run")
+# kombu's Redis transport keeps a queue's messages in a list named after the queue (plus
+# one list per priority step) and its exchange binding in a set.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in (3, 6, 9)),
+            f"_kombu.binding.{queue}"]
+
+
+# -- CPU accounting from /proc, so a result says where the time went ------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return total
+
+
+def machine_busy_seconds() -> float:
+    with open("/proc/stat") as handle:
+        parts = [int(v) for v in handle.readline().split()[1:]]
+    idle = parts[3] + parts[4]  # idle + iowait
+    return (sum(parts[:8]) - idle) / _TICK
+
+
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
+
+
+def api_master_pid() -> int | None:
+    try:
+        pid = int((PROC_DIR / "api.pid").read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def process_env(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+
+
+# -- the sink host, its fake heartbeat and clean-up ------------------------------------------
+
+class Sink:
+    def __init__(self, http: requests.Session) -> None:
+        self.http = http
+        self.redis = redis_client()
+
+    def setup(self) -> None:
+        body = {"name": SINK, "url": docker_host(), "route": "agent",
+                "labels": {"purpose": "benchmark"}}
+        reply = self.http.post(f"{API_URL}/api/v1/hosts", json=body, timeout=10)
+        if reply.status_code == 409:  # left over from an interrupted run
+            self.http.delete(f"{API_URL}/api/v1/hosts/{SINK}", timeout=10)
+            reply = self.http.post(f"{API_URL}/api/v1/hosts", json=body, timeout=10)
+        if reply.status_code != 201:
+            raise RuntimeError(f"could not register {SINK}: {reply.status_code} {reply.text[:300]}")
+        self.redis.zadd(f"dy:lane:{SINK_QUEUES[0]}", {FAKE_WORKER: time.time() + 3600})
+
+    def drain(self) -> int:
+        """Delete the sink's queued messages and the job records behind them."""
+        job_ids = []
+        for raw in self.redis.lrange(SINK_QUEUES[0], 0, -1):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                job_ids.append(json.loads(raw)["headers"]["id"])
+        self.redis.delete(*queue_keys(SINK_QUEUES[0]))
+        forget_jobs(job_ids)
+        return len(job_ids)
+
+    def teardown(self) -> None:
+        self.redis.zrem(f"dy:lane:{SINK_QUEUES[0]}", FAKE_WORKER)
+        self.drain()
+        for queue in SINK_QUEUES:
+            self.redis.delete(*queue_keys(queue))
+        reply = self.http.delete(f"{API_URL}/api/v1/hosts/{SINK}", timeout=10)
+        if reply.status_code not in (204, 404):
+            print(f"could not delete host {SINK}: {reply.status_code}", file=sys.stderr)
+        # Belt and braces: any record of the sink host not found through the queue.
+        stray = []
+        ids = self.redis.zrange("dy:jobs", 0, -1)
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start:start + 2000]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.hget(f"dy:job:{job_id}", "host")
+            stray += [j for j, host in zip(chunk, pipe.execute(), strict=True) if host == SINK]
+        if stray:
+            forget_jobs(stray)
+            print(f"removed {len(stray)} stray {SINK} job record(s)", file=sys.stderr)
+
+
+# -- the reference server ----------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Reference:
+    def __init__(self, api_env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        for name in ("DOCKYARD_API_WORKERS", "DOCKYARD_API_THREADS", "DOCKYARD_ACCESS_LOG",
+                     "DOCKYARD_LOG_LEVEL"):
+            env.pop(name, None)
+            if name in api_env:
+                env[name] = api_env[name]
+        env["DOCKYARD_BIND"] = f"127.0.0.1:{self.port}"
+        env["DOCKYARD_BENCH_REF_QUEUE"] = REF_QUEUE
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        log_dir = ROOT / ".state" / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / "bench-reference.log"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+                 "bench.reference_app:app"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"reference server did not start; see {self.log_path}")
+
+    def workers(self) -> list[int]:
+        return children(self.proc.pid) if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def drain(self) -> int:
+        client = redis_client()
+        count = client.llen(REF_QUEUE)
+        client.delete(*queue_keys(REF_QUEUE))
+        keys = list(client.scan_iter(match=f"{REF_KEY_PREFIX}*", count=5000))
+        for start in range(0, len(keys), 5000):
+            client.delete(*keys[start:start + 5000])
+        return count
+
+
+# -- running load --------------------------------------------------------------------------------
+
+def hey(url: str, headers: dict[str, str], clients: int, duration: float,
+        qps_per_worker: float | None = None) -> LoadResult:
+    """Run hey and read its per-request CSV (connection errors are not in it)."""
+    argv = ["hey", "-z", f"{duration:g}s", "-c", str(clients), "-m", "POST", "-t", "10",
+            "-o", "csv"]
+    if qps_per_worker:
+        argv += ["-q", f"{qps_per_worker:g}"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result = LoadResult()
+    end = 0.0
+    for row in csv.DictReader(io.StringIO(done.stdout)):
+        status = int(row["status-code"])
+        latency = float(row["response-time"])
+        result.statuses[status] = result.statuses.get(status, 0) + 1
+        if status == 202:
+            result.latencies.append(latency)
+        end = max(end, float(row["offset"]) + latency)
+    result.elapsed = end or duration
+    return result
+
+
+@dataclass
+class Run:
+    target: str
+    mode: str
+    tool: str
+    result: LoadResult
+    server_cpu: float  # CPU seconds of the target's gunicorn workers
+    redis_cpu: float
+    machine_busy: float  # busy CPU seconds of the whole machine (both cores)
+    overlapped: bool
+
+    @property
+    def rate(self) -> float:
+        return self.result.accepted / self.result.elapsed if self.result.elapsed else 0.0
+
+    @property
+    def sent(self) -> int:
+        return sum(self.result.statuses.values()) + self.result.errors
+
+    def pct_ms(self, pct: float) -> str:
+        return f"{percentile(self.result.latencies, pct) * 1000:.1f}"
+
+    def non_accepted(self) -> str:
+        other = {k: v for k, v in self.result.statuses.items() if k != 202}
+        parts = [f"{v}x{k}" for k, v in sorted(other.items())]
+        if self.result.errors:
+            parts.append(f"{self.result.errors} errors")
+        return ", ".join(parts) or "0"
+
+    def cpu_ms_per_job(self) -> str:
+        n = self.result.accepted
+        return f"{self.server_cpu / n * 1000:.2f}" if n else "n/a"
+
+
+def measured(target: str, mode: str, tool: str, workers: list[int], redis_pid: int | None,
+             fn) -> Run:
+    """Run ``fn`` once pytest is quiet; run it again (twice at most) if pytest overlapped it."""
+    for attempt in range(3):
+        wait_quiet()
+        with OverlapMonitor() as monitor:
+            monitor.reset()
+            server0 = cpu_seconds(workers)
+            redis0 = cpu_seconds([redis_pid] if redis_pid else [])
+            busy0 = machine_busy_seconds()
+            result = fn()
+            run = Run(target, mode, tool, result, cpu_seconds(workers) - server0,
+                      cpu_seconds([redis_pid] if redis_pid else []) - redis0,
+                      machine_busy_seconds() - busy0, monitor.seen or pytest_running())
+        print(f"  {target} {mode} ({tool}): {run.rate:.0f} accepted/s, p50 {run.pct_ms(50)} ms, "
+              f"p99 {run.pct_ms(99)} ms, non-202 {run.non_accepted()}"
+              + (" [pytest overlapped]" if run.overlapped else ""), file=sys.stderr, flush=True)
+        if not run.overlapped or attempt == 2:
+            return run
+        print("  run discarded: pytest ran during it; running it again", file=sys.stderr)
+        time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def load(args: argparse.Namespace, mode: str, tool: str, url: str,
+         headers: dict[str, str]) -> LoadResult:
+    if mode == "closed" and tool == "hey":
+        return hey(url, headers, args.clients, args.duration)
+    if mode == "closed":
+        return closed_loop("POST", url, headers, args.clients, args.duration)
+    if tool == "hey":
+        return hey(url, headers, args.open_clients, args.open_duration,
+                   args.rate / args.open_clients)
+    return open_loop("POST", url, headers, args.rate, args.open_duration)
+
+
+def run(args: argparse.Namespace) -> int:
+    assert_loopback(API_URL)
+    use_hey = args.tool in ("auto", "hey") and shutil.which("hey") is not None
+    if args.tool == "hey" and not use_hey:
+        sys.exit("hey is not installed (apt-get install hey)")
+    token = admin_token()
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {token}"
+    master = api_master_pid()
+    api_env = process_env(master) if master else {}
+    api_workers = children(master) if master else []
+    redis_pid = int(redis_client().info("server").get("process_id") or 0) or None
+
+    sink = Sink(http)
+    reference = Reference(api_env)
+    headers = {"Authorization": f"Bearer {token}"}
+    dy_url = f"{API_URL}/api/v1/hosts/{SINK}/containers/x/start"
+    runs: list[Run] = []
+    try:
+        sink.setup()
+        reference.start()
+        ref_url = f"{reference.url}/submit"
+        ref_workers = reference.workers()
+        targets = [("Dockyard", dy_url, headers, api_workers, sink.drain),
+                   ("reference", ref_url, {}, ref_workers, reference.drain)]
+        # Warm-up: threads, connection pools and the token cache, untimed.
+        for _name, url, hdrs, _workers, drain in targets:
+            closed_loop("POST", url, hdrs, clients=8, duration=2)
+            drain()
+
+        plan = [("closed", "hey" if use_hey else "loadgen")]
+        if use_hey:
+            plan.append(("open", "hey"))
+        plan.append(("open", "loadgen"))
+        for mode, tool in plan:
+            for name, url, hdrs, workers, drain in targets:
+                runs.append(measured(name, mode, tool, workers, redis_pid,
+                                     functools.partial(load, args, mode, tool, url, hdrs)))
+                drain()
+                time.sleep(2)
+    finally:
+        reference.stop()
+        reference.drain()
+        sink.teardown()
+
+    report(runs, args, api_env, len(api_workers), len(ref_workers))
+    return 0
+
+
+def report(runs: list[Run], args: argparse.Namespace, api_env: dict[str, str], api_workers: int,
+           ref_workers: int) -> None:
+    threads = api_env.get("DOCKYARD_API_THREADS", "16 (default)")
+    print("### Job submission: Dockyard vs bare Flask + Redis + Celery reference\n")
+    print(f"Machine: {machine_summary()}. Both servers: gunicorn.conf.py (gthread), "
+          f"{api_workers} / {ref_workers} workers x {threads} threads (Dockyard / reference). "
+          f"Load generator on the same 2 cores.\n")
+    closed = [r for r in runs if r.mode == "closed"]
+    print(f"Closed loop: {args.clients} clients, {args.duration:g} s ({closed[0].tool}).\n")
+    print(table(["target", "accepted jobs", "accepted jobs/s", "p50 ms", "p99 ms", "non-202",
+                 "server CPU ms/job", "Redis CPU ms/job", "machine CPU busy"], [
+        [r.target, r.result.accepted, f"{r.rate:.0f}", r.pct_ms(50), r.pct_ms(99), r.non_accepted(),
+         r.cpu_ms_per_job(), f"{r.redis_cpu / max(r.result.accepted, 1) * 1000:.2f}",
+         f"{r.machine_busy / r.result.elapsed / 2 * 100:.0f}%"] for r in closed]))
+    dy = next(r for r in closed if r.target == "Dockyard")
+    ref = next(r for r in closed if r.target == "reference")
+    rel = dy.rate / ref.rate if ref.rate else 0.0
+    print()
+    print(table(["closed-loop check", "value", "target", "verdict"], [
+        ["Dockyard accepted jobs/s", f"{dy.rate:.0f}", "≥ 1000", verdict(dy.rate >= 1000)],
+        ["Dockyard / reference", f"{rel:.2f}x", "≥ 0.70x", verdict(rel >= 0.7)],
+    ]))
+    opened = [r for r in runs if r.mode == "open"]
+    print(f"\nOpen loop: {args.rate:g} req/s offered for {args.open_duration:g} s. hey: "
+          f"-c {args.open_clients} -q {args.rate / args.open_clients:g} (latency from the actual "
+          "send; a worker that falls behind skips ticks, so 'achieved' shows it). loadgen: "
+          "latency from the scheduled send time.\n")
+    print(table(["target", "tool", "offered/s", "achieved/s", "accepted", "p50 ms", "p90 ms",
+                 "p99 ms", "max ms", "non-202", "server CPU ms/job"], [
+        [r.target, r.tool, f"{args.rate:g}", f"{r.sent / r.result.elapsed:.0f}", r.result.accepted,
+         r.pct_ms(50), r.pct_ms(90), r.pct_ms(99), r.pct_ms(100), r.non_accepted(), r.cpu_ms_per_job()]
+        for r in opened]))
+    print()
+    checks = []
+    for r in opened:
+        if r.target == "Dockyard":
+            p99 = percentile(r.result.latencies, 99) * 1000
+            checks.append([f"Dockyard p99 at {args.rate:g}/s ({r.tool})", f"{p99:.1f} ms",
+                           "≤ 25 ms", verdict(p99 <= 25)])
+    print(table(["open-loop check", "value", "target", "verdict"], checks))
+    overlapped = [f"{r.target} {r.mode} ({r.tool})" for r in runs if r.overlapped]
+    print("\npytest overlapped: " + (", ".join(overlapped) if overlapped else "no run") + ".\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=30, help="closed-loop seconds")
+    parser.add_argument("--clients", type=int, default=32, help="closed-loop clients")
+    parser.add_argument("--rate", type=float, default=500, help="open-loop requests/s")
+    parser.add_argument("--open-duration", type=float, default=25, help="open-loop seconds")
+    parser.add_argument("--open-clients", type=int, default=50, help="hey workers in the open loop")
+    parser.add_argument("--tool", choices=("auto", "hey", "python"), default="auto")
+    args = parser.parse_args()
+    exit_on_sigterm()
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
