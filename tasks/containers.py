@@ -50,7 +50,7 @@ def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any], is_ad
         return containers.provision_container(
             job.client, spec, job_id, auth=registry_auth(spec["image"], spec.get("registry")),
             progress=lambda done, total, unit, message: job.progress(
-                done, total, unit, message, force=unit == "steps"),
+                done, total, unit, message, force=unit == "steps" or done == total),
             checkpoint=job.check_cancelled)
 
     self.run_job(job_id, host, operation)

@@ -55,6 +55,8 @@ def pull_image(client: docker.DockerClient, reference: str, auth: dict[str, str]
         if progress and layer:
             done = sum(1 for s in layers.values() if s[0] >= s[1])
             progress(done, len(layers) or None, "layers", f"{layer}: {chunk.get('status', '')}")
+    if progress:
+        progress(len(layers), len(layers), "layers", f"pulled {reference}")
     return client.api.inspect_image(reference)["Id"]
 
 

@@ -1,0 +1,124 @@
+"""Provision pulls with a stored registry's credentials, brokered per engine call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.integration.helpers import BUSYBOX, containers_of_job, free_port
+
+USER, PASSWORD = "dockyard", "pw-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def auth_registry(state_dir):
+    """A Distribution v2 registry on loopback with htpasswd basic auth."""
+    folder = state_dir / f"authreg-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True,
+                              capture_output=True, text=True).stdout
+    (folder / "htpasswd").write_text(htpasswd)
+    port = free_port()
+    (folder / "config.yml").write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder}/data}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"auth: {{htpasswd: {{realm: dockyard-test, path: {folder}/htpasswd}}}}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
+                            stdout=open(folder / "log", "wb"), stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(f"http://{address}/v2/", timeout=1).status_code == 401:
+                break
+        except requests.RequestException:
+            time.sleep(0.1)
+    yield address
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def pushed_image(auth_registry, engine):
+    reference = f"{auth_registry}/dyt/busybox"
+    tag = uuid.uuid4().hex[:8]
+    engine.images.get(BUSYBOX).tag(reference, tag)
+    auth = {"username": USER, "password": PASSWORD}
+    for line in engine.api.push(reference, tag, auth_config=auth, stream=True, decode=True):
+        assert "error" not in line, line
+    engine.images.remove(f"{reference}:{tag}")
+    return f"{reference}:{tag}"
+
+
+@pytest.fixture(scope="module")
+def stored_registries(admin, auth_registry):
+    names = {"good": f"authreg-{uuid.uuid4().hex[:6]}", "bad": f"badreg-{uuid.uuid4().hex[:6]}"}
+    for kind, password in (("good", PASSWORD), ("bad", "wrong-" + PASSWORD)):
+        response = admin.post("/registries", json={
+            "name": names[kind], "url": f"http://{auth_registry}", "username": USER,
+            "password": password, "insecure": True})
+        assert response.status_code == 201, response.text
+        assert "password" not in response.json() and response.json()["has_password"] is True
+    yield names
+    for name in names.values():
+        admin.delete(f"/registries/{name}")
+
+
+def test_registry_password_is_never_returned(admin, stored_registries):
+    listing = admin.get("/registries").text
+    assert PASSWORD not in listing
+    one = admin.get(f"/registries/{stored_registries['good']}")
+    assert PASSWORD not in one.text and one.json()["username"] == USER
+
+
+def test_provision_pulls_a_missing_image_with_stored_credentials(operator, engine, pushed_image,
+                                                                 stored_registries, unique,
+                                                                 cleanup):
+    cleanup.append(unique)
+    assert not engine.images.list(name=pushed_image)
+    response = operator.post("/hosts/local/containers", params={"wait": 60}, json={
+        "image": pushed_image, "name": unique, "command": ["sleep", "60"],
+        "registry": stored_registries["good"]})
+    job = response.json()
+    assert job["state"] == "succeeded", job
+    assert engine.images.get(pushed_image).id == engine.images.get(BUSYBOX).id
+    assert engine.containers.get(unique).image.id == engine.images.get(BUSYBOX).id
+
+
+def test_pull_never_refuses_and_pull_always_repulls(operator, engine, pushed_image,
+                                                    stored_registries, unique, cleanup):
+    cleanup.append(unique)
+    never = operator.post("/hosts/local/containers", params={"wait": 30}, json={
+        "image": "127.0.0.1:1/dyt/nothing:1", "name": unique, "pull": "never"}).json()
+    assert never["state"] == "failed" and never["error"]["status"] == 404
+    always = operator.post("/hosts/local/containers", params={"wait": 60}, json={
+        "image": pushed_image, "name": unique, "command": ["sleep", "60"], "pull": "always",
+        "registry": stored_registries["good"]}).json()
+    assert always["state"] == "succeeded", always
+    events = operator.get(f"/jobs/{always['id']}/events", stream=True, timeout=30)
+    progress = [line for line in events.iter_lines(decode_unicode=True)
+                if line.startswith("data:") and "layers" in line]
+    assert progress, "a pull reports per-layer progress"
+
+
+def test_wrong_credentials_fail_with_the_registry_reason_and_no_secret(operator, engine,
+                                                                       pushed_image,
+                                                                       stored_registries,
+                                                                       unique, test_redis):
+    job = operator.post("/hosts/local/containers", params={"wait": 60}, json={
+        "image": pushed_image, "name": unique, "pull": "always",
+        "registry": stored_registries["bad"]}).json()
+    assert job["state"] == "failed"
+    detail = job["error"]["detail"].lower()
+    assert "unauthorized" in detail or "authentication required" in detail
+    assert containers_of_job(engine, job["id"]) == []
+    raw_record = json.dumps(test_redis.hgetall(f"dy:job:{job['id']}"))
+    raw_events = json.dumps(test_redis.xrange(f"dy:job:{job['id']}:events"))
+    for secret in (PASSWORD, "wrong-" + PASSWORD):
+        assert secret not in raw_record and secret not in raw_events
+        assert secret not in json.dumps(job)
