@@ -30,7 +30,7 @@ def auth_registry(state_dir):
         f"http: {{addr: 127.0.0.1:{port}}}\n"
         f"auth: {{htpasswd: {{realm: dockyard-test, path: {folder}/htpasswd}}}}\n")
     proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
-                            stdout=open(folder / "log", "wb"), stderr=subprocess.STDOUT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     for _ in range(100):
         try:
