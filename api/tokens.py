@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import requires
+from api.common import principal, requires
+from app.errors import ForbiddenError, InvalidInputError
 from app.runtime import runtime
-from app.store import utcnow
 from schemas.tokens import TokenCreatedSchema, TokenCreateSchema, TokenSchema
 
 blp = Blueprint("tokens", __name__, description="API tokens (admin)")
@@ -26,12 +28,17 @@ class Tokens(MethodView):
     @blp.response(201, TokenCreatedSchema)
     def post(self, body: dict) -> dict:
         """Create a token; the answer holds the secret, which is not stored and not shown again."""
+        caller = principal()
+        if caller.hosts is not None and (body["hosts"] is None
+                                         or not set(body["hosts"]) <= caller.hosts):
+            raise ForbiddenError("a host-scoped token can only create tokens within its own "
+                                 f"hosts ({', '.join(sorted(caller.hosts))})")
         expires = body["expires_at"]
-        expires_at = expires.isoformat().replace("+00:00", "Z") if expires else None
-        if expires_at and expires_at <= utcnow():
-            from app.errors import InvalidInputError
+        if expires is not None and expires <= datetime.now(UTC):
             raise InvalidInputError("expires_at is in the past",
                                     errors={"expires_at": ["must be in the future"]})
+        expires_at = expires.astimezone(UTC).isoformat(timespec="seconds").replace(
+            "+00:00", "Z") if expires else None
         record, secret = runtime().tokens.create(body["name"], body["role"], body["hosts"],
                                                  expires_at)
         return {**record, "token": secret}

@@ -76,6 +76,13 @@ class Settings:
     )
     public_metrics: bool = field(default_factory=lambda: _env_bool("DOCKYARD_PUBLIC_METRICS", True))
 
+    def __post_init__(self) -> None:
+        if self.visibility_timeout_seconds and \
+                self.visibility_timeout_seconds <= self.task_time_limit_seconds:
+            raise ValueError(
+                "DOCKYARD_VISIBILITY_TIMEOUT_SECONDS must exceed DOCKYARD_TASK_TIME_LIMIT_SECONDS, "
+                "or running jobs are delivered a second time")
+
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"

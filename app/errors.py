@@ -25,9 +25,11 @@ class DockyardError(Exception):
         self.detail = detail or self.title
         self.extra = extra
 
+    type_uri: str | None = None
+
     def to_problem(self) -> dict[str, Any]:
         problem = {
-            "type": PROBLEM_BASE + self.slug,
+            "type": self.type_uri or PROBLEM_BASE + self.slug,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
@@ -131,7 +133,7 @@ def error_from_problem(problem: dict[str, Any]) -> DockyardError:
     DockyardError.__init__(err, problem.get("detail"))
     err.status = status
     err.title = problem.get("title", cls.title)
-    err.slug = str(problem.get("type", "")).removeprefix(PROBLEM_BASE) or cls.slug
+    err.type_uri = str(problem.get("type") or PROBLEM_BASE + cls.slug)
     err.extra = {k: v for k, v in problem.items() if k not in ("type", "title", "status", "detail")}
     return err
 

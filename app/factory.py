@@ -40,6 +40,8 @@ class DockyardApi(Api):
                 flat.update(value if isinstance(value, dict) else {"_body": value})
             extra["errors"] = flat
         status = error.code or 500
+        if status == 413:
+            _drain_body()
         title = error.name if status != 422 else "Invalid input"
         detail = _http_detail(error, status, extra)
         slug_title = "invalid-input" if status == 422 else title
@@ -50,6 +52,17 @@ class DockyardApi(Api):
         if status == 405 and getattr(error, "valid_methods", None):
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
+
+
+def _drain_body(cap: int = 64 << 20) -> None:
+    """Read (and drop) an over-limit body so the client sees the 413, not a reset socket."""
+    stream = request.environ.get("wsgi.input")
+    remaining = min(request.content_length or 0, cap)
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(1 << 16, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
 
 
 def _http_detail(error: HTTPException, status: int, extra: dict) -> str:
@@ -201,7 +214,10 @@ def _accepted_mimetypes() -> tuple[str, ...]:
 
 
 def _dockyard_error(error: DockyardError) -> Response:
-    return problem_response(error.to_problem())
+    response = problem_response(error.to_problem())
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dockyard"'
+    return response
 
 
 def _redis_down(error: Exception) -> Response:

@@ -19,6 +19,7 @@ from app.store import PREFIX, utcnow
 
 _HOSTS = PREFIX + "hosts"
 _STATUS = PREFIX + "hosts:status"
+_REVISION = PREFIX + "hosts:revision"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 RESERVED_NAMES = frozenset({"auto"})
 ROUTES = ("central", "agent")
@@ -41,7 +42,7 @@ def validate_url(url: str, has_tls: bool) -> None:
             port = parts.port
         except ValueError:
             port = None
-        if not parts.hostname or port is None:
+        if not parts.hostname or not port:
             raise _url_error("tcp:// URLs need a host and a port, e.g. tcp://10.0.0.5:2376")
         if not has_tls and not _is_loopback(parts.hostname):
             raise _url_error("tcp:// engines off loopback must use mutual TLS: give tls "
@@ -112,7 +113,7 @@ class HostStore:
         now = utcnow()
         record = {"name": name, "url": url, "route": route, "labels": labels,
                   "tls": crypto.seal(self.settings, tls) if tls else None,
-                  "created_at": now, "updated_at": now, "revision": 1}
+                  "created_at": now, "updated_at": now, "revision": self._next_revision()}
         if not self.redis.hsetnx(_HOSTS, name, json.dumps(record)):
             raise ConflictError(f"host '{name}' already exists")
         return record
@@ -136,9 +137,14 @@ class HostStore:
         record.update(changes)
         validate_url(record["url"], bool(record["tls"]))
         record["updated_at"] = utcnow()
-        record["revision"] = int(record.get("revision", 1)) + 1
+        record["revision"] = self._next_revision()
         self.redis.hset(_HOSTS, name, json.dumps(record))
         return record
+
+    def _next_revision(self) -> int:
+        # One counter for all hosts: a host deleted and registered again never reuses a
+        # revision, so no worker keeps serving it with a client for the old URL.
+        return int(self.redis.incr(_REVISION))
 
     def get(self, name: str) -> dict[str, Any]:
         raw = self.redis.hget(_HOSTS, name)
@@ -191,4 +197,4 @@ def _is_loopback(hostname: str) -> bool:
 
 
 def name_is_valid(name: str) -> bool:
-    return re.match(NAME_PATTERN, name) is not None
+    return re.fullmatch(NAME_PATTERN, name) is not None

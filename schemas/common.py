@@ -1,6 +1,6 @@
 """Schemas shared by every resource: problems, jobs, wait and pagination arguments."""
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 
 class ProblemSchema(Schema):
@@ -49,3 +49,12 @@ class WaitArgsSchema(Schema):
         unknown = EXCLUDE
 
     wait = fields.Float(load_default=0, validate=validate.Range(min=0, max=3600))
+
+
+class FullMatch(validate.Regexp):
+    """A pattern the whole value must match (``Regexp`` lets ``$`` match before a newline)."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value

@@ -18,6 +18,8 @@ from marshmallow import (
     validates_schema,
 )
 
+from schemas.common import FullMatch
+
 CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -171,7 +173,7 @@ class VolumeSchema(Schema):
     source = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=4096))
     target = fields.String(required=True, validate=[
         validate.Length(min=1, max=4096),
-        validate.Regexp(r"^/", error="the target must be an absolute path in the container")])
+        FullMatch(r"^/.*$", error="the target must be an absolute path in the container")])
     read_only = fields.Boolean(load_default=False)
     type = fields.String(load_default=None, validate=validate.OneOf(["bind", "volume"]))
 
@@ -207,8 +209,8 @@ class ProvisionSpecSchema(Schema):
 
     image = fields.String(required=True, validate=[
         validate.Length(min=1, max=512),
-        validate.Regexp(r"^\S+$", error="the image must be a non-blank reference without spaces")])
-    name = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(
+        FullMatch(r"^\S+$", error="the image must be a non-blank reference without spaces")])
+    name = fields.String(load_default=None, allow_none=True, validate=FullMatch(
         CONTAINER_NAME, error="names are [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128"))
     command = _Argv(load_default=None, allow_none=True)
     entrypoint = _Argv(load_default=None, allow_none=True)
@@ -217,16 +219,16 @@ class ProvisionSpecSchema(Schema):
     ports = fields.List(_ShortOr(PortSchema, parse_port), load_default=list)
     publish_all = fields.Boolean(load_default=False)
     volumes = fields.List(_ShortOr(VolumeSchema, parse_volume), load_default=list)
-    volumes_from = fields.List(fields.String(validate=validate.Regexp(
+    volumes_from = fields.List(fields.String(validate=FullMatch(
         r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*(:(ro|rw))?$", error="CONTAINER[:ro|rw]")), load_default=list)
     restart_policy = fields.Nested(RestartPolicySchema, load_default=None, allow_none=True)
     memory = _Size(load_default=None, allow_none=True)
     cpus = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=0.01, max=1024))
     network = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
-    hostname = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(
+    hostname = fields.String(load_default=None, allow_none=True, validate=FullMatch(
         r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}$"))
     user = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
-    workdir = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(r"^/"))
+    workdir = fields.String(load_default=None, allow_none=True, validate=FullMatch(r"^/.*$"))
     healthcheck = fields.Nested(HealthcheckSchema, load_default=None, allow_none=True)
     pull = fields.String(load_default="missing", validate=validate.OneOf(["missing", "always", "never"]))
     registry = fields.String(load_default=None, allow_none=True)
@@ -271,7 +273,7 @@ class ContainerListArgsSchema(Schema):
     all = fields.Boolean(load_default=False)
     limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=10000))
     latest = fields.Boolean(load_default=False)
-    name = fields.String(validate=validate.Regexp(CONTAINER_NAME))
+    name = fields.String(validate=FullMatch(CONTAINER_NAME))
     label = fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=list)
     status = fields.String(validate=validate.OneOf(
         ["created", "restarting", "running", "removing", "paused", "exited", "dead"]))

@@ -3,6 +3,7 @@
 from marshmallow import Schema, fields, validate
 
 from app.hosts import NAME_PATTERN, ROUTES
+from schemas.common import FullMatch
 
 
 class TlsSchema(Schema):
@@ -12,7 +13,7 @@ class TlsSchema(Schema):
 
 
 class HostCreateSchema(Schema):
-    name = fields.String(required=True, validate=validate.Regexp(
+    name = fields.String(required=True, validate=FullMatch(
         NAME_PATTERN, error="lowercase letters, digits, '.', '_' or '-', at most 63"))
     url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
     tls = fields.Nested(TlsSchema, load_default=None, allow_none=True)

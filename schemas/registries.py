@@ -3,10 +3,11 @@
 from marshmallow import Schema, fields, validate
 
 from app.hosts import NAME_PATTERN
+from schemas.common import FullMatch
 
 
 class RegistryCreateSchema(Schema):
-    name = fields.String(required=True, validate=validate.Regexp(NAME_PATTERN))
+    name = fields.String(required=True, validate=FullMatch(NAME_PATTERN))
     url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
     username = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=256))
     password = fields.String(load_default=None, allow_none=True, load_only=True,

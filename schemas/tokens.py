@@ -4,12 +4,13 @@ from marshmallow import Schema, fields, validate
 
 from app.auth import ROLES
 from app.hosts import NAME_PATTERN
+from schemas.common import FullMatch
 
 
 class TokenCreateSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    hosts = fields.List(fields.String(validate=validate.Regexp(NAME_PATTERN)), load_default=None,
+    hosts = fields.List(fields.String(validate=FullMatch(NAME_PATTERN)), load_default=None,
                         allow_none=True, metadata={"description": "host scope; null = all"})
     expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import docker
+import requests
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -46,8 +47,8 @@ def client_for(host: str, revision: int | None = None) -> docker.DockerClient:
 
 
 def internal_problem() -> dict[str, Any]:
-    return {"type": "about:blank", "title": "Internal error", "status": 500,
-            "detail": "the worker failed unexpectedly; see the worker log for this job"}
+    return DockyardError("the worker failed unexpectedly; see the worker log for this job"
+                         ).to_problem()
 
 
 def to_problem(exc: BaseException, host: str | None) -> dict[str, Any]:
@@ -140,6 +141,20 @@ class JobTask(Task):
         logger.info("job %s succeeded host=%s", job_id, host)
 
 
+def _unreachable_or(exc: Exception, host: str) -> Exception:
+    """After a read timeout, tell a dead host (503) from a slow engine (504) on a fresh connection.
+
+    A pooled keep-alive connection to a host whose link went down only times out; a new
+    connection fails at once with the real reason.
+    """
+    try:
+        client_for(host).ping()
+    except Exception as fresh:
+        engine_clients().forget(host)
+        return fresh
+    return exc
+
+
 class QueryTask(Task):
     """Base for reads: runs against the host's engine and pushes the answer to the caller."""
 
@@ -153,6 +168,8 @@ class QueryTask(Task):
         except Exception as exc:
             if isinstance(exc, docker.errors.DockerException | OSError):
                 engine_clients().forget(host)
+            if isinstance(exc, requests.exceptions.ReadTimeout):
+                exc = _unreachable_or(exc, host)
             problem = to_problem(exc, host)
             if problem["status"] == 500:
                 logger.exception("query %s failed unexpectedly host=%s", self.name, host)

@@ -115,8 +115,6 @@ def test_an_explicit_visibility_timeout_is_used(clean_env: pytest.MonkeyPatch) -
     assert Settings().effective_visibility_timeout == 9000
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an explicit visibility timeout below the task time "
-                   "limit is accepted silently, so a long job is redelivered while still running")
 def test_visibility_timeout_is_never_below_the_task_time_limit(
         clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("DOCKYARD_TASK_TIME_LIMIT_SECONDS", "3600")

@@ -264,9 +264,6 @@ def test_unknown_problem_type_rebuilds_a_base_error_with_its_status() -> None:
                                     "status": 418, "detail": "teapot"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: error_from_problem prefixes foreign types: "
-                   "'about:blank' (tasks.base.internal_problem) becomes "
-                   "'https://dockyard.dev/problems/about:blank'")
 def test_about_blank_problem_from_a_worker_keeps_its_type() -> None:
     problem = {"type": "about:blank", "title": "Internal error", "status": 500,
                "detail": "the worker failed unexpectedly; see the worker log for this job"}

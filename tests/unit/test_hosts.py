@@ -72,8 +72,6 @@ def test_tcp_without_a_usable_host_and_port_is_refused(url: str) -> None:
     assert caught.value.extra["errors"]["url"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validate_url accepts port 0, which docker-py "
-                   "refuses ('port is required'), so the host registers but can never be used")
 def test_tcp_port_zero_is_refused() -> None:
     with pytest.raises(InvalidInputError):
         validate_url("tcp://127.0.0.1:0", has_tls=False)
@@ -196,7 +194,5 @@ def test_invalid_host_names(name: str) -> None:
     assert not name_is_valid(name)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NAME_PATTERN ends in '$', which also matches before "
-                   "a trailing newline, so 'edge-1\\n' passes name_is_valid and the schemas")
 def test_host_name_with_trailing_newline_is_invalid() -> None:
     assert not name_is_valid("edge-1\n")
