@@ -7,7 +7,15 @@ source "$(dirname "$0")/lib.sh"
 
 PRIVATE_SOCK="$RUN_DIR/docker.sock"
 
-redis_ping() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+# PING over bash's /dev/tcp, so an existing Redis is found even without redis-cli.
+redis_ping() {
+  local reply
+  exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" 2>/dev/null || return 1
+  printf 'PING\r\n' >&3
+  read -r -t 2 reply <&3 || true
+  exec 3>&-
+  [[ "$reply" == +PONG* ]]
+}
 sock_ping() { curl -sf --max-time 3 --unix-socket "$1" http://d/_ping >/dev/null 2>&1; }
 registry_ping() { curl -s --max-time 3 -o /dev/null "http://$REGISTRY_ADDR/v2/"; }
 
@@ -105,9 +113,8 @@ down() {
     log "docker: private engine stopped"
   fi
   if pid_alive "$RUN_DIR/redis.pid"; then
-    redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || stop_pidfile "$RUN_DIR/redis.pid"
-    wait_for 10 bash -c "! kill -0 $(cat "$RUN_DIR/redis.pid" 2>/dev/null || echo 0)" || true
-    rm -f "$RUN_DIR/redis.pid"
+    # TERM makes Redis flush its AOF and exit cleanly.
+    stop_pidfile "$RUN_DIR/redis.pid" 20
     log "redis: stopped"
   fi
 }
