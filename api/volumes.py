@@ -1,0 +1,7 @@
+"""/hosts/{host}/volumes."""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+blp = Blueprint("volumes", __name__, description="Volumes on a host")

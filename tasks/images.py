@@ -1,0 +1,3 @@
+"""Images jobs and reads."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Volumes jobs and reads."""
+
+from __future__ import annotations
