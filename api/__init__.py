@@ -7,8 +7,18 @@ from flask import Flask
 
 def register_blueprints(app: Flask, api) -> None:
     """Import and register every blueprint (inside the factory, never at import time)."""
-    from api import containers, health, hosts, images, jobs, registries, tokens, volumes
+    from api import (
+        containers,
+        health,
+        hosts,
+        images,
+        jobs,
+        registries,
+        tokens,
+        transfers,
+        volumes,
+    )
 
-    for module in (jobs, hosts, containers, images, volumes, registries, tokens):
+    for module in (jobs, hosts, containers, images, volumes, transfers, registries, tokens):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     app.register_blueprint(health.blp)

@@ -55,6 +55,8 @@ class Settings:
         default_factory=lambda: _env_list("DOCKYARD_ADMIN_POLICY_EXCEPTIONS", "")
     )
     max_body_bytes: int = field(default_factory=lambda: _env_int("DOCKYARD_MAX_BODY_BYTES", 1 << 20))
+    max_upload_bytes: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_MAX_UPLOAD_BYTES", 8 << 30))
     job_retention_seconds: int = field(
         default_factory=lambda: _env_int("DOCKYARD_JOB_RETENTION_SECONDS", 7 * 24 * 3600)
     )

@@ -11,6 +11,7 @@ from typing import Any
 from app.auth import Principal
 from app.errors import NoWorkerError, QueryTimeoutError, error_from_problem
 from app.hosts import queues_for
+from app.pipes import PipeReader, new_pipe_id
 from app.runtime import runtime
 from app.store import PREFIX, get_redis
 
@@ -94,6 +95,27 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     rt.celery.send_task(kind, args=task_args, queue=queue, task_id=record["id"])
     logger.info("job %s queued kind=%s host=%s", record["id"], kind, host)
     return record, True
+
+
+def open_stream(name: str, host_record: dict[str, Any], args: list[Any],
+                timeout: float | None = None) -> tuple[dict[str, Any], PipeReader]:
+    """Start a download produced by a worker on the host's query lane.
+
+    Returns:
+        The producer's metadata and the reader whose ``chunks()`` yield the bytes.
+
+    Raises:
+        NoWorkerError, QueryTimeoutError, or the error the worker reported before any byte.
+    """
+    timeout = timeout or runtime().settings.query_timeout_seconds
+    queue = queues_for(host_record)[1]
+    require_lane(queue, host_record["name"])
+    pipe_id = new_pipe_id()
+    runtime().celery.send_task(name, args=[pipe_id, host_record["name"],
+                                           host_record.get("revision", 1), *args],
+                               queue=queue, expires=timeout)
+    reader = PipeReader(pipe_id)
+    return reader.open(timeout), reader
 
 
 def run_query(name: str, host_record: dict[str, Any], args: list[Any],

@@ -35,9 +35,22 @@ def get_redis() -> redis.Redis:
     return _redis
 
 
+_redis_bytes: redis.Redis | None = None
+
+
+def get_redis_bytes() -> redis.Redis:
+    """A client that returns bytes, for binary pipes (same server as get_redis)."""
+    global _redis_bytes
+    if _redis_bytes is None:
+        _redis_bytes = redis.Redis.from_url(get_settings().redis_url, decode_responses=False,
+                                            socket_connect_timeout=2, max_connections=256)
+    return _redis_bytes
+
+
 def _reset_after_fork() -> None:
-    global _redis
+    global _redis, _redis_bytes
     _redis = None
+    _redis_bytes = None
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

@@ -10,8 +10,9 @@
     thread counts, on another loopback port.
 
 Closed loop: 32 clients for 30 s (hey -c 32 -z 30s). Open loop: a constant 500 req/s for
-25 s, with hey (-c 50 -q 10: 50 workers each ticking at 10/s, latency from the actual
-send) and with bench/loadgen.py (requests due on a clock, latency from the scheduled send).
+25 s, with bench/loadgen.py (requests evenly spaced on a clock, latency from the scheduled
+send) and with hey (-c 10 -q 50: 10 workers each ticking at 50/s; the workers tick in step,
+so hey offers bursts of 10 every 20 ms, and measures latency from the actual send).
 Between runs and at the end the queues are deleted and every job record the run made is
 removed; the host, the fake heartbeat and the reference server go too.
 
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,6 +274,7 @@ class Run:
     redis_cpu: float
     machine_busy: float  # busy CPU seconds of the whole machine (both cores)
     overlapped: bool
+    restarted: bool = False
 
     @property
     def rate(self) -> float:
@@ -296,11 +299,13 @@ class Run:
         return f"{self.server_cpu / n * 1000:.2f}" if n else "n/a"
 
 
-def measured(target: str, mode: str, tool: str, workers: list[int], redis_pid: int | None,
-             fn) -> Run:
-    """Run ``fn`` once pytest is quiet; run it again (twice at most) if pytest overlapped it."""
+def measured(target: str, mode: str, tool: str, workers_of: Callable[[], list[int]],
+             redis_pid: int | None, fn: Callable[[], LoadResult]) -> Run:
+    """Run ``fn`` once pytest is quiet; run it again (twice at most) if pytest overlapped it
+    or the target's gunicorn workers changed (someone restarted the API) during it."""
     for attempt in range(3):
         wait_quiet()
+        workers = workers_of()
         with OverlapMonitor() as monitor:
             monitor.reset()
             server0 = cpu_seconds(workers)
@@ -310,12 +315,15 @@ def measured(target: str, mode: str, tool: str, workers: list[int], redis_pid: i
             run = Run(target, mode, tool, result, cpu_seconds(workers) - server0,
                       cpu_seconds([redis_pid] if redis_pid else []) - redis0,
                       machine_busy_seconds() - busy0, monitor.seen or pytest_running())
+        restarted = sorted(workers_of()) != sorted(workers) or not workers
         print(f"  {target} {mode} ({tool}): {run.rate:.0f} accepted/s, p50 {run.pct_ms(50)} ms, "
               f"p99 {run.pct_ms(99)} ms, non-202 {run.non_accepted()}"
-              + (" [pytest overlapped]" if run.overlapped else ""), file=sys.stderr, flush=True)
-        if not run.overlapped or attempt == 2:
+              + (" [pytest overlapped]" if run.overlapped else "")
+              + (" [server restarted]" if restarted else ""), file=sys.stderr, flush=True)
+        if not (run.overlapped or restarted) or attempt == 2:
+            run.restarted = restarted
             return run
-        print("  run discarded: pytest ran during it; running it again", file=sys.stderr)
+        print("  run discarded; running it again", file=sys.stderr)
         time.sleep(1)
     raise AssertionError("unreachable")
 
@@ -342,7 +350,10 @@ def run(args: argparse.Namespace) -> int:
     http.headers["Authorization"] = f"Bearer {token}"
     master = api_master_pid()
     api_env = process_env(master) if master else {}
-    api_workers = children(master) if master else []
+
+    def api_workers() -> list[int]:
+        pid = api_master_pid()
+        return children(pid) if pid else []
     redis_pid = int(redis_client().info("server").get("process_id") or 0) or None
 
     sink = Sink(http)
@@ -350,13 +361,14 @@ def run(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     dy_url = f"{API_URL}/api/v1/hosts/{SINK}/containers/x/start"
     runs: list[Run] = []
+    counts = (0, 0)
     try:
         sink.setup()
         reference.start()
         ref_url = f"{reference.url}/submit"
-        ref_workers = reference.workers()
+        counts = (len(api_workers()), len(reference.workers()))
         targets = [("Dockyard", dy_url, headers, api_workers, sink.drain),
-                   ("reference", ref_url, {}, ref_workers, reference.drain)]
+                   ("reference", ref_url, {}, reference.workers, reference.drain)]
         # Warm-up: threads, connection pools and the token cache, untimed.
         for _name, url, hdrs, _workers, drain in targets:
             closed_loop("POST", url, hdrs, clients=8, duration=2)
@@ -377,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
         reference.drain()
         sink.teardown()
 
-    report(runs, args, api_env, len(api_workers), len(ref_workers))
+    report(runs, args, api_env, *counts)
     return 0
 
 
@@ -422,7 +434,9 @@ def report(runs: list[Run], args: argparse.Namespace, api_env: dict[str, str], a
                            "≤ 25 ms", verdict(p99 <= 25)])
     print(table(["open-loop check", "value", "target", "verdict"], checks))
     overlapped = [f"{r.target} {r.mode} ({r.tool})" for r in runs if r.overlapped]
-    print("\npytest overlapped: " + (", ".join(overlapped) if overlapped else "no run") + ".\n")
+    restarted = [f"{r.target} {r.mode} ({r.tool})" for r in runs if r.restarted]
+    print("\npytest overlapped: " + (", ".join(overlapped) if overlapped else "no run") + ". "
+          "Server restarted during: " + (", ".join(restarted) if restarted else "no run") + ".\n")
 
 
 def main() -> int:
@@ -431,7 +445,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32, help="closed-loop clients")
     parser.add_argument("--rate", type=float, default=500, help="open-loop requests/s")
     parser.add_argument("--open-duration", type=float, default=25, help="open-loop seconds")
-    parser.add_argument("--open-clients", type=int, default=50, help="hey workers in the open loop")
+    parser.add_argument("--open-clients", type=int, default=10,
+                        help="hey workers in the open loop (each at rate/N per s)")
     parser.add_argument("--tool", choices=("auto", "hey", "python"), default="auto")
     args = parser.parse_args()
     exit_on_sigterm()

@@ -1,3 +1,3 @@
 """Celery tasks: thin wrappers that run app/ functions as jobs and queries."""
 
-from tasks import containers, hosts, images, jobs, volumes, worker  # noqa: F401  (registers tasks and worker signals)
+from tasks import containers, hosts, images, jobs, transfers, volumes, worker  # noqa: F401  (registers tasks and worker signals)

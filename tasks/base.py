@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -18,6 +19,7 @@ from app.dispatch import REPLY_TTL_SECONDS, reply_key
 from app.engine.client import EngineClients
 from app.engine.errors import translate_engine_error
 from app.errors import DockyardError, JobCancelledError, QueryTimeoutError
+from app.pipes import PipeClosedError, PipeWriter
 from app.runtime import runtime
 from app.store import get_redis, utcnow
 
@@ -178,3 +180,54 @@ class QueryTask(Task):
         pipe.rpush(reply_key(reply_id), json.dumps(payload, default=str))
         pipe.expire(reply_key(reply_id), REPLY_TTL_SECONDS)
         pipe.execute()
+
+
+class StreamTask(Task):
+    """Base for downloads: produces bytes from the engine into a pipe the API relays."""
+
+    abstract = True
+    acks_late = False
+
+    def stream(self, pipe_id: str, host: str, revision: int,
+               produce: Callable[[docker.DockerClient], tuple[dict[str, Any], Iterator[bytes],
+                                                              Callable[[], None]]]) -> None:
+        """Run ``produce`` (metadata, chunks, closer) and copy its chunks into the pipe.
+
+        A follow stream (logs -f, events) blocks in the engine between chunks, so a watcher
+        closes it as soon as the reader leaves instead of at the next chunk.
+        """
+        writer = PipeWriter(pipe_id)
+        try:
+            meta, chunks, closer = produce(client_for(host, revision))
+        except Exception as exc:
+            if isinstance(exc, docker.errors.DockerException | OSError):
+                engine_clients().forget(host)
+            writer.fail(to_problem(exc, host))
+            return
+        stop = threading.Event()
+        watcher = threading.Thread(target=_close_when_reader_leaves,
+                                   args=(writer, closer, stop), daemon=True)
+        watcher.start()
+        try:
+            writer.header(meta)
+            for chunk in chunks:
+                if chunk:
+                    writer.write(chunk)
+            writer.end()
+        except PipeClosedError:
+            logger.info("stream %s: reader left after %s bytes host=%s", self.name,
+                        writer.bytes_sent, host)
+        except Exception as exc:
+            if not writer.reader_gone():
+                writer.fail(to_problem(exc, host))
+        finally:
+            stop.set()
+            closer()
+
+
+def _close_when_reader_leaves(writer: PipeWriter, closer: Callable[[], None],
+                              stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if writer.reader_gone():
+            closer()
+            return

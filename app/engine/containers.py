@@ -81,11 +81,12 @@ def container_logs(client: docker.DockerClient, ref: str, *, tail: str = "all",
     client.api.inspect_container(ref)  # a clean 404 for an unknown container
     raw = client.api.logs(ref, stdout=True, stderr=True, timestamps=timestamps,
                           tail=tail if tail == "all" else int(tail),
-                          since=_time_arg(since), until=_time_arg(until))
+                          since=time_arg(since), until=time_arg(until))
     return raw[-_LOG_LIMIT_BYTES:].decode("utf-8", errors="replace")
 
 
-def _time_arg(value: str | None) -> Any:
+def time_arg(value: str | None) -> Any:
+    """A docker time argument: Unix seconds or an RFC 3339 timestamp (None passes through)."""
     if value in (None, ""):
         return None
     try:

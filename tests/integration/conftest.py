@@ -52,6 +52,7 @@ def stack_env(state_dir: Path, bind_root: Path) -> dict[str, str]:
         "DOCKYARD_BIND_ROOTS": str(bind_root),
         "DOCKYARD_LOCAL_ENGINE": os.environ["DOCKER_HOST"],
         "DOCKYARD_MAX_BODY_BYTES": str(256 * 1024),
+        "DOCKYARD_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024),
         "DOCKYARD_TOKEN_CACHE_SECONDS": "0",
     }
 

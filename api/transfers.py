@@ -1,0 +1,138 @@
+"""Tar transfers and follow streams: ``docker cp``, ``save``, ``load``, ``import``, ``events``."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, request, stream_with_context
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import RAISE
+
+from api.common import accepts, requires, start_job
+from api.hosts import host_record
+from app.dispatch import open_stream
+from app.pipes import PipeReader
+from app.runtime import runtime
+from app.spool import require_tar, spool_dir, spool_upload
+from schemas.common import JobSchema
+from schemas.transfers import (
+    ArchivePathSchema,
+    EventStreamArgsSchema,
+    ImportArgsSchema,
+    SaveArgsSchema,
+)
+
+blp = Blueprint("transfers", __name__, description="Tar transfers and live streams")
+
+TAR_TYPES = ("application/x-tar", "application/octet-stream", "application/gzip")
+
+
+def spooled_tar() -> str:
+    """Spool the request body (a tar) to shared disk and return its path."""
+    request.max_content_length = runtime().settings.max_upload_bytes
+    path = spool_upload(request.stream, spool_dir(runtime().settings.state_dir),
+                        runtime().settings.max_upload_bytes)
+    require_tar(path)
+    return str(path)
+
+
+def relay(reader: PipeReader) -> Iterator[bytes]:
+    yield from reader.chunks()
+
+
+def sse_lines(reader: PipeReader, event: str) -> Iterator[str]:
+    """Each complete line from the pipe as one SSE event."""
+    pending = b""
+    yield "retry: 2000\n\n"
+    for chunk in reader.chunks():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield f"event: {event}\ndata: {line.decode('utf-8', 'replace')}\n\n"
+    if pending:
+        yield f"event: {event}\ndata: {pending.decode('utf-8', 'replace')}\n\n"
+    yield "event: end\ndata: {}\n\n"
+
+
+def sse_response(reader: PipeReader, event: str) -> Response:
+    return Response(stream_with_context(sse_lines(reader, event)), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/archive")
+class ContainerArchive(MethodView):
+    @requires("viewer")
+    @blp.arguments(ArchivePathSchema, location="query")
+    @blp.response(200, description="application/x-tar stream of the path")
+    def get(self, args: dict, host: str, ref: str) -> Response:
+        """`docker cp CONTAINER:PATH -`: download a path as a tar stream."""
+        meta, reader = open_stream("transfers.archive_out", host_record(host),
+                                   [ref, args["path"]])
+        stat = base64.b64encode(json.dumps(meta["stat"]).encode()).decode()
+        return Response(stream_with_context(relay(reader)), mimetype="application/x-tar",
+                        headers={"X-Docker-Container-Path-Stat": stat})
+
+    @requires("operator")
+    @accepts(*TAR_TYPES)
+    @blp.arguments(ArchivePathSchema, location="query")
+    @blp.response(202, JobSchema)
+    def put(self, args: dict, host: str, ref: str) -> Any:
+        """`docker cp - CONTAINER:PATH`: extract an uploaded tar into the container (job)."""
+        record = host_record(host)
+        return start_job("transfers.archive_in", host_record=record, target=ref,
+                         args=[ref, args["path"], spooled_tar()], body={"path": args["path"]})
+
+
+@blp.route("/hosts/<string:host>/images/save")
+class ImageSave(MethodView):
+    @requires("viewer")
+    @blp.arguments(SaveArgsSchema, location="query")
+    @blp.response(200, description="application/x-tar stream (`docker save` format)")
+    def get(self, args: dict, host: str) -> Response:
+        """`docker save REF...`: download one or more images as a tar stream."""
+        _meta, reader = open_stream("transfers.save", host_record(host), [args["ref"]])
+        return Response(stream_with_context(relay(reader)), mimetype="application/x-tar")
+
+
+@blp.route("/hosts/<string:host>/images/load")
+class ImageLoad(MethodView):
+    @requires("operator")
+    @accepts(*TAR_TYPES)
+    @blp.response(202, JobSchema)
+    def post(self, host: str) -> Any:
+        """`docker load`: load images from an uploaded `docker save` tar (job)."""
+        record = host_record(host)
+        return start_job("transfers.load", host_record=record, target=None,
+                         args=[spooled_tar()], body={})
+
+
+@blp.route("/hosts/<string:host>/images/import")
+class ImageImport(MethodView):
+    @requires("operator")
+    @accepts(*TAR_TYPES)
+    @blp.arguments(ImportArgsSchema, location="query", unknown=RAISE)
+    @blp.response(202, JobSchema)
+    def post(self, args: dict, host: str) -> Any:
+        """`docker import - [REPO[:TAG]] --change …`: a filesystem tar becomes an image (job)."""
+        record = host_record(host)
+        args.pop("wait")
+        return start_job("transfers.import", host_record=record, target=args["repository"],
+                         args=[spooled_tar(), args["repository"], args["tag"], args["change"]],
+                         body=args)
+
+
+@blp.route("/hosts/<string:host>/events/stream")
+class HostEventStream(MethodView):
+    @requires("viewer")
+    @blp.arguments(EventStreamArgsSchema, location="query")
+    @blp.response(200, description="text/event-stream, one `event` per engine event")
+    def get(self, args: dict, host: str) -> Response:
+        """`docker events` as a live Server-Sent-Events stream."""
+        filters = {key: args[key] for key in ("type", "event", "container") if args[key]}
+        _meta, reader = open_stream("transfers.follow_events", host_record(host), [{
+            "since": args["since"], "until": args["until"], "filters": filters}])
+        return sse_response(reader, "event")

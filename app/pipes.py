@@ -1,0 +1,138 @@
+"""Byte streams from a worker to the API through Redis, bounded so memory stays flat.
+
+The API never talks to an engine, so a download (``docker cp``, ``save``, ``logs -f``)
+is produced by a worker and relayed: the worker pushes a header, then chunks, then an
+end mark onto a Redis list; the API pops and forwards them. The worker waits while the
+list holds ``MAX_QUEUED`` chunks (backpressure) and stops when the reader has gone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from app.errors import DockyardError, QueryTimeoutError, error_from_problem
+from app.store import PREFIX, get_redis_bytes
+
+HEADER, DATA, ERROR, END = b"H", b"D", b"E", b"Z"
+MAX_QUEUED = 16
+CHUNK_BYTES = 256 * 1024
+STALL_SECONDS = 60.0
+PIPE_TTL_SECONDS = 300
+
+
+class PipeClosedError(Exception):
+    """The reader went away (client disconnected or stalled out)."""
+
+
+def new_pipe_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _data_key(pipe_id: str) -> str:
+    return f"{PREFIX}pipe:{pipe_id}"
+
+
+def _closed_key(pipe_id: str) -> str:
+    return f"{PREFIX}pipe:{pipe_id}:closed"
+
+
+class PipeWriter:
+    """The worker's end: header first, then bytes, then ``end()`` (or ``fail()``)."""
+
+    def __init__(self, pipe_id: str, stall_seconds: float = STALL_SECONDS) -> None:
+        self.redis = get_redis_bytes()
+        self.key = _data_key(pipe_id)
+        self.closed_key = _closed_key(pipe_id)
+        self.stall_seconds = stall_seconds
+        self.bytes_sent = 0
+
+    def _push(self, kind: bytes, payload: bytes) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(self.key, kind + payload)
+        pipe.expire(self.key, PIPE_TTL_SECONDS)
+        pipe.execute()
+
+    def header(self, meta: dict[str, Any]) -> None:
+        self._push(HEADER, json.dumps(meta, default=str).encode())
+
+    def fail(self, problem: dict[str, Any]) -> None:
+        self._push(ERROR, json.dumps(problem).encode())
+
+    def end(self) -> None:
+        self._push(END, b"")
+
+    def reader_gone(self) -> bool:
+        return bool(self.redis.exists(self.closed_key))
+
+    def write(self, chunk: bytes) -> None:
+        """Queue a chunk, waiting while the reader is behind.
+
+        Raises:
+            PipeClosedError: the reader left, or did not read for ``stall_seconds``.
+        """
+        for start in range(0, len(chunk), CHUNK_BYTES):
+            self._wait_for_room()
+            self._push(DATA, chunk[start:start + CHUNK_BYTES])
+        self.bytes_sent += len(chunk)
+
+    def _wait_for_room(self) -> None:
+        deadline = time.monotonic() + self.stall_seconds
+        delay = 0.002
+        while self.redis.llen(self.key) >= MAX_QUEUED:
+            if self.reader_gone() or time.monotonic() > deadline:
+                raise PipeClosedError(self.key)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        if self.reader_gone():
+            raise PipeClosedError(self.key)
+
+
+class PipeReader:
+    """The API's end: ``open()`` waits for the header, then iterate for the bytes."""
+
+    def __init__(self, pipe_id: str, stall_seconds: float = STALL_SECONDS) -> None:
+        self.redis = get_redis_bytes()
+        self.key = _data_key(pipe_id)
+        self.closed_key = _closed_key(pipe_id)
+        self.stall_seconds = stall_seconds
+
+    def open(self, timeout: float) -> dict[str, Any]:
+        """The producer's header (metadata), or its error raised as a Dockyard error."""
+        item = self.redis.blpop([self.key], timeout=timeout)
+        if item is None:
+            self.close()
+            raise QueryTimeoutError(f"the worker did not start the stream within {timeout:g}s")
+        kind, payload = item[1][:1], item[1][1:]
+        if kind == ERROR:
+            self.close()
+            raise error_from_problem(json.loads(payload))
+        if kind != HEADER:
+            self.close()
+            raise DockyardError("stream started without a header")
+        return json.loads(payload)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes, until the end mark; stops (and tells the worker) if the caller stops."""
+        try:
+            while True:
+                item = self.redis.blpop([self.key], timeout=self.stall_seconds)
+                if item is None:
+                    raise QueryTimeoutError("the stream stalled")
+                kind, payload = item[1][:1], item[1][1:]
+                if kind == END:
+                    return
+                if kind == ERROR:
+                    raise error_from_problem(json.loads(payload))
+                yield payload
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.closed_key, b"1", ex=PIPE_TTL_SECONDS)
+        pipe.delete(self.key)
+        pipe.execute()

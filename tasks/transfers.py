@@ -1,0 +1,75 @@
+"""Tar transfers and follow streams: downloads relayed through pipes, uploads run as jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import shared_task
+
+from app.engine import transfers
+from tasks.base import JobContext, JobTask, StreamTask
+
+
+def _consuming(spool: str, operation):
+    """Run an operation on an uploaded file and delete the file once the job is final.
+
+    A worker killed mid-job leaves the file for the redelivered job.
+    """
+    def run(job: JobContext) -> dict[str, Any]:
+        try:
+            return operation(job, Path(spool))
+        finally:
+            Path(spool).unlink(missing_ok=True)
+
+    return run
+
+
+# -- downloads ----------------------------------------------------------------------------
+
+
+@shared_task(bind=True, base=StreamTask, name="transfers.archive_out")
+def archive_out(self: StreamTask, pipe_id: str, host: str, revision: int, ref: str,
+                path: str) -> None:
+    self.stream(pipe_id, host, revision, lambda client: transfers.archive_out(client, ref, path))
+
+
+@shared_task(bind=True, base=StreamTask, name="transfers.save")
+def save(self: StreamTask, pipe_id: str, host: str, revision: int, refs: list[str]) -> None:
+    self.stream(pipe_id, host, revision, lambda client: transfers.save_images(client, refs))
+
+
+@shared_task(bind=True, base=StreamTask, name="transfers.follow_logs")
+def follow_logs(self: StreamTask, pipe_id: str, host: str, revision: int, ref: str,
+                args: dict[str, Any]) -> None:
+    self.stream(pipe_id, host, revision,
+                lambda client: transfers.follow_logs(client, ref, **args))
+
+
+@shared_task(bind=True, base=StreamTask, name="transfers.follow_events")
+def follow_events(self: StreamTask, pipe_id: str, host: str, revision: int,
+                  args: dict[str, Any]) -> None:
+    self.stream(pipe_id, host, revision, lambda client: transfers.follow_events(client, **args))
+
+
+# -- uploads ------------------------------------------------------------------------------
+
+
+@shared_task(bind=True, base=JobTask, name="transfers.archive_in")
+def archive_in(self: JobTask, job_id: str, host: str, ref: str, path: str, spool: str) -> None:
+    self.run_job(job_id, host, _consuming(
+        spool, lambda job, file: transfers.archive_in(job.client, ref, path, file)))
+
+
+@shared_task(bind=True, base=JobTask, name="transfers.load")
+def load(self: JobTask, job_id: str, host: str, spool: str) -> None:
+    self.run_job(job_id, host, _consuming(
+        spool, lambda job, file: transfers.load_images(job.client, file, on_line=job.log)))
+
+
+@shared_task(bind=True, base=JobTask, name="transfers.import")
+def import_(self: JobTask, job_id: str, host: str, spool: str, repository: str | None,
+            tag: str | None, changes: list[str]) -> None:
+    self.run_job(job_id, host, _consuming(
+        spool, lambda job, file: transfers.import_image(job.client, file, repository, tag,
+                                                        changes)))
