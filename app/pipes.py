@@ -2,8 +2,10 @@
 
 The API never talks to an engine, so a download (``docker cp``, ``save``, ``logs -f``)
 is produced by a worker and relayed: the worker pushes a header, then chunks, then an
-end mark onto a Redis list; the API pops and forwards them. The worker waits while the
-list holds ``MAX_QUEUED`` chunks (backpressure) and stops when the reader has gone.
+end mark onto a Redis list; the API pops and forwards them. Backpressure is by credits:
+the reader hands back one credit per chunk it took, and the worker blocks for a credit
+once ``MAX_QUEUED`` chunks are in flight, so at most that many sit in Redis. The worker
+stops when the reader has gone.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from app.errors import DockyardError, QueryTimeoutError, error_from_problem
 from app.store import PREFIX, get_redis_bytes
 
 HEADER, DATA, ERROR, END = b"H", b"D", b"E", b"Z"
-MAX_QUEUED = 16
-CHUNK_BYTES = 256 * 1024
+MAX_QUEUED = 8
+CHUNK_BYTES = 1024 * 1024
 STALL_SECONDS = 60.0
 PIPE_TTL_SECONDS = 300
 
@@ -40,6 +42,10 @@ def _closed_key(pipe_id: str) -> str:
     return f"{PREFIX}pipe:{pipe_id}:closed"
 
 
+def _credit_key(pipe_id: str) -> str:
+    return f"{PREFIX}pipe:{pipe_id}:credit"
+
+
 class PipeWriter:
     """The worker's end: header first, then bytes, then ``end()`` (or ``fail()``)."""
 
@@ -47,8 +53,10 @@ class PipeWriter:
         self.redis = get_redis_bytes()
         self.key = _data_key(pipe_id)
         self.closed_key = _closed_key(pipe_id)
+        self.credit_key = _credit_key(pipe_id)
         self.stall_seconds = stall_seconds
         self.bytes_sent = 0
+        self.chunks_sent = 0
 
     def _push(self, kind: bytes, payload: bytes) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -75,20 +83,17 @@ class PipeWriter:
             PipeClosedError: the reader left, or did not read for ``stall_seconds``.
         """
         for start in range(0, len(chunk), CHUNK_BYTES):
-            self._wait_for_room()
+            if self.chunks_sent >= MAX_QUEUED:
+                self._take_credit()
             self._push(DATA, chunk[start:start + CHUNK_BYTES])
+            self.chunks_sent += 1
         self.bytes_sent += len(chunk)
 
-    def _wait_for_room(self) -> None:
+    def _take_credit(self) -> None:
         deadline = time.monotonic() + self.stall_seconds
-        delay = 0.002
-        while self.redis.llen(self.key) >= MAX_QUEUED:
+        while self.redis.blpop([self.credit_key], timeout=1) is None:
             if self.reader_gone() or time.monotonic() > deadline:
                 raise PipeClosedError(self.key)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        if self.reader_gone():
-            raise PipeClosedError(self.key)
 
 
 class PipeReader:
@@ -98,6 +103,7 @@ class PipeReader:
         self.redis = get_redis_bytes()
         self.key = _data_key(pipe_id)
         self.closed_key = _closed_key(pipe_id)
+        self.credit_key = _credit_key(pipe_id)
         self.stall_seconds = stall_seconds
 
     def open(self, timeout: float) -> dict[str, Any]:
@@ -127,6 +133,10 @@ class PipeReader:
                     return
                 if kind == ERROR:
                     raise error_from_problem(json.loads(payload))
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.rpush(self.credit_key, b"1")
+                pipe.expire(self.credit_key, PIPE_TTL_SECONDS)
+                pipe.execute()
                 yield payload
         finally:
             self.close()
@@ -134,5 +144,5 @@ class PipeReader:
     def close(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.closed_key, b"1", ex=PIPE_TTL_SECONDS)
-        pipe.delete(self.key)
+        pipe.delete(self.key, self.credit_key)
         pipe.execute()
