@@ -1,7 +1,184 @@
-"""/hosts/{host}/images."""
+"""/hosts/{host}/images: images, inspect, history, tag, rmi, prune, pull, push, search."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from flask import jsonify
+from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from api.common import requires, start_job
+from api.hosts import host_record
+from app.dispatch import run_query
+from app.engine.images import resolve_in_registry, split_reference
+from app.errors import InvalidInputError, NotFoundError
+from app.registries import registry_address
+from app.runtime import runtime
+from schemas.common import JobSchema
+from schemas.images import (
+    REPOSITORY_ERROR,
+    BulkRemoveArgsSchema,
+    HistoryEntrySchema,
+    ImageListArgsSchema,
+    ImagePruneSchema,
+    ImageSummarySchema,
+    PullSpecSchema,
+    PushSpecSchema,
+    RemoveImageArgsSchema,
+    SearchArgsSchema,
+    SearchResultSchema,
+    TagSpecSchema,
+    is_repository,
+    prune_filters,
+)
+
 blp = Blueprint("images", __name__, description="Images on a host")
+
+
+def stored_registry_address(name: str) -> str:
+    """The ``host:port`` of a stored registry; an unknown name is a bad field (422)."""
+    try:
+        return registry_address(runtime().registries.get(name)["url"])
+    except NotFoundError:
+        raise InvalidInputError(f"no registry '{name}'",
+                                errors={"registry": [f"no registry '{name}'"]}) from None
+
+
+@blp.route("/hosts/<string:host>/images")
+class Images(MethodView):
+    @requires("viewer")
+    @blp.arguments(ImageListArgsSchema, location="query")
+    @blp.response(200, ImageSummarySchema(many=True))
+    def get(self, args: dict, host: str) -> Any:
+        """`docker images [-a] [-q] [-f dangling=…] [-f label=…] [REPOSITORY[:TAG]]`.
+
+        One row per image, with all its tags. With `quiet=true` the answer is the list of
+        full image ids instead (`docker images -q --no-trunc`, one per image).
+        """
+        query = {"all": args["all"], "dangling": args["dangling"], "quiet": args["quiet"],
+                 "reference": args.get("reference"), "labels": args["label"] or None}
+        answer = run_query("images.list", host_record(host), [query])
+        return jsonify(answer) if args["quiet"] else answer
+
+    @requires("operator")
+    @blp.arguments(BulkRemoveArgsSchema, location="query")
+    @blp.response(202, JobSchema)
+    def delete(self, args: dict, host: str) -> Any:
+        """`docker rmi [-f] A B …` (job): the result has one outcome per ref, in order."""
+        return start_job("images.remove_many", host_record=host_record(host),
+                         target=" ".join(args["ref"])[:512], args=[args["ref"], args["force"]],
+                         body=args)
+
+
+@blp.route("/hosts/<string:host>/images/pull")
+class ImagePull(MethodView):
+    @requires("operator")
+    @blp.arguments(PullSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str) -> Any:
+        """`docker pull NAME[:TAG|@DIGEST]` (job) with per-layer progress events.
+
+        Credentials come from the stored registry named in `registry`, or the one whose
+        address the reference names; a reference naming no registry is pulled from the
+        named one.
+        """
+        record = host_record(host)
+        reference = spec["image"]
+        if spec["registry"]:
+            reference = resolve_in_registry(reference, stored_registry_address(spec["registry"]))
+        return start_job("images.pull", host_record=record, target=reference,
+                         args=[reference, spec["registry"]])
+
+
+@blp.route("/hosts/<string:host>/images/prune")
+class ImagePrune(MethodView):
+    @requires("operator")
+    @blp.arguments(ImagePruneSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str) -> Any:
+        """`docker image prune [-a] [--filter label=…|until=…]` (job); dangling images by default."""
+        return start_job("images.prune", host_record=host_record(host), target=None,
+                         args=[spec["all"], prune_filters(spec["filters"])])
+
+
+@blp.route("/hosts/<string:host>/images/search")
+class ImageSearch(MethodView):
+    @requires("viewer")
+    @blp.arguments(SearchArgsSchema, location="query")
+    @blp.response(200, SearchResultSchema(many=True))
+    def get(self, args: dict, host: str) -> list[dict]:
+        """`docker search --limit N TERM`, asked of the engine's index (502/503 if unreachable)."""
+        return run_query("images.search", host_record(host), [args["term"], args["limit"]])
+
+
+# {ref} is an id, a unique id prefix, name[:tag] or name@digest. Names hold slashes and a
+# registry port (127.0.0.1:5000/team/web:1), so it is a `path` segment sent as is, without
+# URL-encoding (servers decode %2F before routing anyway). /history, /tag and /push are read
+# from the end of the path and the static routes (pull, prune, search, save, load, import)
+# win over {ref}: a repository whose last component is one of those words is reached with
+# its tag (team/history:latest).
+@blp.route("/hosts/<string:host>/images/<path:ref>")
+class Image(MethodView):
+    @requires("viewer")
+    @blp.response(200, description="the engine's `docker image inspect` document")
+    def get(self, host: str, ref: str) -> dict:
+        """`docker image inspect`: by id, unique id prefix, name or digest."""
+        return run_query("images.inspect", host_record(host), [ref])
+
+    @requires("operator")
+    @blp.arguments(RemoveImageArgsSchema, location="query")
+    @blp.response(202, JobSchema)
+    def delete(self, args: dict, host: str, ref: str) -> Any:
+        """`docker rmi [-f]` (job); an image a container uses is a 409 unless forced."""
+        return start_job("images.remove", host_record=host_record(host), target=ref,
+                         args=[ref, args["force"]], body=args)
+
+
+@blp.route("/hosts/<string:host>/images/<path:ref>/history")
+class ImageHistory(MethodView):
+    @requires("viewer")
+    @blp.response(200, HistoryEntrySchema(many=True))
+    def get(self, host: str, ref: str) -> list[dict]:
+        """`docker history --no-trunc`: newest layer first."""
+        return run_query("images.history", host_record(host), [ref])
+
+
+@blp.route("/hosts/<string:host>/images/<path:ref>/tag")
+class ImageTag(MethodView):
+    @requires("operator")
+    @blp.arguments(TagSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str, ref: str) -> Any:
+        """`docker tag REF REPOSITORY[:TAG]` (job)."""
+        return start_job("images.tag", host_record=host_record(host), target=ref,
+                         args=[ref, spec["repository"], spec["tag"]])
+
+
+@blp.route("/hosts/<string:host>/images/<path:ref>/push")
+class ImagePush(MethodView):
+    @requires("operator")
+    @blp.arguments(PushSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str, ref: str) -> Any:
+        """`docker push` (job); the result has the manifest digest the registry stored.
+
+        The pushed reference is REF's repository, in the stored `registry` if one is named
+        (prefixed with its address when REF names no registry), with `tag` or REF's tag
+        (default `latest`); when that differs from REF it is tagged first, like
+        `docker tag` + `docker push`. Per-layer progress events.
+        """
+        record = host_record(host)
+        if "@" in ref or ref.startswith("sha256:"):
+            raise InvalidInputError("push a name[:tag], not an id or a digest",
+                                    errors={"ref": ["must be a name[:tag]"]})
+        repository, current_tag = split_reference(ref)
+        if spec["registry"]:
+            repository = resolve_in_registry(repository,
+                                             stored_registry_address(spec["registry"]))
+        if not is_repository(repository):
+            raise InvalidInputError(f"cannot push '{repository}': {REPOSITORY_ERROR}",
+                                    errors={"ref": [REPOSITORY_ERROR]})
+        tag = spec["tag"] or current_tag
+        return start_job("images.push", host_record=record, target=f"{repository}:{tag}",
+                         args=[ref, repository, tag, spec["registry"]])

@@ -1,7 +1,85 @@
-"""/hosts/{host}/volumes."""
+"""/hosts/{host}/volumes: docker volume ls, create, inspect, rm and prune."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from api.common import requires, start_job
+from api.hosts import host_record
+from app.dispatch import run_query
+from app.errors import ConflictError
+from schemas.common import JobSchema
+from schemas.volumes import (
+    VolumeCreateSchema,
+    VolumeListArgsSchema,
+    VolumePruneSchema,
+    VolumeRemoveArgsSchema,
+    VolumeSummarySchema,
+    volume_prune_filters,
+)
+
 blp = Blueprint("volumes", __name__, description="Volumes on a host")
+
+
+@blp.route("/hosts/<string:host>/volumes")
+class Volumes(MethodView):
+    @requires("viewer")
+    @blp.arguments(VolumeListArgsSchema, location="query")
+    @blp.response(200, VolumeSummarySchema(many=True))
+    def get(self, args: dict, host: str) -> list[dict]:
+        """`docker volume ls [-f dangling=…] [-f name=…] [-f label=…]`."""
+        query = {"dangling": args["dangling"], "name": args.get("name"),
+                 "labels": args["label"] or None}
+        return run_query("volumes.list", host_record(host), [query])
+
+    @requires("operator")
+    @blp.arguments(VolumeCreateSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str) -> Any:
+        """`docker volume create [--driver D] [--label K=V] [NAME]` (job).
+
+        As with docker, an existing name with the same driver answers that volume; with
+        another driver it is a 409.
+        """
+        record = host_record(host)
+
+        def driver_matches() -> None:
+            existing = run_query("volumes.find", record, [spec["name"]]) if spec["name"] else None
+            if existing and existing["driver"] != spec["driver"]:
+                raise ConflictError(f"volume '{spec['name']}' already exists on host '{host}' "
+                                    f"with driver '{existing['driver']}'", name=spec["name"])
+
+        return start_job("volumes.create", host_record=record, target=spec["name"],
+                         args=[spec["name"], spec["driver"], spec["labels"]],
+                         precheck=driver_matches)
+
+
+@blp.route("/hosts/<string:host>/volumes/prune")
+class VolumePrune(MethodView):
+    @requires("operator")
+    @blp.arguments(VolumePruneSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str) -> Any:
+        """`docker volume prune [--filter label=…]` (job): volumes no container uses."""
+        return start_job("volumes.prune", host_record=host_record(host), target=None,
+                         args=[volume_prune_filters(spec["filters"])])
+
+
+@blp.route("/hosts/<string:host>/volumes/<string:name>")
+class Volume(MethodView):
+    @requires("viewer")
+    @blp.response(200, description="the engine's `docker volume inspect` document")
+    def get(self, host: str, name: str) -> dict:
+        """`docker volume inspect NAME`."""
+        return run_query("volumes.inspect", host_record(host), [name])
+
+    @requires("operator")
+    @blp.arguments(VolumeRemoveArgsSchema, location="query")
+    @blp.response(202, JobSchema)
+    def delete(self, args: dict, host: str, name: str) -> Any:
+        """`docker volume rm [-f] NAME` (job); a volume a container uses is a 409."""
+        return start_job("volumes.remove", host_record=host_record(host), target=name,
+                         args=[name, args["force"]], body=args)

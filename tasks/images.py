@@ -1,3 +1,86 @@
-"""Images jobs and reads."""
+"""Image jobs (pull, push, tag, rmi, prune) and reads (images, inspect, history, search)."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from app.engine import images
+from app.engine.images import ProgressFn
+from tasks.base import JobContext, JobTask, QueryTask
+from tasks.containers import registry_auth
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def layer_progress(job: JobContext) -> ProgressFn:
+    """Progress for a layer stream: every finished layer is an event, the chatter between
+    is rate-limited."""
+    last_done: list[int | None] = [None]
+
+    def report(done: int | None, total: int | None, unit: str, message: str) -> None:
+        force = done != last_done[0] or done == total
+        last_done[0] = done
+        job.progress(done, total, unit, message, force=force)
+
+    return report
+
+
+@shared_task(bind=True, base=JobTask, name="images.pull")
+def pull(self: JobTask, job_id: str, host: str, reference: str, registry: str | None) -> None:
+    self.run_job(job_id, host, lambda job: images.pull_and_inspect(
+        job.client, reference, registry_auth(reference, registry), layer_progress(job)))
+
+
+@shared_task(bind=True, base=JobTask, name="images.push")
+def push(self: JobTask, job_id: str, host: str, source: str, repository: str, tag: str,
+         registry: str | None) -> None:
+    self.run_job(job_id, host, lambda job: images.push_image(
+        job.client, source, repository, tag, registry_auth(repository, registry),
+        layer_progress(job)))
+
+
+@shared_task(bind=True, base=JobTask, name="images.tag")
+def tag(self: JobTask, job_id: str, host: str, ref: str, repository: str, tag: str) -> None:
+    self.run_job(job_id, host, lambda job: images.tag_image(job.client, ref, repository, tag))
+
+
+@shared_task(bind=True, base=JobTask, name="images.remove")
+def remove(self: JobTask, job_id: str, host: str, ref: str, force: bool) -> None:
+    self.run_job(job_id, host, lambda job: images.remove_image(job.client, ref, force))
+
+
+@shared_task(bind=True, base=JobTask, name="images.remove_many")
+def remove_many(self: JobTask, job_id: str, host: str, refs: list[str], force: bool) -> None:
+    self.run_job(job_id, host, lambda job: images.remove_images(job.client, refs, force, host))
+
+
+@shared_task(bind=True, base=JobTask, name="images.prune")
+def prune(self: JobTask, job_id: str, host: str, all: bool, filters: dict[str, Any]) -> None:
+    self.run_job(job_id, host,
+                 lambda job: images.prune_images(job.client, all=all, filters=filters))
+
+
+# -- reads --------------------------------------------------------------------------------
+
+
+@shared_task(bind=True, base=QueryTask, name="images.list")
+def list_(self: QueryTask, reply_id: str, host: str, revision: int, args: dict[str, Any]) -> None:
+    self.reply(reply_id, host, revision, lambda client: images.list_images(client, **args))
+
+
+@shared_task(bind=True, base=QueryTask, name="images.inspect")
+def inspect(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
+    self.reply(reply_id, host, revision, lambda client: images.inspect_image(client, ref))
+
+
+@shared_task(bind=True, base=QueryTask, name="images.history")
+def history(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
+    self.reply(reply_id, host, revision, lambda client: images.image_history(client, ref))
+
+
+@shared_task(bind=True, base=QueryTask, name="images.search")
+def search(self: QueryTask, reply_id: str, host: str, revision: int, term: str,
+           limit: int) -> None:
+    self.reply(reply_id, host, revision, lambda client: images.search_images(client, term, limit))

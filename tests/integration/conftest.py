@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 import redis
 import requests
 
+from tests.integration.helpers import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 from tests.support.stack import ROOT, Stack
 
 TEST_REDIS_URL = os.environ.get("DOCKYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -152,3 +155,34 @@ def cleanup(engine: docker.DockerClient) -> Iterator[list[str]]:
     for ref in made:
         with contextlib.suppress(docker.errors.NotFound):
             engine.containers.get(ref).remove(force=True, v=True)
+
+
+@pytest.fixture(scope="session")
+def auth_registry(state_dir: Path) -> Iterator[str]:
+    """A Distribution v2 registry on loopback with htpasswd basic auth; its ``host:port``.
+
+    The credentials are ``helpers.REGISTRY_USER`` / ``helpers.REGISTRY_PASSWORD``.
+    """
+    folder = state_dir / f"authreg-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", REGISTRY_USER, REGISTRY_PASSWORD], check=True,
+                              capture_output=True, text=True).stdout
+    (folder / "htpasswd").write_text(htpasswd)
+    port = free_port()
+    (folder / "config.yml").write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder}/data}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"auth: {{htpasswd: {{realm: dockyard-test, path: {folder}/htpasswd}}}}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(f"http://{address}/v2/", timeout=1).status_code == 401:
+                break
+        except requests.RequestException:
+            time.sleep(0.1)
+    yield address
+    proc.terminate()
+    proc.wait(10)

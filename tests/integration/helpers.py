@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import docker
 
 BUSYBOX = "dockyard-test/busybox:latest"
+# Credentials of the htpasswd registry fixture (``auth_registry``).
+REGISTRY_USER, REGISTRY_PASSWORD = "dockyard", "pw-" + uuid.uuid4().hex
 
 
 def free_port() -> int:

@@ -3,44 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 import uuid
 
 import pytest
-import requests
 
-from tests.integration.helpers import BUSYBOX, containers_of_job, free_port
+from tests.integration.helpers import BUSYBOX, REGISTRY_PASSWORD, REGISTRY_USER, containers_of_job
 
-USER, PASSWORD = "dockyard", "pw-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def auth_registry(state_dir):
-    """A Distribution v2 registry on loopback with htpasswd basic auth."""
-    folder = state_dir / f"authreg-{uuid.uuid4().hex[:6]}"
-    folder.mkdir()
-    htpasswd = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True,
-                              capture_output=True, text=True).stdout
-    (folder / "htpasswd").write_text(htpasswd)
-    port = free_port()
-    (folder / "config.yml").write_text(
-        "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {folder}/data}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-        f"auth: {{htpasswd: {{realm: dockyard-test, path: {folder}/htpasswd}}}}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if requests.get(f"http://{address}/v2/", timeout=1).status_code == 401:
-                break
-        except requests.RequestException:
-            time.sleep(0.1)
-    yield address
-    proc.terminate()
-    proc.wait(10)
+USER, PASSWORD = REGISTRY_USER, REGISTRY_PASSWORD
 
 
 @pytest.fixture(scope="module")
