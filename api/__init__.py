@@ -8,6 +8,8 @@ from flask import Flask
 def register_blueprints(app: Flask, api) -> None:
     """Import and register every blueprint (inside the factory, never at import time)."""
     from api import (
+        backups,
+        builds,
         containers,
         health,
         hosts,
@@ -19,6 +21,7 @@ def register_blueprints(app: Flask, api) -> None:
         volumes,
     )
 
-    for module in (jobs, hosts, containers, images, volumes, transfers, registries, tokens):
+    for module in (jobs, hosts, containers, images, volumes, transfers, builds, registries,
+                   backups, tokens):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     app.register_blueprint(health.blp)

@@ -1,3 +1,15 @@
 """Celery tasks: thin wrappers that run app/ functions as jobs and queries."""
 
-from tasks import containers, hosts, images, jobs, transfers, volumes, worker  # noqa: F401  (registers tasks and worker signals)
+# Importing the modules registers their tasks (and the worker's signal handlers).
+from tasks import (  # noqa: F401
+    backups,
+    builds,
+    containers,
+    hosts,
+    images,
+    jobs,
+    registries,
+    transfers,
+    volumes,
+    worker,
+)

@@ -1,0 +1,7 @@
+"""/builds."""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+blp = Blueprint("builds", __name__, description="Builds")

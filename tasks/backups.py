@@ -1,0 +1,3 @@
+"""Backups jobs and reads."""
+
+from __future__ import annotations

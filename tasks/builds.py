@@ -1,0 +1,3 @@
+"""Builds jobs and reads."""
+
+from __future__ import annotations

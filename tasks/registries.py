@@ -1,0 +1,3 @@
+"""Registries jobs and reads."""
+
+from __future__ import annotations
