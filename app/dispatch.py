@@ -130,18 +130,29 @@ def run_query(name: str, host_record: dict[str, Any], args: list[Any],
         QueryTimeoutError: no answer in time.
         DockyardError: whatever the worker reported.
     """
-    rt = runtime()
-    timeout = timeout or rt.settings.query_timeout_seconds
     queue = queues_for(host_record)[1]
     require_lane(queue, host_record["name"])
+    return _ask(name, queue, [host_record["name"], host_record.get("revision", 1), *args],
+                timeout, f"host '{host_record['name']}'", host=host_record["name"])
+
+
+def run_central_query(name: str, args: list[Any], timeout: float | None = None) -> Any:
+    """A read that needs no engine (a registry's catalog, say) on the central query lane.
+
+    The task receives ``(reply_id, *args)`` and answers with ``QueryTask.reply_plain``.
+    """
+    require_lane("engine.query", None)
+    return _ask(name, "engine.query", args, timeout, "the worker")
+
+
+def _ask(name: str, queue: str, args: list[Any], timeout: float | None, who: str,
+         **extra: Any) -> Any:
+    timeout = timeout or runtime().settings.query_timeout_seconds
     reply_id = uuid.uuid4().hex
-    rt.celery.send_task(name, args=[reply_id, host_record["name"],
-                                    host_record.get("revision", 1), *args],
-                        queue=queue, expires=timeout)
+    runtime().celery.send_task(name, args=[reply_id, *args], queue=queue, expires=timeout)
     answer = get_redis().blpop([reply_key(reply_id)], timeout=timeout)
     if answer is None:
-        raise QueryTimeoutError(f"host '{host_record['name']}' did not answer within "
-                                f"{timeout:g}s", host=host_record["name"])
+        raise QueryTimeoutError(f"{who} did not answer within {timeout:g}s", **extra)
     payload = json.loads(answer[1])
     if "error" in payload:
         raise error_from_problem(payload["error"])

@@ -163,6 +163,17 @@ class QueryTask(Task):
     abstract = True
     acks_late = False
 
+    def reply_plain(self, reply_id: str, read: Callable[[], Any]) -> None:
+        """Answer a host-less query (see ``run_central_query``)."""
+        try:
+            payload = {"ok": read()}
+        except Exception as exc:
+            problem = to_problem(exc, None)
+            if problem["status"] == 500:
+                logger.exception("query %s failed unexpectedly", self.name)
+            payload = {"error": problem}
+        _push_reply(reply_id, payload)
+
     def reply(self, reply_id: str, host: str, revision: int,
               read: Callable[[docker.DockerClient], Any]) -> None:
         try:
@@ -176,10 +187,14 @@ class QueryTask(Task):
             if problem["status"] == 500:
                 logger.exception("query %s failed unexpectedly host=%s", self.name, host)
             payload = {"error": problem}
-        pipe = get_redis().pipeline(transaction=False)
-        pipe.rpush(reply_key(reply_id), json.dumps(payload, default=str))
-        pipe.expire(reply_key(reply_id), REPLY_TTL_SECONDS)
-        pipe.execute()
+        _push_reply(reply_id, payload)
+
+
+def _push_reply(reply_id: str, payload: dict[str, Any]) -> None:
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.rpush(reply_key(reply_id), json.dumps(payload, default=str))
+    pipe.expire(reply_key(reply_id), REPLY_TTL_SECONDS)
+    pipe.execute()
 
 
 class StreamTask(Task):
