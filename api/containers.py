@@ -1,4 +1,4 @@
-"""/hosts/{host}/containers: provision (docker run -d), ps, inspect, lifecycle, rm, logs."""
+"""/hosts/{host}/containers: run -d, ps, inspect, lifecycle, rm, logs, exec, top, stats, prune, …"""
 
 from __future__ import annotations
 
@@ -12,18 +12,30 @@ from marshmallow import ValidationError
 from api.common import principal, requires, start_job
 from api.hosts import host_record
 from app.dispatch import run_query
-from app.errors import ConflictError, InvalidInputError
+from app.errors import ConflictError, ForbiddenError, InvalidInputError, NotImplementedYetError
 from app.policy import policy_from_settings
 from app.runtime import runtime
 from schemas.common import JobSchema
 from schemas.containers import (
+    BulkRemoveArgsSchema,
+    ChangeSchema,
     ContainerListArgsSchema,
+    ContainerPortSchema,
     ContainerSummarySchema,
+    ExecSpecSchema,
     KillArgsSchema,
     LogsArgsSchema,
+    PortArgsSchema,
     ProvisionSpecSchema,
+    PruneSpecSchema,
     RemoveArgsSchema,
+    RenameSpecSchema,
+    StatsSchema,
     StopArgsSchema,
+    TopArgsSchema,
+    TopSchema,
+    UpdateSpecSchema,
+    WaitSpecSchema,
 )
 
 blp = Blueprint("containers", __name__, description="Containers on a host")
@@ -67,6 +79,48 @@ class Containers(MethodView):
         return start_job("containers.provision", host_record=record,
                          target=spec["name"] or spec["image"],
                          args=[spec, principal().role == "admin"], precheck=name_is_free)
+
+    @requires("operator")
+    @blp.arguments(BulkRemoveArgsSchema, location="query")
+    @blp.response(202, JobSchema)
+    def delete(self, args: dict, host: str) -> Any:
+        """`docker rm [-f] [-v] $(docker ps -aq --filter …)`: bulk removal by filter (job).
+
+        At least one filter, or `all=true`. Containers not labelled `dockyard.managed=true`
+        are skipped (and reported) unless an admin passes `managed_only=false`.
+        """
+        require_admin_for_unmanaged(args["managed_only"])
+        match = {"labels": args["label"] or None, "status": args["status"],
+                 "ancestor": args["ancestor"], "name": args["name"]}
+        described = [f"label={label}" for label in args["label"]] + [
+            f"{key}={args[key]}" for key in ("status", "ancestor", "name") if args[key]]
+        return start_job("containers.remove_matching", host_record=host_record(host),
+                         target=" ".join(described) or "all",
+                         args=[match, args["force"], args["volumes"], args["managed_only"]])
+
+
+def require_admin_for_unmanaged(managed_only: bool) -> None:
+    """Only admins may touch containers Dockyard did not make (``managed_only=false``)."""
+    if not managed_only and principal().role != "admin":
+        raise ForbiddenError("only admins may act on containers not labelled "
+                             "dockyard.managed=true (managed_only=false)")
+
+
+@blp.route("/hosts/<string:host>/containers/prune")
+class ContainerPrune(MethodView):
+    @requires("operator")
+    @blp.arguments(PruneSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str) -> Any:
+        """`docker container prune [--filter label=…] [--filter until=…]` (job).
+
+        Only containers labelled `dockyard.managed=true` unless an admin passes
+        `managed_only: false`.
+        """
+        require_admin_for_unmanaged(spec["managed_only"])
+        filters = spec["filters"]
+        return start_job("containers.prune", host_record=host_record(host), target=None,
+                         args=[filters["label"], filters["until"], spec["managed_only"]])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>")
@@ -121,3 +175,123 @@ class ContainerLogs(MethodView):
                          [ref, {"tail": args["tail"], "since": args["since"],
                                 "until": args["until"], "timestamps": args["timestamps"]}])
         return Response(text, mimetype="text/plain")
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/exec")
+class ContainerExec(MethodView):
+    @requires("operator")
+    @blp.arguments(ExecSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str, ref: str) -> Any:
+        """`docker exec` (non-interactive) (job); result `{exit_code, output, truncated}`.
+
+        Use `?wait=N` for the answer in the response. Output is kept up to 1 MiB; a command
+        that outlives `timeout` (default 30 s, at most 300 s) is killed and the job fails 504.
+        """
+        interactive = spec.pop("tty") | spec.pop("interactive")
+        if interactive:
+            raise NotImplementedYetError(_INTERACTIVE_REASON)
+        policy_from_settings(runtime().settings).enforce_exec(spec, principal().role == "admin")
+        record = host_record(host)
+        return start_job("containers.exec", host_record=record, target=ref,
+                         args=[ref, spec, principal().role == "admin"],
+                         precheck=lambda: run_query("containers.check_running", record,
+                                                    [ref, "exec in"]))
+
+
+_INTERACTIVE_REASON = (
+    "interactive sessions (exec -it, attach) are not offered yet: the API never holds engine "
+    "connections, so a session would need a worker-held socket bridged to the client over "
+    "Redis; use a non-interactive exec (tty and interactive false)")
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/attach")
+class ContainerAttach(MethodView):
+    @requires("operator")
+    @blp.response(501, description="interactive sessions are not offered yet")
+    def get(self, host: str, ref: str) -> Any:
+        """`docker attach`: not offered yet (501)."""
+        raise NotImplementedYetError(_INTERACTIVE_REASON)
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/top")
+class ContainerTop(MethodView):
+    @requires("viewer")
+    @blp.arguments(TopArgsSchema, location="query")
+    @blp.response(200, TopSchema)
+    def get(self, args: dict, host: str, ref: str) -> dict:
+        """`docker top [ps OPTIONS]`: the processes of a running container (host PIDs)."""
+        return run_query("containers.top", host_record(host), [ref, args["ps_args"]])
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/stats")
+class ContainerStats(MethodView):
+    @requires("viewer")
+    @blp.response(200, StatsSchema)
+    def get(self, host: str, ref: str) -> dict:
+        """`docker stats --no-stream`: one sample of CPU %, memory, network and block I/O."""
+        return run_query("containers.stats", host_record(host), [ref])
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/changes")
+class ContainerChanges(MethodView):
+    @requires("viewer")
+    @blp.response(200, ChangeSchema(many=True))
+    def get(self, host: str, ref: str) -> list[dict]:
+        """`docker diff`: files added (A), changed (C) or deleted (D) in the container."""
+        return run_query("containers.changes", host_record(host), [ref])
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/port")
+class ContainerPorts(MethodView):
+    @requires("viewer")
+    @blp.arguments(PortArgsSchema, location="query")
+    @blp.response(200, ContainerPortSchema(many=True))
+    def get(self, args: dict, host: str, ref: str) -> list[dict]:
+        """`docker port [PRIVATE_PORT[/PROTO]]`: published ports and their host addresses."""
+        mappings = run_query("containers.ports", host_record(host), [ref])
+        if args["port"]:
+            number, _, protocol = args["port"].partition("/")
+            mappings = [m for m in mappings if m["container_port"] == int(number)
+                        and m["protocol"] == (protocol or "tcp")]
+        return mappings
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/wait")
+class ContainerWait(MethodView):
+    @requires("operator")
+    @blp.arguments(WaitSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str, ref: str) -> Any:
+        """`docker wait [--condition]` (job); result `{status_code, error}`."""
+        return start_job("containers.wait", host_record=host_record(host), target=ref,
+                         args=[ref, spec["condition"], spec["timeout"]])
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/rename")
+class ContainerRename(MethodView):
+    @requires("operator")
+    @blp.arguments(RenameSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str, ref: str) -> Any:
+        """`docker rename` (job); 409 if the name is taken."""
+        record = host_record(host)
+
+        def name_is_free() -> None:
+            if run_query("containers.exists", record, [spec["name"]]):
+                raise ConflictError(f"container name '{spec['name']}' is already in use on "
+                                    f"host '{host}'", name=spec["name"])
+
+        return start_job("containers.rename", host_record=record, target=ref,
+                         args=[ref, spec["name"]], precheck=name_is_free)
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/update")
+class ContainerUpdate(MethodView):
+    @requires("operator")
+    @blp.arguments(UpdateSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str, ref: str) -> Any:
+        """`docker update --memory --cpus --restart` (job)."""
+        return start_job("containers.update", host_record=host_record(host), target=ref,
+                         args=[ref, spec])

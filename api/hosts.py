@@ -1,7 +1,8 @@
-"""/hosts: the engine inventory and engine-wide reads (info, version, df)."""
+"""/hosts: the engine inventory and engine-wide reads (info, version, df, events)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask.views import MethodView
@@ -10,11 +11,14 @@ from flask_smorest import Blueprint
 from api.common import principal, requires
 from app import hosts as hostviews
 from app.dispatch import lane_alive, run_query
-from app.errors import DockyardError
+from app.engine.events import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, parse_event_time
+from app.errors import DockyardError, InvalidInputError
 from app.hosts import queues_for
 from app.runtime import runtime
 from schemas.hosts import (
     DiskUsageSchema,
+    EventsArgsSchema,
+    EventSchema,
     HostCreateSchema,
     HostDetailSchema,
     HostSchema,
@@ -111,3 +115,49 @@ class HostDiskUsage(MethodView):
     def get(self, host: str) -> dict:
         """`docker system df`."""
         return run_query("hosts.df", host_record(host), [])
+
+
+@blp.route("/hosts/<string:host>/events")
+class HostEvents(MethodView):
+    @requires("viewer")
+    @blp.arguments(EventsArgsSchema, location="query")
+    @blp.response(200, EventSchema(many=True))
+    def get(self, args: dict, host: str) -> Any:
+        """`docker events --since --until --filter …` over a bounded window (at most 24 h).
+
+        `until` defaults to now (and is never later), `since` to an hour before it; at most
+        `limit` events (≤ 10,000) are answered, and `X-Dockyard-Truncated: true` says more
+        were left out.
+        """
+        since, until = _event_window(args.get("since"), args.get("until"))
+        filters = {key: args[key] for key in ("type", "container", "image", "event", "label")
+                   if args[key]}
+        answer = run_query("hosts.events", host_record(host),
+                           [since, until, filters, args["limit"]])
+        headers = {"X-Dockyard-Truncated": "true"} if answer["truncated"] else {}
+        return answer["events"], headers
+
+
+def _event_window(since_arg: str | None, until_arg: str | None) -> tuple[float, float]:
+    now = time.time()
+    errors: dict[str, list[str]] = {}
+    times: dict[str, float] = {}
+    for name, raw in (("since", since_arg), ("until", until_arg)):
+        if raw in (None, ""):
+            continue
+        try:
+            times[name] = parse_event_time(raw, now)
+        except ValueError:
+            errors[name] = ["a unix timestamp, an RFC 3339 time with zone, or a duration "
+                            "such as 10m"]
+    if errors:
+        raise InvalidInputError("the request has invalid fields: " + ", ".join(errors),
+                                errors=errors)
+    until = min(times.get("until", now), now)
+    since = times.get("since", until - DEFAULT_WINDOW_SECONDS)
+    if since > until:
+        raise InvalidInputError("since is after until", errors={"since": ["after until"]})
+    if until - since > MAX_WINDOW_SECONDS:
+        raise InvalidInputError(f"the window is longer than {MAX_WINDOW_SECONDS // 3600} h",
+                                errors={"since": ["window too long"]})
+    return since, until

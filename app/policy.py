@@ -48,11 +48,19 @@ class Policy:
 
     def enforce(self, spec: dict[str, Any], is_admin: bool = False) -> None:
         """Raise PolicyViolationError naming the first rule broken (and listing all)."""
-        found = self.violations(spec, is_admin)
-        if found:
-            raise PolicyViolationError(
-                found[0].rule, found[0].detail,
-                violations=[{"rule": v.rule, "detail": v.detail} for v in found])
+        _raise_for(self.violations(spec, is_admin))
+
+    def exec_violations(self, spec: dict[str, Any], is_admin: bool = False) -> list[Violation]:
+        """Every rule an exec spec breaks (today only ``privileged``), minus admin exceptions."""
+        found = [Violation("no-privileged", "privileged exec is not allowed")] \
+            if spec.get("privileged") else []
+        if is_admin:
+            found = [v for v in found if v.rule not in self.admin_exceptions]
+        return found
+
+    def enforce_exec(self, spec: dict[str, Any], is_admin: bool = False) -> None:
+        """Like ``enforce``, for ``docker exec``."""
+        _raise_for(self.exec_violations(spec, is_admin))
 
     def _check(self, spec: dict[str, Any]) -> Iterable[Violation]:
         if spec.get("privileged"):
@@ -118,6 +126,13 @@ class Policy:
             if path == sock or sock.startswith(path.rstrip("/") + "/") or path == "/":
                 return True
         return path.endswith(".sock") and "docker" in posixpath.basename(path)
+
+
+def _raise_for(found: list[Violation]) -> None:
+    if found:
+        raise PolicyViolationError(
+            found[0].rule, found[0].detail,
+            violations=[{"rule": v.rule, "detail": v.detail} for v in found])
 
 
 def image_registry(reference: str) -> str:

@@ -354,3 +354,140 @@ class LogsArgsSchema(Schema):
         tail = data.get("tail", "all")
         if tail != "all" and not tail.isdigit():
             raise ValidationError("tail is 'all' or a number of lines ≥ 0", "tail")
+
+
+class ExecSpecSchema(Schema):
+    """``docker exec`` (non-interactive) as JSON."""
+
+    cmd = _Argv(required=True, validate=validate.Length(min=1, max=4096))
+    env = _StringMap(load_default=dict)
+    workdir = fields.String(load_default=None, allow_none=True, validate=FullMatch(r"^/.*$"))
+    user = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
+    privileged = fields.Boolean(load_default=False)
+    timeout = _Duration(load_default=30.0, validate=validate.Range(min=0.1, max=300))
+    # Accepted so the answer can be a clear 501 rather than an unknown-field 422.
+    tty = fields.Boolean(load_default=False)
+    interactive = fields.Boolean(load_default=False)
+
+
+class ExecResultSchema(Schema):
+    exit_code = fields.Integer(allow_none=True)
+    output = fields.String()
+    truncated = fields.Boolean()
+
+
+class TopArgsSchema(Schema):
+    ps_args = fields.String(load_default=None, validate=[
+        validate.Length(min=1, max=256),
+        FullMatch(r"^[A-Za-z0-9 ,=_-]+$", error="ps options are letters, digits, ' ', ',', '=', '_', '-'")])
+
+
+class PortArgsSchema(Schema):
+    """``docker port CONTAINER [PRIVATE_PORT[/PROTO]]``."""
+
+    port = fields.String(load_default=None, validate=FullMatch(
+        r"^\d{1,5}(/(tcp|udp|sctp))?$", error="PORT or PORT/PROTO, e.g. 8080/tcp"))
+
+
+class TopSchema(Schema):
+    titles = fields.List(fields.String())
+    processes = fields.List(fields.List(fields.String()))
+
+
+class StatsMemorySchema(Schema):
+    usage = fields.Integer()
+    limit = fields.Integer()
+    percent = fields.Float()
+
+
+class StatsSchema(Schema):
+    """One ``docker stats --no-stream`` row, in bytes and percent."""
+
+    id = fields.String()
+    name = fields.String()
+    cpu_percent = fields.Float()
+    online_cpus = fields.Integer()
+    memory = fields.Nested(StatsMemorySchema)
+    network = fields.Dict(keys=fields.String(), values=fields.Integer())
+    block_io = fields.Dict(keys=fields.String(), values=fields.Integer())
+    pids = fields.Integer()
+    read_at = fields.String(allow_none=True)
+
+
+class ChangeSchema(Schema):
+    path = fields.String()
+    kind = fields.String(metadata={"description": "A added, C changed, D deleted"})
+
+
+class WaitSpecSchema(Schema):
+    condition = fields.String(load_default="not-running", validate=validate.OneOf(
+        ["not-running", "next-exit", "removed"]))
+    timeout = _Duration(load_default=300.0, validate=validate.Range(min=0.1, max=3000))
+
+
+class RenameSpecSchema(Schema):
+    name = fields.String(required=True, validate=FullMatch(
+        CONTAINER_NAME, error="names are [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128"))
+
+
+class UpdateSpecSchema(Schema):
+    """``docker update``: the limits provision takes, validated the same way."""
+
+    memory = _Size(load_default=None, allow_none=True)
+    cpus = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=0.01, max=1024))
+    restart_policy = fields.Nested(RestartPolicySchema, load_default=None, allow_none=True)
+
+    @validates_schema
+    def check_something_changes(self, data: dict, **_: Any) -> None:
+        if all(data.get(k) is None for k in ("memory", "cpus", "restart_policy")):
+            raise ValidationError("give at least one of memory, cpus, restart_policy", "_schema")
+        if data.get("memory") is not None and data["memory"] < 6 << 20:
+            raise ValidationError("the engine's minimum memory limit is 6m", "memory")
+
+
+class _Labels(fields.Field):
+    """Label filters: ``KEY`` or ``KEY=VALUE``, one string or a list of them."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and 0 < len(v) <= 512 for v in value):
+            raise ValidationError("a label filter is KEY or KEY=VALUE, or a list of them")
+        return value
+
+
+class PruneFiltersSchema(Schema):
+    label = _Labels(load_default=list)
+    until = fields.String(load_default=None, allow_none=True, validate=FullMatch(
+        r"^(\d+(\.\d+)?|\d+(h|m|s|ms)(\d+(h|m|s|ms))*|\d{4}-\d\d-\d\d[T ][0-9:.]+(Z|[+-]\d\d:\d\d)?)$",
+        error="a timestamp, RFC 3339 time or duration such as 24h"))
+
+
+class PruneSpecSchema(Schema):
+    """``docker container prune --filter label=… --filter until=…``."""
+
+    filters = fields.Nested(PruneFiltersSchema, load_default=lambda: {"label": [], "until": None})
+    managed_only = fields.Boolean(load_default=True)
+
+
+class BulkRemoveArgsSchema(Schema):
+    """``docker rm [-f] [-v] $(docker ps -aq --filter …)``: filters as in ``docker ps``."""
+
+    label = fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=list)
+    status = fields.String(load_default=None, validate=validate.OneOf(
+        ["created", "restarting", "running", "removing", "paused", "exited", "dead"]))
+    ancestor = fields.String(load_default=None, validate=validate.Length(min=1, max=512))
+    name = fields.String(load_default=None, validate=FullMatch(CONTAINER_NAME))
+    force = fields.Boolean(load_default=False)
+    volumes = fields.Boolean(load_default=False)
+    managed_only = fields.Boolean(load_default=True)
+    all = fields.Boolean(load_default=False, metadata={
+        "description": "required to remove every container when no filter is given"})
+
+    @validates_schema
+    def check_filtered(self, data: dict, **_: Any) -> None:
+        filtered = data.get("label") or any(data.get(k) for k in ("status", "ancestor", "name"))
+        if not filtered and not data.get("all"):
+            raise ValidationError("give at least one filter (label, status, ancestor, name), "
+                                  "or all=true to remove every container you may remove", "all")

@@ -82,3 +82,35 @@ class DiskUsageSchema(Schema):
     build_cache = fields.Nested(DfTotalsSchema)
 
 
+
+
+EVENT_TYPES = ("container", "image", "volume", "network", "daemon", "plugin", "node", "service",
+               "secret", "config")
+
+
+class EventsArgsSchema(Schema):
+    """``docker events --since --until --filter …`` over a bounded window."""
+
+    since = fields.String(load_default=None, metadata={
+        "description": "unix seconds, RFC 3339 or a duration ago (10m); default until - 1h"})
+    until = fields.String(load_default=None, metadata={"description": "as since; default now"})
+    type = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=list)
+    container = fields.List(fields.String(validate=validate.Length(min=1, max=256)), load_default=list)
+    image = fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=list)
+    event = fields.List(fields.String(validate=validate.Length(min=1, max=64)), load_default=list)
+    label = fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=list)
+    limit = fields.Integer(load_default=10_000, validate=validate.Range(min=1, max=10_000))
+
+
+class EventActorSchema(Schema):
+    id = fields.String(allow_none=True)
+    attributes = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class EventSchema(Schema):
+    type = fields.String(allow_none=True)
+    action = fields.String(allow_none=True)
+    actor = fields.Nested(EventActorSchema)
+    scope = fields.String(allow_none=True)
+    time = fields.Integer(allow_none=True)
+    time_nano = fields.Integer(allow_none=True)

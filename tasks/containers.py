@@ -1,4 +1,4 @@
-"""Container jobs (provision, lifecycle, remove) and reads (ps, inspect, logs)."""
+"""Container jobs (provision, lifecycle, exec, rm, prune, …) and reads (ps, inspect, logs, top, …)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Any
 
 from celery import shared_task
 
+from app import jobs as jobstates
 from app.engine import containers
-from app.errors import PolicyViolationError
+from app.errors import ConflictError, PolicyViolationError
 from app.policy import image_registry, policy_from_settings
 from app.registries import registry_address
 from app.runtime import runtime
@@ -78,6 +79,55 @@ def remove(self: JobTask, job_id: str, host: str, ref: str, force: bool, volumes
                  lambda job: containers.remove_container(job.client, ref, force, volumes))
 
 
+@shared_task(bind=True, base=JobTask, name="containers.exec")
+def exec_(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
+          is_admin: bool) -> None:
+    # A command may not be idempotent, so a redelivered exec (its worker died mid-run) is
+    # reported rather than run a second time.
+    redelivered = runtime().jobs.get(job_id)["state"] == jobstates.RUNNING
+
+    def operation(job: JobContext) -> dict[str, Any]:
+        if redelivered:
+            raise ConflictError("the worker running this exec was lost; the command is not run "
+                                "twice, check the container before retrying")
+        policy_from_settings(runtime().settings).enforce_exec(spec, is_admin)
+        return containers.exec_in_container(job.client, ref, spec, marker=job_id,
+                                            checkpoint=job.check_cancelled)
+
+    self.run_job(job_id, host, operation)
+
+
+@shared_task(bind=True, base=JobTask, name="containers.wait")
+def wait(self: JobTask, job_id: str, host: str, ref: str, condition: str, timeout: float) -> None:
+    self.run_job(job_id, host,
+                 lambda job: containers.wait_container(job.client, ref, condition, timeout))
+
+
+@shared_task(bind=True, base=JobTask, name="containers.rename")
+def rename(self: JobTask, job_id: str, host: str, ref: str, name: str) -> None:
+    self.run_job(job_id, host, lambda job: containers.rename_container(job.client, ref, name))
+
+
+@shared_task(bind=True, base=JobTask, name="containers.update")
+def update(self: JobTask, job_id: str, host: str, ref: str, changes: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: containers.update_container(job.client, ref, changes))
+
+
+@shared_task(bind=True, base=JobTask, name="containers.prune")
+def prune(self: JobTask, job_id: str, host: str, labels: list[str], until: str | None,
+          managed_only: bool) -> None:
+    self.run_job(job_id, host, lambda job: containers.prune_containers(
+        job.client, labels, until, managed_only))
+
+
+@shared_task(bind=True, base=JobTask, name="containers.remove_matching")
+def remove_matching(self: JobTask, job_id: str, host: str, match: dict[str, Any], force: bool,
+                    volumes: bool, managed_only: bool) -> None:
+    self.run_job(job_id, host, lambda job: containers.remove_matching(
+        job.client, match, force=force, volumes=volumes, managed_only=managed_only,
+        checkpoint=job.check_cancelled))
+
+
 # -- reads --------------------------------------------------------------------------------
 
 
@@ -100,3 +150,31 @@ def exists(self: QueryTask, reply_id: str, host: str, revision: int, name: str) 
 def logs(self: QueryTask, reply_id: str, host: str, revision: int, ref: str,
          args: dict[str, Any]) -> None:
     self.reply(reply_id, host, revision, lambda client: containers.container_logs(client, ref, **args))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.top")
+def top(self: QueryTask, reply_id: str, host: str, revision: int, ref: str,
+        ps_args: str | None) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.container_top(client, ref, ps_args))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.stats")
+def stats(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.container_stats(client, ref))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.changes")
+def changes(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.container_changes(client, ref))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.ports")
+def ports(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
+    self.reply(reply_id, host, revision, lambda client: containers.container_ports(client, ref))
+
+
+@shared_task(bind=True, base=QueryTask, name="containers.check_running")
+def check_running(self: QueryTask, reply_id: str, host: str, revision: int, ref: str,
+                  doing: str) -> None:
+    self.reply(reply_id, host, revision,
+               lambda client: containers.require_running(client, ref, doing)["Id"])

@@ -1,10 +1,10 @@
-"""Reads of a whole engine: ping, version, info, disk usage."""
+"""Reads of a whole engine: ping, version, info, disk usage, events."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from app.engine import system
+from app.engine import events, system
 from app.runtime import runtime
 from tasks.base import QueryTask
 
@@ -32,3 +32,10 @@ def host_version(self: QueryTask, reply_id: str, host: str, revision: int) -> No
 @shared_task(bind=True, base=QueryTask, name="hosts.df")
 def host_df(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
     self.reply(reply_id, host, revision, system.disk_usage)
+
+
+@shared_task(bind=True, base=QueryTask, name="hosts.events")
+def host_events(self: QueryTask, reply_id: str, host: str, revision: int, since: float,
+                until: float, filters: dict[str, list[str]], limit: int) -> None:
+    self.reply(reply_id, host, revision,
+               lambda client: events.list_events(client, since, until, filters, limit))

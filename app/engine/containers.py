@@ -1,4 +1,4 @@
-"""Container operations on one engine (``docker run/ps/inspect/start/stop/rm/logs``)."""
+"""Container operations on one engine (``docker run/ps/inspect/exec/top/stats/rm/…``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import docker
+import requests
 from docker.types import Healthcheck, LogConfig, Mount
 
 from app.engine.images import ensure_image
-from app.errors import ConflictError, EngineError, NotFoundError
+from app.errors import ConflictError, EngineError, NotFoundError, QueryTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -396,3 +397,336 @@ def require_container(client: docker.DockerClient, ref: str) -> dict[str, Any]:
         return client.api.inspect_container(ref)
     except docker.errors.NotFound:
         raise NotFoundError(f"no container '{ref}'") from None
+
+
+# -- docker exec ----------------------------------------------------------------------------
+
+EXEC_OUTPUT_LIMIT = 1 << 20
+EXEC_MARKER_ENV = "DOCKYARD_EXEC_ID"
+_FRAME_HEADER = 8
+_POLL_SECONDS = 0.25
+
+
+class ExecTimeoutError(QueryTimeoutError):
+    """An exec did not finish within its time limit."""
+
+    slug, title = "exec-timeout", "The command did not finish in time"
+
+
+class WaitTimeoutError(QueryTimeoutError):
+    """``docker wait`` gave up before its condition was met."""
+
+    slug, title = "wait-timeout", "The wait condition was not met in time"
+
+
+class ExecOutput:
+    """Output of a non-tty exec: docker's multiplexed frames, kept up to ``limit`` bytes.
+
+    Each frame is an 8-byte header (stream, 0, 0, 0, big-endian length) and a payload;
+    stdout and stderr payloads are kept interleaved, as a terminal would show them.
+    """
+
+    def __init__(self, limit: int = EXEC_OUTPUT_LIMIT) -> None:
+        self.limit = limit
+        self.truncated = False
+        self._pending = b""
+        self._kept = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        while len(self._pending) >= _FRAME_HEADER:
+            size = int.from_bytes(self._pending[4:_FRAME_HEADER], "big")
+            if len(self._pending) < _FRAME_HEADER + size:
+                return
+            self._keep(self._pending[_FRAME_HEADER:_FRAME_HEADER + size])
+            self._pending = self._pending[_FRAME_HEADER + size:]
+
+    def _keep(self, payload: bytes) -> None:
+        room = self.limit - len(self._kept)
+        if len(payload) > room:
+            self.truncated = True
+            payload = payload[:max(room, 0)]
+        self._kept += payload
+
+    @property
+    def text(self) -> str:
+        return self._kept.decode("utf-8", errors="replace")
+
+
+def exec_in_container(client: docker.DockerClient, ref: str, spec: dict[str, Any], marker: str,
+                      checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """``docker exec`` (non-interactive): run ``spec['cmd']``, bounded in time and output.
+
+    The engine has no API to kill an exec, so the process carries ``marker`` in its
+    environment and, on timeout or cancel, a second exec kills every process that has it
+    (which needs a POSIX ``sh`` in the image; otherwise the process is left running and the
+    error says so).
+
+    Raises:
+        NotFoundError: no such container.
+        ConflictError: the container is not running (or is paused).
+        ExecTimeoutError: the command outlived ``spec['timeout']``; carries the output so far.
+    """
+    info = require_running(client, ref, "exec in")
+    env = {**(spec.get("env") or {}), EXEC_MARKER_ENV: marker}
+    created = client.api.exec_create(info["Id"], spec["cmd"], stdout=True, stderr=True,
+                                     environment=env, workdir=spec.get("workdir"),
+                                     user=spec.get("user") or "",
+                                     privileged=bool(spec.get("privileged")))
+    output = ExecOutput()
+    sock = client.api.exec_start(created["Id"], socket=True)
+    raw = getattr(sock, "_sock", sock)  # SocketIO is unusable after a timeout; its socket is not
+    try:
+        finished = _drain_exec(raw, output, time.monotonic() + spec["timeout"], checkpoint)
+    except BaseException:  # cancelled, or the task's time limit
+        _kill_marked(client, info["Id"], marker)
+        raise
+    finally:
+        raw.close()
+    if not finished:
+        _kill_marked(client, info["Id"], marker)
+        killed = _exec_exit_code(client, created["Id"]) is not None
+        raise ExecTimeoutError(
+            f"the command did not finish within {spec['timeout']:g}s; "
+            + ("it was killed" if killed else "it could not be killed and was left running"),
+            killed=killed, output=output.text, truncated=output.truncated)
+    return {"exit_code": _exec_exit_code(client, created["Id"]), "output": output.text,
+            "truncated": output.truncated}
+
+
+def _drain_exec(raw: Any, output: ExecOutput, deadline: float,
+                checkpoint: Callable[[], None]) -> bool:
+    """Read an exec's stream into ``output``: True when it ended, False at ``deadline``."""
+    raw.settimeout(_POLL_SECONDS)
+    next_checkpoint = time.monotonic() + 1
+    while True:
+        try:
+            data = raw.recv(1 << 16)
+        except TimeoutError:
+            data = None
+        if data == b"":
+            return True
+        if data:
+            output.feed(data)
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if now >= next_checkpoint:
+            next_checkpoint = now + 1
+            checkpoint()
+
+
+def _exec_exit_code(client: docker.DockerClient, exec_id: str) -> int | None:
+    """The exec's exit code, or None if it is still running a second later."""
+    # The stream can end a moment before the engine records the exit code.
+    for _ in range(20):
+        state = client.api.exec_inspect(exec_id)
+        if not state.get("Running"):
+            return state.get("ExitCode")
+        time.sleep(0.05)
+    return None
+
+
+def _kill_marked(client: docker.DockerClient, container_id: str, marker: str) -> None:
+    """Kill every process in the container whose environment carries ``marker`` (best effort)."""
+    script = ('for d in /proc/[0-9]*; do '
+              'if grep -q "$1" "$d/environ" 2>/dev/null; then kill -9 "${d#/proc/}"; fi; done')
+    try:
+        killer = client.api.exec_create(container_id, ["sh", "-c", script, "sh",
+                                                        f"{EXEC_MARKER_ENV}={marker}"],
+                                        stdout=True, stderr=True, user="0")
+        client.api.exec_start(killer["Id"])
+    except docker.errors.APIError:
+        logger.warning("could not kill exec %s in %s", marker, container_id[:12], exc_info=True)
+
+
+def require_running(client: docker.DockerClient, ref: str, doing: str) -> dict[str, Any]:
+    """The container's inspect document, if it is running and not paused.
+
+    Raises:
+        NotFoundError: no such container.
+        ConflictError: it is stopped or paused (what ``docker exec`` refuses too).
+    """
+    info = require_container(client, ref)
+    state = info["State"]
+    name = info["Name"].lstrip("/")
+    if state.get("Paused"):
+        raise ConflictError(f"cannot {doing} container '{name}': it is paused", state="paused")
+    if not state.get("Running"):
+        raise ConflictError(f"cannot {doing} container '{name}': it is not running",
+                            state=state.get("Status"))
+    return info
+
+
+# -- docker top / stats / diff / port -------------------------------------------------------
+
+def container_top(client: docker.DockerClient, ref: str, ps_args: str | None = None) -> dict[str, Any]:
+    """``docker top [ps OPTIONS]``: the process table the engine reports (host PIDs)."""
+    info = require_running(client, ref, "list processes of")
+    top = client.api.top(info["Id"], ps_args=ps_args or None)
+    return {"titles": top.get("Titles") or [], "processes": top.get("Processes") or []}
+
+
+_DIFF_KINDS = {0: "C", 1: "A", 2: "D"}
+
+
+def container_changes(client: docker.DockerClient, ref: str) -> list[dict[str, str]]:
+    """``docker diff``: paths added (A), changed (C) or deleted (D) in the writable layer."""
+    info = require_container(client, ref)
+    return [{"path": row["Path"], "kind": _DIFF_KINDS.get(row["Kind"], "?")}
+            for row in client.api.diff(info["Id"]) or []]
+
+
+def container_ports(client: docker.DockerClient, ref: str) -> list[dict[str, Any]]:
+    """``docker port``: the published mappings (container port → host address)."""
+    info = require_container(client, ref)
+    return [p for p in describe_container(info)["ports"] if p["host_port"] is not None]
+
+
+def container_stats(client: docker.DockerClient, ref: str) -> dict[str, Any]:
+    """``docker stats --no-stream``: one sample, computed the way the CLI computes it."""
+    info = require_container(client, ref)
+    raw = client.api.stats(info["Id"], stream=False)
+    return {"id": info["Id"], "name": info["Name"].lstrip("/"), **stats_figures(raw)}
+
+
+def stats_figures(raw: dict[str, Any]) -> dict[str, Any]:
+    """CPU %, memory without page cache, net and block I/O from an engine stats sample.
+
+    Mirrors docker/cli ``stats_helpers.go``: CPU % is the container's share of the host's
+    CPU time between the two samples the engine took, times the online CPUs.
+    """
+    cpu, precpu = raw.get("cpu_stats") or {}, raw.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - \
+        (precpu.get("cpu_usage") or {}).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - precpu.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or [])
+    cpu_percent = cpu_delta / system_delta * online * 100.0 \
+        if system_delta > 0 and cpu_delta > 0 else 0.0
+    memory = raw.get("memory_stats") or {}
+    usage, limit = memory.get("usage", 0), memory.get("limit", 0)
+    counters = memory.get("stats") or {}
+    cache = counters.get("total_inactive_file", counters.get("inactive_file", 0))
+    used = usage - cache if cache < usage else usage
+    rx = sum(n.get("rx_bytes", 0) for n in (raw.get("networks") or {}).values())
+    tx = sum(n.get("tx_bytes", 0) for n in (raw.get("networks") or {}).values())
+    read = written = 0
+    for entry in (raw.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []:
+        op = (entry.get("op") or " ")[0].lower()
+        if op == "r":
+            read += entry.get("value", 0)
+        elif op == "w":
+            written += entry.get("value", 0)
+    return {"cpu_percent": round(cpu_percent, 2), "online_cpus": online,
+            "memory": {"usage": used, "limit": limit,
+                       "percent": round(used / limit * 100.0, 2) if limit else 0.0},
+            "network": {"rx_bytes": rx, "tx_bytes": tx},
+            "block_io": {"read_bytes": read, "write_bytes": written},
+            "pids": (raw.get("pids_stats") or {}).get("current", 0),
+            "read_at": raw.get("read")}
+
+
+# -- docker wait / rename / update ----------------------------------------------------------
+
+def wait_container(client: docker.DockerClient, ref: str, condition: str,
+                   timeout: float) -> dict[str, Any]:
+    """``docker wait [--condition]``: block until the condition, answer the exit code.
+
+    Raises:
+        WaitTimeoutError: the condition was not met within ``timeout`` seconds.
+    """
+    info = require_container(client, ref)
+    started = time.monotonic()
+    try:
+        answer = client.api.wait(info["Id"], timeout=timeout, condition=condition)
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        if time.monotonic() - started < timeout:
+            raise
+        raise WaitTimeoutError(f"container '{ref}' did not reach condition '{condition}' "
+                               f"within {timeout:g}s") from None
+    error = (answer.get("Error") or {}).get("Message") or None
+    return {"id": info["Id"], "status_code": answer.get("StatusCode"), "error": error}
+
+
+def rename_container(client: docker.DockerClient, ref: str, name: str) -> dict[str, Any]:
+    """``docker rename``.
+
+    Raises:
+        ConflictError: ``name`` is taken by another container.
+    """
+    info = require_container(client, ref)
+    if info["Name"].lstrip("/") == name:
+        return {"id": info["Id"], "name": name, "previous_name": name}
+    client.api.rename(info["Id"], name)
+    return {"id": info["Id"], "name": name, "previous_name": info["Name"].lstrip("/")}
+
+
+def update_container(client: docker.DockerClient, ref: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """``docker update --memory --cpus --restart``; answers the resulting limits."""
+    info = require_container(client, ref)
+    body: dict[str, Any] = {}
+    if changes.get("memory") is not None:
+        body["Memory"] = changes["memory"]
+    if changes.get("cpus") is not None:
+        body["NanoCpus"] = int(changes["cpus"] * _NANO)
+    restart = changes.get("restart_policy")
+    if restart:
+        body["RestartPolicy"] = {"Name": restart["name"],
+                                 "MaximumRetryCount": restart["maximum_retry_count"]}
+    # docker-py's update_container has no NanoCpus; the CLI's --cpus sets exactly that.
+    api = client.api
+    answer = api._result(api._post_json(api._url("/containers/{0}/update", info["Id"]), data=body),
+                         True)
+    host_config = client.api.inspect_container(info["Id"])["HostConfig"]
+    restart_now = host_config.get("RestartPolicy") or {}
+    return {"id": info["Id"], "name": info["Name"].lstrip("/"),
+            "memory": host_config.get("Memory") or None,
+            "cpus": (host_config.get("NanoCpus") or 0) / _NANO or None,
+            "restart_policy": {"name": restart_now.get("Name") or "no",
+                               "maximum_retry_count": restart_now.get("MaximumRetryCount", 0)},
+            "warnings": (answer or {}).get("Warnings") or []}
+
+
+# -- prune / bulk removal -------------------------------------------------------------------
+
+def prune_containers(client: docker.DockerClient, labels: list[str], until: str | None,
+                     managed_only: bool) -> dict[str, Any]:
+    """``docker container prune --filter``; ``managed_only`` adds ``label=dockyard.managed=true``."""
+    filters: dict[str, Any] = {}
+    labels = list(labels) + ([f"{MANAGED_LABEL}=true"] if managed_only else [])
+    if labels:
+        filters["label"] = labels
+    if until:
+        filters["until"] = until
+    answer = client.api.prune_containers(filters=filters or None)
+    return {"deleted": answer.get("ContainersDeleted") or [],
+            "space_reclaimed": answer.get("SpaceReclaimed") or 0}
+
+
+def remove_matching(client: docker.DockerClient, match: dict[str, Any], *, force: bool,
+                    volumes: bool, managed_only: bool,
+                    checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """``docker rm [-f] [-v] $(docker ps -aq --filter …)`` with an outcome per container.
+
+    Containers without ``dockyard.managed=true`` are skipped when ``managed_only``.
+    """
+    outcomes = []
+    for row in list_containers(client, all=True, **match):
+        checkpoint()
+        entry = {"id": row["id"], "name": row["name"]}
+        if managed_only and row["labels"].get(MANAGED_LABEL) != "true":
+            outcomes.append({**entry, "outcome": "skipped",
+                             "reason": "not managed by Dockyard (only admins may remove it, "
+                                       "with managed_only=false)"})
+            continue
+        try:
+            client.api.remove_container(row["id"], force=force, v=volumes)
+            outcomes.append({**entry, "outcome": "removed"})
+        except docker.errors.NotFound:
+            outcomes.append({**entry, "outcome": "removed", "reason": "already gone"})
+        except docker.errors.APIError as exc:
+            outcomes.append({**entry, "outcome": "failed", "status": exc.status_code,
+                             "reason": str(exc.explanation or exc)})
+    counts = {kind: sum(1 for o in outcomes if o["outcome"] == kind)
+              for kind in ("removed", "skipped", "failed")}
+    return {"matched": len(outcomes), **counts, "containers": outcomes}
