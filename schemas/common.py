@@ -33,7 +33,13 @@ class JobSchema(Schema):
     target = fields.String(allow_none=True)
     progress = fields.Nested(ProgressSchema, allow_none=True)
     result = fields.Raw(allow_none=True)
-    error = fields.Nested(ProblemSchema, allow_none=True)
+    # Dumped as stored: a problem may carry more members (violations, partial output, …)
+    # than the Problem schema declares, and dumping through it would drop them.
+    error = fields.Dict(allow_none=True, metadata={
+        "description": "a Problem (RFC 9457) with any extra members the operation added"})
+    parent = fields.String(allow_none=True, metadata={"description": "fan-out parent job"})
+    children = fields.List(fields.String(), allow_none=True,
+                           metadata={"description": "fan-out child jobs"})
     created_at = fields.String(allow_none=True)
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
