@@ -11,6 +11,7 @@ def register_blueprints(app: Flask, api) -> None:
         backups,
         builds,
         containers,
+        fleet,
         health,
         hosts,
         images,
@@ -21,7 +22,7 @@ def register_blueprints(app: Flask, api) -> None:
         volumes,
     )
 
-    for module in (jobs, hosts, containers, images, volumes, transfers, builds, registries,
+    for module in (jobs, hosts, fleet, containers, images, volumes, transfers, builds, registries,
                    backups, tokens):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     app.register_blueprint(health.blp)

@@ -73,6 +73,10 @@ class Settings:
     visibility_timeout_seconds: int = field(
         default_factory=lambda: _env_int("DOCKYARD_VISIBILITY_TIMEOUT_SECONDS", 0)
     )
+    engine_pool_size: int = field(default_factory=lambda: _env_int("DOCKYARD_ENGINE_POOL_SIZE", 4))
+    agent_host: str = field(default_factory=lambda: _env("DOCKYARD_AGENT_HOST", ""))
+    agent_engine_url: str = field(
+        default_factory=lambda: _env("DOCKYARD_AGENT_ENGINE_URL", "unix:///var/run/docker.sock"))
     token_cache_seconds: float = field(
         default_factory=lambda: _env_float("DOCKYARD_TOKEN_CACHE_SECONDS", 2.0)
     )

@@ -11,9 +11,10 @@ from typing import Any
 from app.auth import Principal
 from app.errors import NoWorkerError, QueryTimeoutError, error_from_problem
 from app.hosts import queues_for
+from app.jobs import QUEUED, RUNNING, job_key
 from app.pipes import PipeReader, new_pipe_id
 from app.runtime import runtime
-from app.store import PREFIX, get_redis
+from app.store import PREFIX, get_redis, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def require_lane(queue: str, host: str | None) -> None:
 
 def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] | None,
                target: str | None, args: list[Any], idempotency: tuple[str, str] | None,
-               queue: str | None = None) -> tuple[dict[str, Any], bool]:
+               queue: str | None = None, parent: str | None = None) -> tuple[dict[str, Any], bool]:
     """Record a job and enqueue its task.
 
     Args:
@@ -82,7 +83,8 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     host = host_record["name"] if host_record else None
     queue = queue or (queues_for(host_record)[0] if host_record else "engine.ops")
     require_lane(queue, host)
-    record = rt.jobs.new_record(kind, host, target, principal.name, principal.token_id, queue)
+    record = rt.jobs.new_record(kind, host, target, principal.name, principal.token_id, queue,
+                                parent=parent)
     if idempotency is not None:
         earlier = rt.idempotency.claim(principal.token_id, idempotency[0], idempotency[1],
                                        record["id"])
@@ -95,6 +97,39 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     rt.celery.send_task(kind, args=task_args, queue=queue, task_id=record["id"])
     logger.info("job %s queued kind=%s host=%s", record["id"], kind, host)
     return record, True
+
+
+def submit_fanout(kind: str, principal: Principal, *, host_records: list[dict[str, Any]],
+                  target: str | None, args: list[Any],
+                  idempotency: tuple[str, str] | None) -> tuple[dict[str, Any], bool]:
+    """A parent job with one child job per host; the children fold into the parent as they end.
+
+    Every host's lane is checked before anything is recorded, so a fan-out is either
+    queued everywhere or refused.
+    """
+    rt = runtime()
+    for record in host_records:
+        require_lane(queues_for(record)[0], record["name"])
+    parent = rt.jobs.new_record(kind + ".fanout", None, target, principal.name,
+                                principal.token_id, "")
+    if idempotency is not None:
+        earlier = rt.idempotency.claim(principal.token_id, idempotency[0], idempotency[1],
+                                       parent["id"])
+        if earlier is not None:
+            return rt.jobs.get(earlier), False
+    parent["children"] = []
+    pipe = get_redis().pipeline(transaction=False)
+    rt.jobs.add_to_pipeline(pipe, parent)
+    pipe.execute()
+    rt.jobs.transition(parent["id"], (QUEUED,), RUNNING, started_at=utcnow())
+    children = []
+    for record in host_records:
+        child, _ = submit_job(kind, principal, host_record=record, target=target, args=args,
+                              idempotency=None, parent=parent["id"])
+        children.append(child["id"])
+    get_redis().hset(job_key(parent["id"]), "children", json.dumps(children))
+    rt.jobs.aggregate_parent(parent["id"])
+    return rt.jobs.get(parent["id"]), True
 
 
 def open_stream(name: str, host_record: dict[str, Any], args: list[Any],
@@ -134,6 +169,45 @@ def run_query(name: str, host_record: dict[str, Any], args: list[Any],
     require_lane(queue, host_record["name"])
     return _ask(name, queue, [host_record["name"], host_record.get("revision", 1), *args],
                 timeout, f"host '{host_record['name']}'", host=host_record["name"])
+
+
+def run_queries(calls: list[tuple[str, dict[str, Any], list[Any]]],
+                timeout: float | None = None) -> list[Any]:
+    """Several reads on several hosts at once; each answer is a result or the error raised.
+
+    All tasks are sent first, then the replies are collected, so N hosts cost about one
+    round trip, not N.
+    """
+    timeout = timeout or runtime().settings.query_timeout_seconds
+    pending: list[tuple[str | None, Exception | None]] = []
+    for name, host_record, args in calls:
+        queue = queues_for(host_record)[1]
+        try:
+            require_lane(queue, host_record["name"])
+        except NoWorkerError as exc:
+            pending.append((None, exc))
+            continue
+        reply_id = uuid.uuid4().hex
+        runtime().celery.send_task(name, args=[reply_id, host_record["name"],
+                                               host_record.get("revision", 1), *args],
+                                   queue=queue, expires=timeout)
+        pending.append((reply_id, None))
+    deadline = time.monotonic() + timeout
+    answers: list[Any] = []
+    for (reply_id, error), (_name, host_record, _args) in zip(pending, calls, strict=True):
+        if error is not None:
+            answers.append(error)
+            continue
+        remaining = max(0.01, deadline - time.monotonic())
+        answer = get_redis().blpop([reply_key(reply_id)], timeout=remaining)
+        if answer is None:
+            answers.append(QueryTimeoutError(f"host '{host_record['name']}' did not answer",
+                                             host=host_record["name"]))
+            continue
+        payload = json.loads(answer[1])
+        answers.append(error_from_problem(payload["error"]) if "error" in payload
+                       else payload["ok"])
+    return answers
 
 
 def run_central_query(name: str, args: list[Any], timeout: float | None = None) -> Any:

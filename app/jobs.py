@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -20,7 +21,7 @@ STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 _INDEX = PREFIX + "jobs"
-_JSON_FIELDS = ("progress", "result", "error")
+_JSON_FIELDS = ("progress", "result", "error", "children")
 _EVENTS_MAXLEN = 10000
 
 # Moves a job between states atomically and records the change in its event stream,
@@ -68,13 +69,14 @@ class JobStore:
     # -- creation ---------------------------------------------------------------------
 
     def new_record(self, kind: str, host: str | None, target: str | None,
-                   requested_by: str, token_id: str, queue: str) -> dict[str, Any]:
+                   requested_by: str, token_id: str, queue: str,
+                   parent: str | None = None) -> dict[str, Any]:
         return {
             "id": new_id(), "kind": kind, "state": QUEUED, "host": host or "",
             "target": target or "", "progress": None, "result": None, "error": None,
             "created_at": utcnow(), "started_at": "", "finished_at": "",
             "requested_by": requested_by, "token_id": token_id, "queue": queue,
-            "cancel_requested": "0",
+            "cancel_requested": "0", "parent": parent or "",
         }
 
     def add_to_pipeline(self, pipe: redis.client.Pipeline, record: dict[str, Any]) -> None:
@@ -180,6 +182,41 @@ class JobStore:
             raise NotFoundError(f"no job '{job_id}'")
         return Transition(bool(code), previous or None)
 
+    def aggregate_parent(self, parent_id: str) -> None:
+        """Fold the children's states into a fan-out parent; finish it when all are final.
+
+        Called by each child as it ends; concurrent calls are safe because the final
+        transition applies once.
+        """
+        parent = self.get(parent_id)
+        children = parent.get("children") or []
+        pipe = self.redis.pipeline(transaction=False)
+        for child_id in children:
+            pipe.hmget(job_key(child_id), "state", "host", "result", "error")
+        outcomes = []
+        for child_id, (state, host, result, error) in zip(children, pipe.execute(), strict=True):
+            outcomes.append({"job": child_id, "host": host, "state": state,
+                             "result": json.loads(result) if result else None,
+                             "error": json.loads(error) if error else None})
+        done = sum(1 for o in outcomes if o["state"] in FINAL_STATES)
+        self.set_progress(parent_id, {"done": done, "total": len(children), "unit": "hosts",
+                                      "message": f"{done} of {len(children)} hosts finished"})
+        if done < len(children):
+            return
+        failed = [o for o in outcomes if o["state"] != SUCCEEDED]
+        result = {"children": outcomes}
+        if failed:
+            error = {"type": "https://dockyard.dev/problems/fan-out-failed",
+                     "title": "Some hosts failed", "status": 502,
+                     "detail": f"{len(failed)} of {len(children)} hosts did not succeed: "
+                               + ", ".join(f"{o['host']} ({o['state']})" for o in failed)}
+            self.transition(parent_id, (RUNNING,), FAILED,
+                            event={"state": FAILED, "error": error}, result=result, error=error,
+                            finished_at=utcnow())
+        else:
+            self.transition(parent_id, (RUNNING,), SUCCEEDED, event={"state": SUCCEEDED},
+                            result=result, finished_at=utcnow())
+
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(job_key(job_id), "progress", json.dumps(progress))
@@ -196,8 +233,26 @@ class JobStore:
 
     # -- cancel from the API ----------------------------------------------------------
 
+    def notify_parent(self, job_id: str) -> None:
+        """If ``job_id`` is a fan-out child, update its parent."""
+        parent = self.redis.hget(job_key(job_id), "parent")
+        if parent:
+            self.aggregate_parent(parent)
+
     def request_cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued job now; ask a running one to stop at its next checkpoint."""
+        """Cancel a queued job now; ask a running one to stop at its next checkpoint.
+
+        Cancelling a fan-out parent cancels each of its children.
+        """
+        children = self.get(job_id).get("children")
+        if children:
+            if self.get(job_id)["state"] in FINAL_STATES:
+                raise ConflictError(f"job '{job_id}' already {self.get(job_id)['state']}")
+            self.redis.hset(job_key(job_id), "cancel_requested", "1")
+            for child in children:
+                with contextlib.suppress(ConflictError):  # that child had already finished
+                    self.request_cancel(child)
+            return self.get(job_id)
         outcome = self.transition(job_id, (QUEUED,), CANCELLED,
                                   event={"state": CANCELLED}, finished_at=utcnow(),
                                   cancel_requested="1")
@@ -206,6 +261,8 @@ class JobStore:
                 raise ConflictError(f"job '{job_id}' already {outcome.previous}")
             self.redis.hset(job_key(job_id), "cancel_requested", "1")
             self.add_event(job_id, "log", {"message": "cancellation requested"})
+        else:
+            self.notify_parent(job_id)
         return self.get(job_id)
 
 
@@ -272,6 +329,8 @@ def public_view(record: dict[str, Any]) -> dict[str, Any]:
         "finished_at": record.get("finished_at") or None,
         "requested_by": record.get("requested_by") or None,
         "cancel_requested": record.get("cancel_requested") == "1",
+        "parent": record.get("parent") or None,
+        "children": record.get("children") or None,
         "links": {"self": f"/api/v1/jobs/{job_id}", "events": f"/api/v1/jobs/{job_id}/events"},
     }
 

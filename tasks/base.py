@@ -33,7 +33,8 @@ def engine_clients() -> EngineClients:
     global _clients
     if _clients is None:
         settings = runtime().settings
-        _clients = EngineClients(settings.run_dir / "tls", settings.engine_timeout_seconds)
+        _clients = EngineClients(settings.run_dir / "tls", settings.engine_timeout_seconds,
+                                 pool_size=settings.engine_pool_size)
     return _clients
 
 
@@ -45,6 +46,10 @@ def client_for(host: str, revision: int | None = None) -> docker.DockerClient:
         if hit is not None:
             return hit
     record = runtime().hosts.get(host)
+    settings = runtime().settings
+    if settings.agent_host == host:
+        # An agent reaches its own engine by the local socket, whatever the record says.
+        record = {**record, "url": settings.agent_engine_url, "tls": None}
     return clients.get(record, runtime().hosts.tls_material(record))
 
 
@@ -123,6 +128,7 @@ class JobTask(Task):
         except JobCancelledError:
             store.transition(job_id, (jobstates.RUNNING,), jobstates.CANCELLED,
                              finished_at=utcnow())
+            store.notify_parent(job_id)
             logger.info("job %s cancelled host=%s", job_id, host)
             return
         except BaseException as exc:
@@ -134,12 +140,16 @@ class JobTask(Task):
             store.transition(job_id, (jobstates.RUNNING,), jobstates.FAILED,
                              event={"state": jobstates.FAILED, "error": problem},
                              error=problem, finished_at=utcnow())
+            store.notify_parent(job_id)
+            if host is not None and isinstance(exc, docker.errors.DockerException | OSError):
+                engine_clients().forget(host)  # a stale pool after an engine restart
             if not isinstance(exc, Exception):
                 raise
             return
         store.transition(job_id, (jobstates.RUNNING,), jobstates.SUCCEEDED,
                          event={"state": jobstates.SUCCEEDED}, result=result,
                          finished_at=utcnow())
+        store.notify_parent(job_id)
         logger.info("job %s succeeded host=%s", job_id, host)
 
 

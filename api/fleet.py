@@ -1,0 +1,53 @@
+"""/hosts/auto/containers: provision on the best matching host, or on every matching host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.common import job_answer, principal, requires
+from app.dispatch import run_queries, submit_fanout, submit_job
+from app.errors import ConflictError
+from app.placement import select_hosts
+from app.policy import policy_from_settings
+from app.runtime import runtime
+from schemas.common import JobSchema
+from schemas.fleet import PlacedProvisionSchema
+
+blp = Blueprint("fleet", __name__, description="Placement and fan-out across hosts")
+
+
+@blp.route("/hosts/auto/containers")
+class PlacedContainers(MethodView):
+    @requires("operator")
+    @blp.arguments(PlacedProvisionSchema)
+    @blp.response(202, JobSchema)
+    def post(self, body: dict) -> Any:
+        """`docker run -d` on the least-loaded matching host, or on all of them (job)."""
+        placement = body.pop("placement")
+        caller = principal()
+        policy_from_settings(runtime().settings).enforce(body, caller.role == "admin")
+        targets = select_hosts(runtime().hosts.list(), placement["labels"], placement["mode"],
+                               caller)
+        if body["name"] and not body["replace"]:
+            taken = [r["name"] for r, used in zip(
+                targets, run_queries([("containers.exists", r, [body["name"]]) for r in targets]),
+                strict=True) if used is True]
+            if taken:
+                raise ConflictError(f"container name '{body['name']}' is already in use on "
+                                    f"{', '.join(taken)}", name=body["name"], hosts=taken)
+        key = request.headers.get("Idempotency-Key")
+        idempotency = (key, runtime().idempotency.fingerprint(
+            request.method, request.path, request.get_json(silent=True))) if key else None
+        args = [body, caller.role == "admin"]
+        target = body["name"] or body["image"]
+        if placement["mode"] == "all":
+            record, _ = submit_fanout("containers.provision", caller, host_records=targets,
+                                      target=target, args=args, idempotency=idempotency)
+        else:
+            record, _ = submit_job("containers.provision", caller, host_record=targets[0],
+                                   target=target, args=args, idempotency=idempotency)
+        return job_answer(record)

@@ -1,0 +1,66 @@
+"""`dockyard-agent --host NAME`: the workers of one host, run on that host.
+
+An agent consumes only ``host.NAME.ops`` and ``host.NAME.query`` and talks to the local
+engine socket, so the engine is never exposed on the network; the host needs only
+outbound access to Redis. It runs two Celery workers (operations: prefork, one job per
+process; reads: threads) and stops both on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_commands(host: str, ops_concurrency: int, query_concurrency: int) -> list[list[str]]:
+    celery = [sys.executable, "-m", "celery", "-A", "app.celery_app:celery", "worker"]
+    return [
+        [*celery, "-Q", f"host.{host}.ops", "-n", f"agent-ops.{host}@%h", "-P", "prefork",
+         "-c", str(ops_concurrency), "--prefetch-multiplier", "1", "-l", "INFO"],
+        [*celery, "-Q", f"host.{host}.query", "-n", f"agent-query.{host}@%h", "-P", "threads",
+         "-c", str(query_concurrency), "-l", "INFO"],
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dockyard-agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", required=True, help="the Dockyard host name this agent serves")
+    parser.add_argument("--engine", default=os.environ.get("DOCKYARD_AGENT_ENGINE_URL",
+                                                           "unix:///var/run/docker.sock"),
+                        help="the local engine (default unix:///var/run/docker.sock)")
+    parser.add_argument("--ops-concurrency", type=int, default=2)
+    parser.add_argument("--query-concurrency", type=int, default=8)
+    args = parser.parse_args(argv)
+    if "DOCKYARD_REDIS_URL" not in os.environ:
+        parser.error("set DOCKYARD_REDIS_URL to the shared Redis (and DOCKYARD_SECRET_KEY)")
+    env = {**os.environ, "DOCKYARD_AGENT_HOST": args.host, "DOCKYARD_AGENT_ENGINE_URL": args.engine,
+           "DOCKYARD_ENGINE_POOL_SIZE": str(max(args.query_concurrency, 2))}
+    children = [subprocess.Popen(cmd, cwd=ROOT, env=env)
+                for cmd in worker_commands(args.host, args.ops_concurrency,
+                                           args.query_concurrency)]
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    # If one worker dies the agent is not whole: stop the other and exit non-zero, so a
+    # supervisor (systemd, a container runtime) restarts the pair.
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    stop(signal.SIGTERM, None)
+    codes = [child.wait() for child in children]
+    return max(codes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
