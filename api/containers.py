@@ -11,7 +11,8 @@ from marshmallow import ValidationError
 
 from api.common import principal, requires, start_job
 from api.hosts import host_record
-from app.dispatch import run_query
+from api.transfers import sse_response
+from app.dispatch import open_stream, run_query
 from app.errors import ConflictError, ForbiddenError, InvalidInputError, NotImplementedYetError
 from app.policy import policy_from_settings
 from app.runtime import runtime
@@ -165,12 +166,19 @@ class ContainerAction(MethodView):
 class ContainerLogs(MethodView):
     @requires("viewer")
     @blp.arguments(LogsArgsSchema, location="query")
-    @blp.response(200, description="text/plain: stdout and stderr, as `docker logs` prints them")
+    @blp.response(200, description="text/plain: stdout and stderr, as `docker logs` prints "
+                                   "them; with follow=true a text/event-stream, one `log` event "
+                                   "per line, ending with `end` when the container stops")
     def get(self, args: dict, host: str, ref: str) -> Response:
-        """`docker logs [--tail N] [--since] [--until] [-t]`."""
+        """`docker logs [--tail N] [--since] [--until] [-t] [-f]`."""
         if args["follow"]:
-            raise InvalidInputError("follow=true is not supported yet",
-                                    errors={"follow": ["not supported yet"]})
+            if args["until"]:
+                raise InvalidInputError("until cannot be combined with follow",
+                                        errors={"until": ["not with follow=true"]})
+            _meta, reader = open_stream("transfers.follow_logs", host_record(host), [ref, {
+                "tail": args["tail"], "since": args["since"],
+                "timestamps": args["timestamps"]}])
+            return sse_response(reader, "log")
         text = run_query("containers.logs", host_record(host),
                          [ref, {"tail": args["tail"], "since": args["since"],
                                 "until": args["until"], "timestamps": args["timestamps"]}])

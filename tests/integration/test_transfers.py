@@ -180,3 +180,34 @@ def test_streams_refuse_unknown_hosts_and_bad_args(viewer):
     assert viewer.get("/hosts/nowhere/images/save", params={"ref": ["x"]}).status_code == 404
     assert viewer.get("/hosts/local/images/save").status_code == 422
     assert viewer.get("/hosts/local/events/stream", params={"type": "bogus"}).status_code == 422
+
+
+def test_logs_follow_streams_lines_as_sse_and_ends_when_the_container_stops(viewer, operator,
+                                                                           unique, cleanup):
+    cleanup.append(unique)
+    job = operator.post("/hosts/local/containers", params={"wait": 60}, json={
+        "image": BUSYBOX, "name": unique,
+        "command": ["sh", "-c", "echo first; sleep 2; echo second; sleep 1; echo third"],
+        "wait_for": "none"}).json()
+    assert job["state"] == "succeeded", job
+    response = viewer.get(f"/hosts/local/containers/{unique}/logs", params={"follow": "true"},
+                          stream=True, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    events, current = [], None
+    started = time.monotonic()
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            current = line[7:]
+        elif line.startswith("data: "):
+            events.append((current, line[6:]))
+    assert [d for e, d in events if e == "log"] == ["first", "second", "third"]
+    assert events[-1][0] == "end"
+    assert time.monotonic() - started < 20  # it ended with the container, not a timeout
+
+
+def test_logs_follow_of_unknown_container_is_404_and_until_is_refused(viewer, box):
+    assert viewer.get("/hosts/local/containers/no-such-box-x/logs",
+                      params={"follow": "true"}).status_code == 404
+    assert viewer.get(f"/hosts/local/containers/{box}/logs",
+                      params={"follow": "true", "until": "1"}).status_code == 422
