@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
+import docker
 import pytest
 
 from tests.integration.helpers import BUSYBOX, REGISTRY_PASSWORD, REGISTRY_USER, containers_of_job
@@ -21,7 +23,10 @@ def pushed_image(auth_registry, engine):
     for line in engine.api.push(reference, tag, auth_config=auth, stream=True, decode=True):
         assert "error" not in line, line
     engine.images.remove(f"{reference}:{tag}")
-    return f"{reference}:{tag}"
+    yield f"{reference}:{tag}"
+    # The tests pull it back; leave the engine with no extra tag on the test image.
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        engine.images.remove(f"{reference}:{tag}")
 
 
 @pytest.fixture(scope="module")

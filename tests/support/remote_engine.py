@@ -302,13 +302,17 @@ class RemoteEngine:
         api_version: Engine API version reported by the engine (after start()).
     """
 
-    def __init__(self, name: str, state_dir: Path, subnet_index: int = 1) -> None:
+    def __init__(self, name: str, state_dir: Path, subnet_index: int = 1,
+                 listen_tcp: bool = True) -> None:
         """Describe an engine; nothing is created until start().
 
         Args:
             name: Short name (letters, digits, dash); used in namespace and interface names.
             state_dir: Parent directory for the engine's files.
             subnet_index: Third octet of the /30 used for the link, 0..255.
+            listen_tcp: Listen on ``tcp://address:2376`` with mutual TLS. If False the engine
+                listens only on its unix socket (e.g. to be reached over SSH), ``url`` is that
+                socket and ``client()``/``cli_env()`` use it.
 
         Raises:
             ValueError: Bad name or subnet index.
@@ -320,6 +324,7 @@ class RemoteEngine:
         self.name = name
         self.state_dir = Path(state_dir).absolute()
         self.subnet_index = subnet_index
+        self.listen_tcp = listen_tcp
         self.netns = f"dy-{name}"
         self.host_veth = f"dyh-{name}"[:15]
         self.ns_veth = f"dyn-{name}"[:15]
@@ -347,6 +352,8 @@ class RemoteEngine:
         self.dockerd_log = self.dir / "dockerd.log"
         self.containerd_log = self.dir / "containerd.log"
         self.cgroup_parent = f"dy-{name}"
+        if not listen_tcp:
+            self.url = f"unix://{self.docker_sock}"
 
         self._dockerd: subprocess.Popen[bytes] | None = None
         self._containerd: subprocess.Popen[bytes] | None = None
@@ -458,6 +465,8 @@ class RemoteEngine:
         Returns:
             A new DockerClient.
         """
+        if not self.listen_tcp:
+            return docker.DockerClient(base_url=self.url, version=self.api_version, timeout=timeout)
         tls = docker.tls.TLSConfig(
             client_cert=(str(self.client_cert_path), str(self.client_key_path)),
             ca_cert=str(self.ca_path),
@@ -486,6 +495,11 @@ class RemoteEngine:
         """
         env = dict(os.environ)
         env.pop("DOCKER_CONTEXT", None)
+        if not self.listen_tcp:
+            for var in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+                env.pop(var, None)
+            env["DOCKER_HOST"] = self.url
+            return env
         env.update(
             DOCKER_HOST=self.url,
             DOCKER_TLS_VERIFY="1",
@@ -500,7 +514,7 @@ class RemoteEngine:
             local: Client of the engine that has the image.
             ref: Image reference (name:tag or id) to copy; tags are kept.
         """
-        stream = local.images.get(ref).save(named=True)
+        stream = local.images.get(ref).save(named=ref)
         remote = self.client(timeout=300)
         try:
             remote.images.load(stream)
@@ -647,12 +661,15 @@ class RemoteEngine:
             "--cgroup-parent", f"/{self.cgroup_parent}",
             "--bip", self.bip,
             "-H", f"unix://{self.docker_sock}",
-            "-H", f"tcp://{self.address}:{DOCKERD_PORT}",
-            "--tlsverify",
-            "--tlscacert", str(self.tls_dir / "ca.pem"),
-            "--tlscert", str(self.tls_dir / "server-cert.pem"),
-            "--tlskey", str(self.tls_dir / "server-key.pem"),
         ]  # fmt: skip
+        if self.listen_tcp:
+            args += [
+                "-H", f"tcp://{self.address}:{DOCKERD_PORT}",
+                "--tlsverify",
+                "--tlscacert", str(self.tls_dir / "ca.pem"),
+                "--tlscert", str(self.tls_dir / "server-cert.pem"),
+                "--tlskey", str(self.tls_dir / "server-key.pem"),
+            ]  # fmt: skip
         self._dockerd = self._spawn(args, self.dockerd_log)
         last_error: Exception | None = None
         while True:
@@ -669,7 +686,7 @@ class RemoteEngine:
                 last_error = exc
             if time.monotonic() > deadline:
                 tail = self._log_tail(self.dockerd_log)
-                raise RuntimeError(f"dockerd did not answer over mTLS ({last_error}):\n{tail}")
+                raise RuntimeError(f"dockerd did not answer at {self.url} ({last_error}):\n{tail}")
             time.sleep(0.2)
 
     @staticmethod

@@ -1,0 +1,244 @@
+"""Many hosts: an agent on its own host, placement, fan-out, and a link lost mid-job.
+
+Real separate hosts on this machine: dockerd in network namespaces. One is reached by
+the central workers over mutual TLS, one by an agent worker started inside its namespace
+that reaches Redis over the veth link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import docker
+import pytest
+import requests
+
+from tests.integration.conftest import TEST_REDIS_URL, Api
+from tests.integration.helpers import BUSYBOX, eventually
+from tests.support.forward import Forwarder
+from tests.support.remote_engine import RemoteEngine
+from tests.support.stack import VENV_BIN
+
+pytestmark = pytest.mark.remote
+
+REDIS_RELAY_PORT = 16379
+
+
+@pytest.fixture(scope="module")
+def tls_engine(state_dir) -> Iterator[RemoteEngine]:
+    engine = RemoteEngine("fleet", state_dir, subnet_index=5)
+    try:
+        engine.start()
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_host(tls_engine: RemoteEngine, admin: Api, engine: docker.DockerClient) -> Iterator[str]:
+    tls_engine.load_image_from(engine, BUSYBOX)
+    name = "fleet-tls"
+    response = admin.post("/hosts", json={
+        "name": name, "url": tls_engine.url, "labels": {"pool": "fleet-test", "kind": "netns"},
+        "tls": {"ca_cert": tls_engine.ca_pem, "client_cert": tls_engine.client_cert_pem,
+                "client_key": tls_engine.client_key_pem}})
+    assert response.status_code == 201, response.text
+    yield name
+    admin.delete(f"/hosts/{name}")
+
+
+@pytest.fixture(scope="module")
+def agent_engine(state_dir, engine: docker.DockerClient) -> Iterator[RemoteEngine]:
+    remote = RemoteEngine("agt", state_dir, subnet_index=4)
+    try:
+        remote.start()
+        remote.load_image_from(engine, BUSYBOX)
+        yield remote
+    finally:
+        remote.stop()
+
+
+@pytest.fixture(scope="module")
+def agent_host(agent_engine: RemoteEngine, admin: Api) -> Iterator[str]:
+    name = "fleet-agent"
+    # The record names the engine as the agent sees it; only the agent ever uses it.
+    response = admin.post("/hosts", json={"name": name, "url": "unix:///var/run/docker.sock",
+                                          "route": "agent", "labels": {"kind": "agent"}})
+    assert response.status_code == 201, response.text
+    yield name
+    admin.delete(f"/hosts/{name}")
+
+
+class Agent:
+    """`dockyard-agent` running inside the host's namespace, reaching Redis over the veth."""
+
+    def __init__(self, remote: RemoteEngine, host: str, stack_env: dict[str, str],
+                 log_dir) -> None:
+        db = urlsplit(TEST_REDIS_URL).path or "/0"
+        self.env = {**stack_env,
+                    "DOCKYARD_REDIS_URL": f"redis://{remote.host_ip}:{REDIS_RELAY_PORT}{db}"}
+        self.args = ["nsenter", f"--net={remote.netns_path}", str(VENV_BIN / "dockyard-agent"),
+                     "--host", host, "--engine", f"unix://{remote.docker_sock}",
+                     "--ops-concurrency", "1", "--query-concurrency", "2"]
+        self.log = log_dir / f"agent-{host}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def relay(agent_engine: RemoteEngine) -> Iterator[None]:
+    with Forwarder((agent_engine.host_ip, REDIS_RELAY_PORT), ("127.0.0.1", 6379)):
+        yield
+
+
+def test_agent_host_without_an_agent_answers_503_within_2s(viewer: Api, operator: Api,
+                                                          agent_host: str) -> None:
+    started = time.monotonic()
+    response = viewer.get(f"/hosts/{agent_host}/info")
+    assert response.status_code == 503
+    assert time.monotonic() - started < 2
+    assert agent_host in response.json()["detail"]
+    provision = operator.post(f"/hosts/{agent_host}/containers", json={"image": BUSYBOX})
+    assert provision.status_code == 503
+    listed = {h["name"]: h for h in viewer.get("/hosts").json()}
+    assert listed[agent_host]["route"] == "agent"
+    assert listed[agent_host]["lanes_alive"] == {"ops": False, "query": False}
+
+
+def test_agent_serves_its_host_from_inside_the_namespace(admin: Api, operator: Api, viewer: Api,
+                                                        agent_engine: RemoteEngine,
+                                                        agent_host: str, relay: None,
+                                                        stack_env, state_dir) -> None:
+    agent = Agent(agent_engine, agent_host, stack_env, state_dir / "log")
+    agent.start()
+    try:
+        eventually(lambda: viewer.get(f"/hosts/{agent_host}/info").status_code == 200,
+                   timeout=60, interval=0.5)
+        info = viewer.get(f"/hosts/{agent_host}/info").json()
+        assert info["ID"] == agent_engine.client().info()["ID"]
+        name = f"agt-{uuid.uuid4().hex[:6]}"
+        job = operator.post(f"/hosts/{agent_host}/containers", params={"wait": 60}, json={
+            "image": BUSYBOX, "name": name, "ports": ["18081:8080"],
+            "command": ["httpd", "-f", "-p", "8080", "-h", "/etc"]}).json()
+        assert job["state"] == "succeeded", job
+        ps = subprocess.run(["docker", "ps", "--filter", f"name=^/{name}$", "--format",
+                             "{{.Names}} {{.Ports}}"], env=agent_engine.cli_env(),
+                            capture_output=True, text=True, check=True).stdout
+        assert name in ps and "18081->8080" in ps
+        page = requests.get(f"http://{agent_engine.address}:18081/hostname", timeout=5)
+        assert page.status_code == 200
+        detail = viewer.get(f"/hosts/{agent_host}").json()
+        assert detail["lanes_alive"] == {"ops": True, "query": True}
+        assert detail["live"]["reachable"] is True and detail["last_seen"]
+        ready = requests.get(viewer.base.removesuffix("/api/v1") + "/readyz", timeout=5).json()
+        assert ready["checks"]["lanes"][f"host.{agent_host}.query"] is True
+    finally:
+        agent.stop()
+    started = time.monotonic()
+    assert viewer.get(f"/hosts/{agent_host}/info").status_code == 503
+    assert time.monotonic() - started < 2
+
+
+def test_auto_places_on_the_least_loaded_matching_host(admin: Api, operator: Api,
+                                                       engine: docker.DockerClient,
+                                                       tls_engine: RemoteEngine,
+                                                       tls_host: str) -> None:
+    local_labels = admin.get("/hosts/local").json()["labels"]
+    admin.patch("/hosts/local", json={"labels": {**local_labels, "pool": "fleet-test"}})
+    busy = engine.containers.run(BUSYBOX, ["sleep", "120"], detach=True,
+                                 labels={"dyt.case": "fleet"})
+    name = f"auto-{uuid.uuid4().hex[:6]}"
+    try:
+        job = operator.post("/hosts/auto/containers", params={"wait": 60}, json={
+            "image": BUSYBOX, "name": name, "command": ["sleep", "120"],
+            "placement": {"labels": {"pool": "fleet-test"}}}).json()
+        assert job["state"] == "succeeded", job
+        assert job["host"] == tls_host  # the remote runs nothing, local runs `busy`
+        assert tls_engine.client().containers.get(name).status == "running"
+        nowhere = operator.post("/hosts/auto/containers", json={
+            "image": BUSYBOX, "placement": {"labels": {"pool": "no-such-pool"}}})
+        assert nowhere.status_code == 422
+    finally:
+        busy.remove(force=True)
+        admin.patch("/hosts/local", json={"labels": local_labels})
+        tls_engine.client().containers.get(name).remove(force=True)
+
+
+def test_fan_out_runs_one_child_per_host_and_aggregates(admin: Api, operator: Api,
+                                                       engine: docker.DockerClient,
+                                                       tls_engine: RemoteEngine,
+                                                       tls_host: str) -> None:
+    local_labels = admin.get("/hosts/local").json()["labels"]
+    admin.patch("/hosts/local", json={"labels": {**local_labels, "pool": "fleet-test"}})
+    name = f"fan-{uuid.uuid4().hex[:6]}"
+    try:
+        response = operator.post("/hosts/auto/containers", params={"wait": 60}, json={
+            "image": BUSYBOX, "name": name, "command": ["sleep", "120"],
+            "placement": {"labels": {"pool": "fleet-test"}, "mode": "all"}})
+        parent = response.json()
+        assert response.status_code == 200 and parent["state"] == "succeeded", parent
+        assert parent["kind"] == "containers.provision.fanout" and len(parent["children"]) == 2
+        assert parent["progress"]["done"] == 2 and parent["progress"]["total"] == 2
+        hosts = {c["host"]: c for c in parent["result"]["children"]}
+        assert set(hosts) == {"local", tls_host}
+        assert all(c["state"] == "succeeded" for c in hosts.values())
+        for child in parent["children"]:
+            assert operator.get(f"/jobs/{child}").json()["parent"] == parent["id"]
+        assert engine.containers.get(name).status == "running"
+        assert tls_engine.client().containers.get(name).status == "running"
+        again = operator.post("/hosts/auto/containers", json={
+            "image": BUSYBOX, "name": name,
+            "placement": {"labels": {"pool": "fleet-test"}, "mode": "all"}})
+        assert again.status_code == 409
+    finally:
+        admin.patch("/hosts/local", json={"labels": local_labels})
+        for client in (engine, tls_engine.client()):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.containers.get(name).remove(force=True)
+
+
+def test_link_lost_mid_job_fails_naming_the_host_then_recovers(operator: Api,
+                                                               tls_engine: RemoteEngine,
+                                                               tls_host: str) -> None:
+    name = f"cut-{uuid.uuid4().hex[:6]}"
+    response = operator.post(f"/hosts/{tls_host}/containers", json={
+        "image": BUSYBOX, "name": name, "command": ["sleep", "300"],
+        "healthcheck": {"test": ["false"], "interval": "30s", "retries": 3},
+        "wait_for": "healthy", "wait_timeout": 120})
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    eventually(lambda: operator.get(f"/jobs/{job_id}").json()["state"] == "running", timeout=30)
+    time.sleep(1)
+    tls_engine.link_down()
+    try:
+        started = time.monotonic()
+        job = operator.wait_job(job_id, timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        tls_engine.link_up()
+    assert job["state"] == "failed", job
+    assert tls_host in job["error"]["detail"]
+    assert elapsed < 40
+    retry = operator.post(f"/hosts/{tls_host}/containers", params={"wait": 60}, json={
+        "image": BUSYBOX, "name": name, "command": ["sleep", "300"], "replace": True}).json()
+    assert retry["state"] == "succeeded", retry
+    tls_engine.client().containers.get(name).remove(force=True)
