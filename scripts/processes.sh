@@ -21,7 +21,9 @@ up() {
   start_bg worker-ops $CELERY worker -Q engine.ops -n "ops.$$@%h" -P prefork \
     -c "${DOCKYARD_OPS_CONCURRENCY:-2}" --prefetch-multiplier 1 -l INFO -E
   # query: threads, so a read never waits for a process and clients are shared.
-  start_bg worker-query $CELERY worker -Q engine.query -n "query.$$@%h" -P threads \
+  # One engine connection per thread: the pool is sized to the lane's concurrency.
+  start_bg worker-query env DOCKYARD_ENGINE_POOL_SIZE="${DOCKYARD_QUERY_CONCURRENCY:-8}" \
+    $CELERY worker -Q engine.query -n "query.$$@%h" -P threads \
     -c "${DOCKYARD_QUERY_CONCURRENCY:-8}" -l INFO
   start_bg beat $CELERY beat -s "$PROC_DIR/beat-schedule" -l INFO
   if [ "${1:-}" = "--api" ]; then

@@ -53,6 +53,21 @@ def client_for(host: str, revision: int | None = None) -> docker.DockerClient:
     return clients.get(record, runtime().hosts.tls_material(record))
 
 
+def fresh_client(host: str) -> docker.DockerClient:
+    """The host's client, checked with a ping; rebuilt once if its pooled connections died.
+
+    After an engine restart every pooled connection is dead: the first call on one fails
+    although the engine is back, so a job starts with a ping on a possibly new client.
+    """
+    client = client_for(host)
+    try:
+        client.ping()
+    except requests.exceptions.ConnectionError:
+        engine_clients().forget(host)
+        client = client_for(host)
+    return client
+
+
 def internal_problem() -> dict[str, Any]:
     return DockyardError("the worker failed unexpectedly; see the worker log for this job"
                          ).to_problem()
@@ -78,11 +93,14 @@ class JobContext:
         self.job_id = job_id
         self.host = host
         self._last_progress = 0.0
+        self._client: docker.DockerClient | None = None
 
     @property
     def client(self) -> docker.DockerClient:
         assert self.host is not None
-        return client_for(self.host)
+        if self._client is None:
+            self._client = fresh_client(self.host)
+        return self._client
 
     def progress(self, done: int | None, total: int | None, unit: str, message: str,
                  force: bool = False) -> None:
@@ -187,7 +205,12 @@ class QueryTask(Task):
     def reply(self, reply_id: str, host: str, revision: int,
               read: Callable[[docker.DockerClient], Any]) -> None:
         try:
-            payload = {"ok": read(client_for(host, revision))}
+            try:
+                payload = {"ok": read(client_for(host, revision))}
+            except requests.exceptions.ConnectionError:
+                # A stale pool (the engine restarted): once more on new connections.
+                engine_clients().forget(host)
+                payload = {"ok": read(client_for(host, revision))}
         except Exception as exc:
             if isinstance(exc, docker.errors.DockerException | OSError):
                 engine_clients().forget(host)

@@ -78,7 +78,8 @@ class Stack:
             capture_output=True,
         )
         self.start_worker("worker-ops", "engine.ops", "prefork", 2)
-        self.start_worker("worker-query", "engine.query", "threads", 8)
+        self.start_worker("worker-query", "engine.query", "threads", 8,
+                          extra_env={"DOCKYARD_ENGINE_POOL_SIZE": "8"})
         self._spawn(
             "api",
             [
