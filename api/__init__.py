@@ -8,6 +8,7 @@ from flask import Flask
 def register_blueprints(app: Flask, api) -> None:
     """Import and register every blueprint (inside the factory, never at import time)."""
     from api import (
+        audit,
         backups,
         builds,
         containers,
@@ -23,6 +24,6 @@ def register_blueprints(app: Flask, api) -> None:
     )
 
     for module in (jobs, hosts, fleet, containers, images, volumes, transfers, builds, registries,
-                   backups, tokens):
+                   backups, tokens, audit):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     app.register_blueprint(health.blp)

@@ -40,7 +40,7 @@ class Tokens(MethodView):
         expires_at = expires.astimezone(UTC).isoformat(timespec="seconds").replace(
             "+00:00", "Z") if expires else None
         record, secret = runtime().tokens.create(body["name"], body["role"], body["hosts"],
-                                                 expires_at)
+                                                 expires_at, body["rate_limit"])
         return {**record, "token": secret}
 
 

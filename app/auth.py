@@ -32,6 +32,7 @@ class Principal:
     name: str
     role: str
     hosts: frozenset[str] | None  # None: every host
+    rate_limit: dict[str, int] | None = None  # per-second limits by route class, overriding
 
     def require_role(self, role: str) -> None:
         if _RANK[self.role] < _RANK[role]:
@@ -61,12 +62,13 @@ class TokenStore:
         self._lock = threading.Lock()
 
     def create(self, name: str, role: str, hosts: list[str] | None = None,
-               expires_at: str | None = None) -> tuple[dict[str, Any], str]:
+               expires_at: str | None = None,
+               rate_limit: dict[str, int] | None = None) -> tuple[dict[str, Any], str]:
         """Create a token; returns its record and the secret (shown once)."""
         token_id = new_id()
         secret = f"dy_{secrets.token_urlsafe(32)}"
         record = {"id": token_id, "name": name, "role": role, "hosts": hosts,
-                  "expires_at": expires_at, "created_at": utcnow()}
+                  "expires_at": expires_at, "created_at": utcnow(), "rate_limit": rate_limit}
         self._store(record, hash_token(secret))
         return record, secret
 
@@ -122,7 +124,7 @@ class TokenStore:
             raise UnauthorizedError("token expired")
         hosts = record.get("hosts")
         return Principal(record["id"], record["name"], record["role"],
-                         None if hosts is None else frozenset(hosts))
+                         None if hosts is None else frozenset(hosts), record.get("rate_limit"))
 
     def _lookup(self, digest: str) -> dict[str, Any] | None:
         now = time.monotonic()

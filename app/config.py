@@ -77,6 +77,9 @@ class Settings:
     agent_host: str = field(default_factory=lambda: _env("DOCKYARD_AGENT_HOST", ""))
     agent_engine_url: str = field(
         default_factory=lambda: _env("DOCKYARD_AGENT_ENGINE_URL", "unix:///var/run/docker.sock"))
+    rate_limit_reads: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_RATE_LIMIT_READS", 1000))
+    rate_limit_ops: int = field(default_factory=lambda: _env_int("DOCKYARD_RATE_LIMIT_OPS", 2000))
     token_cache_seconds: float = field(
         default_factory=lambda: _env_float("DOCKYARD_TOKEN_CACHE_SECONDS", 2.0)
     )

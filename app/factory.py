@@ -19,6 +19,7 @@ from app.errors import (
     problem_from_http,
 )
 from app.runtime import runtime
+from app.store import utcnow as _utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.before_request(_assign_request_id)
     app.before_request(_authenticate)
     app.before_request(_check_content_type)
+    app.before_request(_limit_rate)
     app.after_request(_echo_request_id)
+    app.after_request(_audit)
     app.register_error_handler(DockyardError, _dockyard_error)
     app.register_error_handler(redis.exceptions.ConnectionError, _redis_down)
     app.register_error_handler(redis.exceptions.TimeoutError, _redis_down)
@@ -178,6 +181,61 @@ def _echo_request_id(response: Response) -> Response:
     return response
 
 
+def _limit_rate() -> None:
+    principal = g.get("principal")
+    if principal is None:
+        return
+    route_class = "reads" if request.method in ("GET", "HEAD") else "ops"
+    settings = runtime().settings
+    limit = (principal.rate_limit or {}).get(
+        route_class, settings.rate_limit_reads if route_class == "reads" else settings.rate_limit_ops)
+    runtime().rate_limiter.hit(principal.token_id, route_class, limit)
+
+
+_CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+_DENIED = (401, 403, 429)
+
+
+def _audit(response: Response) -> Response:
+    """Record changing and denied requests: who, what, target, decision, outcome."""
+    if request.url_rule is None or request.path.startswith(PUBLIC_PATHS):
+        return response
+    if request.method not in _CHANGES and response.status_code not in _DENIED:
+        return response
+    try:
+        runtime().audit.record(_audit_entry(response))
+    except Exception:  # the audit store being down must not turn an answer into a 500
+        logger.warning("audit record failed request_id=%s", g.get("request_id"), exc_info=True)
+    return response
+
+
+def _audit_entry(response: Response) -> dict[str, Any]:
+    from app.audit import redact
+
+    principal = g.get("principal")
+    args = request.view_args or {}
+    body = request.get_json(silent=True) if request.is_json else None
+    answer = response.get_json(silent=True) if response.is_json and \
+        not response.direct_passthrough else None
+    answer = answer if isinstance(answer, dict) else {}
+    status = response.status_code
+    return {
+        "ts": _utcnow(), "request_id": g.get("request_id"),
+        "actor": principal.name if principal else None,
+        "token_id": principal.token_id if principal else None,
+        "method": request.method, "route": request.url_rule.rule, "path": request.path,
+        "host": args.get("host"),
+        "target": args.get("ref") or args.get("name") or args.get("job_id")
+        or args.get("token_id"),
+        "request": {"query": redact(request.args.to_dict(flat=False)), "body": redact(body)},
+        "decision": "denied" if status in _DENIED else "allowed",
+        "rule": answer.get("rule"),
+        "outcome": "denied" if status in _DENIED else "error" if status >= 400 else "ok",
+        "status": status,
+        "job_id": answer.get("id") if answer.get("links", {}).get("events") else None,
+    }
+
+
 def _authenticate() -> None:
     path = request.path
     if path.startswith(PUBLIC_PATHS) or request.method == "OPTIONS":
@@ -217,6 +275,8 @@ def _dockyard_error(error: DockyardError) -> Response:
     response = problem_response(error.to_problem())
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dockyard"'
+    if error.status == 429:
+        response.headers["Retry-After"] = str(error.extra.get("retry_after", 1))
     return response
 
 

@@ -7,10 +7,12 @@ from functools import cached_property
 
 from celery import Celery
 
+from app.audit import AuditLog
 from app.auth import TokenStore
 from app.celery import make_celery
 from app.hosts import HostStore
 from app.jobs import IdempotencyStore, JobStore
+from app.ratelimit import RateLimiter
 from app.registries import RegistryStore
 from app.store import get_redis, get_settings
 
@@ -43,6 +45,14 @@ class Runtime:
     @cached_property
     def hosts(self) -> HostStore:
         return HostStore(get_redis(), self.settings)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(get_redis())
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        return RateLimiter(get_redis())
 
     @cached_property
     def registries(self) -> RegistryStore:

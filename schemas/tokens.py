@@ -7,12 +7,21 @@ from app.hosts import NAME_PATTERN
 from schemas.common import FullMatch
 
 
+class RateLimitSchema(Schema):
+    reads = fields.Integer(validate=validate.Range(min=0, max=1_000_000),
+                           metadata={"description": "GET requests per second (0: unlimited)"})
+    ops = fields.Integer(validate=validate.Range(min=0, max=1_000_000),
+                         metadata={"description": "changing requests per second (0: unlimited)"})
+
+
 class TokenCreateSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     hosts = fields.List(fields.String(validate=FullMatch(NAME_PATTERN)), load_default=None,
                         allow_none=True, metadata={"description": "host scope; null = all"})
     expires_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    rate_limit = fields.Nested(RateLimitSchema, load_default=None, allow_none=True, metadata={
+        "description": "per-token limits overriding DOCKYARD_RATE_LIMIT_READS/_OPS"})
 
 
 class TokenSchema(Schema):
@@ -22,6 +31,7 @@ class TokenSchema(Schema):
     hosts = fields.List(fields.String(), allow_none=True)
     expires_at = fields.String(allow_none=True)
     created_at = fields.String()
+    rate_limit = fields.Nested(RateLimitSchema, allow_none=True)
 
 
 class TokenCreatedSchema(TokenSchema):

@@ -1,0 +1,76 @@
+"""The audit log: every request that changes something, and every denied one, append-only."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import redis
+
+from app.store import PREFIX
+
+_STREAM = PREFIX + "audit"
+_MAXLEN = 1_000_000
+_SECRET_KEYS = re.compile(r"pass(word)?|secret|token|private|client_key|^key$|credential|"
+                          r"authorization|signature", re.IGNORECASE)
+_SECRET_VALUES = re.compile(r"-----BEGIN [A-Z ]+-----|\bdy_[A-Za-z0-9_-]{8,}|\bBearer\s+\S+")
+REDACTED = "***"
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of a request body with secrets removed (by key name and by value shape)."""
+    if key and _SECRET_KEYS.search(key):
+        return REDACTED
+    if isinstance(value, dict):
+        if value.get("secret") is True and "value" in value:  # build args marked secret
+            return {**value, "value": REDACTED}
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and _SECRET_VALUES.search(value):
+        return REDACTED
+    return value
+
+
+class AuditLog:
+    """Records in a capped Redis stream, newest last; no API removes or edits them."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self.redis.xadd(_STREAM, {"entry": json.dumps(entry, default=str)}, maxlen=_MAXLEN,
+                        approximate=True)
+
+    def query(self, *, actor: str | None = None, host: str | None = None,
+              outcome: str | None = None, since_ms: int | None = None,
+              until_ms: int | None = None, limit: int = 100,
+              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first, filtered; returns the page and the cursor of the next page."""
+        upper = f"({cursor}" if cursor else (str(until_ms) if until_ms else "+")
+        lower = str(since_ms) if since_ms else "-"
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        while len(found) < limit and scanned < 50_000:
+            batch = self.redis.xrevrange(_STREAM, max=upper, min=lower, count=500)
+            if not batch:
+                return found, None
+            scanned += len(batch)
+            for entry_id, fields in batch:
+                entry = json.loads(fields["entry"])
+                if _matches(entry, actor, host, outcome):
+                    found.append({"id": entry_id, **entry})
+                    if len(found) == limit:
+                        return found, entry_id
+            upper = f"({batch[-1][0]}"
+        return found, (found[-1]["id"] if found else None)
+
+
+def _matches(entry: dict[str, Any], actor: str | None, host: str | None,
+             outcome: str | None) -> bool:
+    if actor and entry.get("actor") != actor:
+        return False
+    if host and entry.get("host") != host:
+        return False
+    return not (outcome and entry.get("outcome") != outcome)

@@ -1,0 +1,47 @@
+"""Schemas for /audit and /policy/check."""
+
+from marshmallow import Schema, fields, validate
+
+
+class AuditArgsSchema(Schema):
+    actor = fields.String(validate=validate.Length(max=100))
+    host = fields.String(validate=validate.Length(max=63))
+    outcome = fields.String(validate=validate.OneOf(["ok", "denied", "error"]))
+    since = fields.AwareDateTime(metadata={"description": "RFC 3339, inclusive"})
+    until = fields.AwareDateTime(metadata={"description": "RFC 3339, inclusive"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(validate=validate.Length(max=40))
+
+
+class AuditEntrySchema(Schema):
+    id = fields.String()
+    ts = fields.String()
+    request_id = fields.String(allow_none=True)
+    actor = fields.String(allow_none=True)
+    token_id = fields.String(allow_none=True)
+    method = fields.String()
+    route = fields.String()
+    path = fields.String()
+    host = fields.String(allow_none=True)
+    target = fields.String(allow_none=True)
+    request = fields.Dict(metadata={"description": "query and body, secrets replaced by ***"})
+    decision = fields.String()
+    rule = fields.String(allow_none=True)
+    outcome = fields.String()
+    status = fields.Integer()
+    job_id = fields.String(allow_none=True)
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditEntrySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class ViolationSchema(Schema):
+    rule = fields.String()
+    detail = fields.String()
+
+
+class PolicyCheckSchema(Schema):
+    allowed = fields.Boolean()
+    violations = fields.List(fields.Nested(ViolationSchema))
