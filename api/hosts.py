@@ -55,9 +55,9 @@ class Hosts(MethodView):
     @blp.arguments(HostCreateSchema)
     @blp.response(201, HostSchema)
     def post(self, body: dict) -> dict:
-        """Register a host (unix:// or tcp:// with mutual TLS)."""
+        """Register a host (unix://, tcp:// with mutual TLS, or ssh:// with a stored key)."""
         record = runtime().hosts.create(body["name"], body["url"], body["tls"], body["route"],
-                                        body["labels"])
+                                        body["labels"], ssh=body["ssh"])
         return _with_lanes(record, None)
 
 
@@ -80,7 +80,7 @@ class Host(MethodView):
     @blp.arguments(HostUpdateSchema)
     @blp.response(200, HostSchema)
     def patch(self, body: dict, host: str) -> dict:
-        """Change a host's URL, TLS material, route or labels."""
+        """Change a host's URL, TLS or SSH material, route or labels."""
         return _with_lanes(runtime().hosts.update(host, body), None)
 
     @requires("admin")

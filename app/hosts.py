@@ -6,7 +6,7 @@ import ipaddress
 import json
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import redis
 from cryptography import x509
@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import serialization
 
 from app import crypto
 from app.config import Settings
+from app.engine.ssh import SSHMaterialError
+from app.engine.ssh import validate_material as validate_ssh_material
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.store import PREFIX, utcnow
 
@@ -24,15 +26,24 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 RESERVED_NAMES = frozenset({"auto"})
 ROUTES = ("central", "agent")
 TLS_FIELDS = ("ca_cert", "client_cert", "client_key")
+SSH_FIELDS = ("private_key", "known_hosts", "passphrase")
+_SSH_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 
 
-def validate_url(url: str, has_tls: bool) -> None:
+def validate_url(url: str, has_tls: bool, has_ssh: bool = False) -> None:
     """Check a host URL the way the engine client will use it.
 
     Raises:
-        InvalidInputError: unsupported scheme, missing path/port, or plain TCP off loopback.
+        InvalidInputError: unsupported scheme, missing path/port/user, plain TCP off loopback,
+            or credentials that do not fit the scheme.
     """
     parts = urlsplit(url)
+    if parts.scheme == "ssh":
+        _validate_ssh_url(parts, has_tls, has_ssh)
+        return
+    if has_ssh:
+        message = "ssh material only applies to ssh:// URLs"
+        raise InvalidInputError(message, errors={"ssh": [message]})
     if parts.scheme == "unix":
         if not parts.path.startswith("/"):
             raise _url_error("unix:// URLs need an absolute socket path, e.g. unix:///var/run/docker.sock")
@@ -48,10 +59,41 @@ def validate_url(url: str, has_tls: bool) -> None:
             raise _url_error("tcp:// engines off loopback must use mutual TLS: give tls "
                              "{ca_cert, client_cert, client_key}")
         return
-    if parts.scheme == "ssh":
-        raise _url_error("ssh:// hosts are not supported yet; use tcp:// with mutual TLS, "
-                         "unix://, or an agent")
-    raise _url_error(f"unsupported scheme '{parts.scheme or url}': use unix:// or tcp://")
+    raise _url_error(f"unsupported scheme '{parts.scheme or url}': use unix://, tcp:// or ssh://")
+
+
+def _validate_ssh_url(parts: SplitResult, has_tls: bool, has_ssh: bool) -> None:
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise _url_error("ssh:// URLs take a port from 1 to 65535, e.g. ssh://deploy@10.0.0.5:2222")
+    if not parts.hostname or not parts.username or not _SSH_USER.fullmatch(parts.username):
+        raise _url_error("ssh:// URLs need a user and a host, e.g. ssh://deploy@10.0.0.5")
+    if parts.password is not None:
+        raise _url_error("ssh:// URLs carry no password: authenticate with ssh.private_key")
+    if parts.path or parts.query or parts.fragment:
+        raise _url_error("ssh:// URLs are ssh://user@host[:port], with no path or query")
+    if has_tls:
+        raise _url_error("ssh:// hosts authenticate with ssh {private_key, known_hosts}, not tls")
+    if not has_ssh:
+        message = "ssh:// hosts need ssh {private_key, known_hosts}"
+        raise InvalidInputError(message, errors={"ssh": [message]})
+
+
+def validate_ssh(ssh: dict[str, str | None], url: str) -> None:
+    """Parse the SSH key (and known_hosts) so a bad key is refused at registration.
+
+    Raises:
+        InvalidInputError: a field does not parse, the passphrase does not fit the key, or
+            known_hosts has no entry for the URL's server.
+    """
+    try:
+        validate_ssh_material(ssh, url)
+    except SSHMaterialError as exc:
+        raise InvalidInputError(f"ssh {exc.field}: {exc.message}",
+                                errors={"ssh": {exc.field: [exc.message]}}) from None
 
 
 def validate_tls(tls: dict[str, str]) -> None:
@@ -96,23 +138,26 @@ def queues_for(record: dict[str, Any]) -> tuple[str, str]:
 
 
 class HostStore:
-    """Host records in ``dy:hosts``; TLS material sealed with the secret key."""
+    """Host records in ``dy:hosts``; TLS and SSH material sealed with the secret key."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
 
     def create(self, name: str, url: str, tls: dict[str, str] | None, route: str,
-               labels: dict[str, str]) -> dict[str, Any]:
+               labels: dict[str, str], ssh: dict[str, str | None] | None = None) -> dict[str, Any]:
         if name in RESERVED_NAMES:
             raise InvalidInputError(f"'{name}' is a reserved host name",
                                     errors={"name": ["reserved"]})
-        validate_url(url, bool(tls))
+        validate_url(url, bool(tls), bool(ssh))
         if tls:
             validate_tls(tls)
+        if ssh:
+            validate_ssh(ssh, url)
         now = utcnow()
         record = {"name": name, "url": url, "route": route, "labels": labels,
                   "tls": crypto.seal(self.settings, tls) if tls else None,
+                  "ssh": crypto.seal(self.settings, _ssh_fields(ssh)) if ssh else None,
                   "created_at": now, "updated_at": now, "revision": self._next_revision()}
         if not self.redis.hsetnx(_HOSTS, name, json.dumps(record)):
             raise ConflictError(f"host '{name}' already exists")
@@ -134,8 +179,13 @@ class HostStore:
             if tls:
                 validate_tls(tls)
             record["tls"] = crypto.seal(self.settings, tls) if tls else None
+        ssh = changes.pop("ssh") if "ssh" in changes else self.ssh_material(record)
         record.update(changes)
-        validate_url(record["url"], bool(record["tls"]))
+        validate_url(record["url"], bool(record["tls"]), bool(ssh))
+        if ssh:
+            # Checked against the URL even when only the URL changed: known_hosts must name it.
+            validate_ssh(ssh, record["url"])
+        record["ssh"] = crypto.seal(self.settings, _ssh_fields(ssh)) if ssh else None
         record["updated_at"] = utcnow()
         record["revision"] = self._next_revision()
         self.redis.hset(_HOSTS, name, json.dumps(record))
@@ -161,8 +211,18 @@ class HostStore:
             raise NotFoundError(f"no host '{name}'", host=name)
         self.redis.hdel(_STATUS, name)
 
-    def tls_material(self, record: dict[str, Any]) -> dict[str, str] | None:
+    def credentials(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The unsealed secret an engine client needs: SSH material for ssh://, else TLS."""
+        if record["url"].startswith("ssh://"):
+            return self.ssh_material(record)
         return crypto.unseal(self.settings, record["tls"]) if record.get("tls") else None
+
+    def tls_material(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Kept for callers written before ssh://; the same as ``credentials``."""
+        return self.credentials(record)
+
+    def ssh_material(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        return crypto.unseal(self.settings, record["ssh"]) if record.get("ssh") else None
 
     def record_seen(self, name: str, engine_version: str | None) -> None:
         self.redis.hset(_STATUS, name, json.dumps(
@@ -173,14 +233,19 @@ class HostStore:
 
 
 def public_view(record: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A host as the API shows it: never the TLS material, only whether it is set."""
+    """A host as the API shows it: never the TLS or SSH material, only whether it is set."""
     status = status or {}
     return {
         "name": record["name"], "url": record["url"], "route": record.get("route", "central"),
         "labels": record.get("labels") or {}, "tls": bool(record.get("tls")),
+        "ssh": bool(record.get("ssh")),
         "created_at": record.get("created_at"), "updated_at": record.get("updated_at"),
         "last_seen": status.get("last_seen"), "engine_version": status.get("engine_version"),
     }
+
+
+def _ssh_fields(ssh: dict[str, Any]) -> dict[str, Any]:
+    return {field: ssh.get(field) for field in SSH_FIELDS}
 
 
 def _url_error(message: str) -> InvalidInputError:

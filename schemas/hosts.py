@@ -12,11 +12,27 @@ class TlsSchema(Schema):
     client_key = fields.String(required=True, load_only=True)
 
 
+class SshSchema(Schema):
+    """How workers reach an ssh:// host: the key is sealed at rest and never returned."""
+
+    private_key = fields.String(required=True, load_only=True,
+                                validate=validate.Length(min=1, max=16 * 1024), metadata={
+                                    "description": "OpenSSH or PEM private key (Ed25519, ECDSA, RSA)"})
+    known_hosts = fields.String(load_default=None, allow_none=True, load_only=True,
+                                validate=validate.Length(max=64 * 1024), metadata={
+        "description": "known_hosts line(s) for the server, e.g. from a verified ssh-keyscan; "
+                       "without them only the worker's own known_hosts is trusted, and an "
+                       "unknown host key is refused (502)"})
+    passphrase = fields.String(load_default=None, allow_none=True, load_only=True,
+                               validate=validate.Length(max=1024))
+
+
 class HostCreateSchema(Schema):
     name = fields.String(required=True, validate=FullMatch(
         NAME_PATTERN, error="lowercase letters, digits, '.', '_' or '-', at most 63"))
     url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
     tls = fields.Nested(TlsSchema, load_default=None, allow_none=True)
+    ssh = fields.Nested(SshSchema, load_default=None, allow_none=True)
     route = fields.String(load_default="central", validate=validate.OneOf(ROUTES))
     labels = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=128)),
                          values=fields.String(validate=validate.Length(max=256)),
@@ -26,19 +42,21 @@ class HostCreateSchema(Schema):
 class HostUpdateSchema(Schema):
     url = fields.String(validate=validate.Length(min=1, max=2048))
     tls = fields.Nested(TlsSchema, allow_none=True)
+    ssh = fields.Nested(SshSchema, allow_none=True)
     route = fields.String(validate=validate.OneOf(ROUTES))
     labels = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=128)),
                          values=fields.String(validate=validate.Length(max=256)))
 
 
 class HostSchema(Schema):
-    """A host record; TLS material is never returned, only whether it is set."""
+    """A host record; TLS and SSH material are never returned, only whether they are set."""
 
     name = fields.String(required=True)
     url = fields.String(required=True)
     route = fields.String()
     labels = fields.Dict(keys=fields.String(), values=fields.String())
     tls = fields.Boolean(metadata={"description": "mutual TLS material is stored"})
+    ssh = fields.Boolean(metadata={"description": "an SSH key is stored"})
     created_at = fields.String(allow_none=True)
     updated_at = fields.String(allow_none=True)
     last_seen = fields.String(allow_none=True)

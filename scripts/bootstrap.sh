@@ -17,6 +17,8 @@ command -v docker-registry >/dev/null || registry_answers || need+=(docker-regis
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v curl >/dev/null || need+=(curl)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# sshd for the ssh:// host tests (each runs its own, inside a network namespace).
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v git >/dev/null || need+=(git)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 

@@ -13,6 +13,8 @@ import docker
 from docker.constants import DEFAULT_DOCKER_API_VERSION
 from docker.tls import TLSConfig
 
+from app.engine.ssh import ssh_docker_client
+
 logger = logging.getLogger(__name__)
 
 _MIN_API_VERSION = "1.24"
@@ -32,13 +34,18 @@ class EngineClients:
         self._clients: dict[str, tuple[int, docker.DockerClient]] = {}
         self._lock = threading.Lock()
 
-    def get(self, record: dict[str, Any], tls: dict[str, str] | None) -> docker.DockerClient:
+    def get(self, record: dict[str, Any], credentials: dict[str, str] | None) -> docker.DockerClient:
+        """The host's client, built on a miss from its record and unsealed credentials.
+
+        ``credentials`` is the host's TLS material for tcp://, its ``ssh`` material for ssh://
+        (see ``HostStore.credentials``).
+        """
         name, revision = record["name"], int(record.get("revision", 1))
         with self._lock:
             cached = self._clients.get(name)
             if cached and cached[0] == revision:
                 return cached[1]
-        client = self._build(record, tls)
+        client = self._build(record, credentials)
         with self._lock:
             old = self._clients.get(name)
             self._clients[name] = (revision, client)
@@ -58,17 +65,26 @@ class EngineClients:
         if old:
             old[1].close()
 
-    def _build(self, record: dict[str, Any], tls: dict[str, str] | None) -> docker.DockerClient:
-        tls_config = self._tls_config(record, tls) if tls else None
-        # version="auto" negotiates the API version with the engine on first connect.
-        client = docker.DockerClient(base_url=record["url"], version=_MIN_API_VERSION,
-                                     timeout=self.timeout, tls=tls_config,
-                                     max_pool_size=self.pool_size)
+    def _build(self, record: dict[str, Any], credentials: dict[str, str] | None
+               ) -> docker.DockerClient:
+        if record["url"].startswith("ssh://"):
+            # Connects at once: one SSH connection per host per process, channels pooled on it.
+            client = ssh_docker_client(record["url"], credentials or {}, _MIN_API_VERSION,
+                                       self.timeout, self.pool_size)
+        else:
+            tls_config = self._tls_config(record, credentials) if credentials else None
+            client = docker.DockerClient(base_url=record["url"], version=_MIN_API_VERSION,
+                                         timeout=self.timeout, tls=tls_config,
+                                         max_pool_size=self.pool_size)
         # requests would otherwise let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the host's CA
         # and route engine traffic through *_PROXY variables. It must be off before the first
         # call, so the API version is negotiated here rather than by version="auto".
         client.api.trust_env = False
-        server = client.api.version(api_version=False)["ApiVersion"]
+        try:
+            server = client.api.version(api_version=False)["ApiVersion"]
+        except BaseException:
+            client.close()  # an ssh client holds a connection and its thread
+            raise
         client.api._version = min(server, DEFAULT_DOCKER_API_VERSION, key=_version_key)
         return client
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import docker.errors
+import paramiko
 import requests.exceptions
 
 from app.errors import (
@@ -29,6 +30,24 @@ class StreamError(docker.errors.DockerException):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+class SSHTransportError(docker.errors.DockerException):
+    """The SSH connection to a host could not be set up; the paramiko error is ``__cause__``.
+
+    Raised as a DockerException so every task base treats it as an engine failure (and drops
+    the cached client); translate_engine_error classifies it by its cause.
+    """
+
+
+class UntrustedHostKeyError(paramiko.SSHException):
+    """The SSH server offered a host key that no trusted known_hosts entry names."""
+
+    def __init__(self, host_key_name: str, key: paramiko.PKey) -> None:
+        super().__init__(f"no trusted host key for {host_key_name}")
+        self.host_key_name = host_key_name
+        self.key_type = key.get_name()
+        self.fingerprint = key.fingerprint
 
 
 def raise_for_stream_chunk(chunk: dict[str, Any]) -> None:
@@ -63,6 +82,8 @@ def translate_engine_error(exc: BaseException, host: str) -> DockyardError:
                                      host=host)
         return EngineError(f"engine on host '{host}' answered {status}: {explanation}",
                            host=host, engine_status=status)
+    if isinstance(exc, SSHTransportError):
+        return _ssh_error(exc, host)
     if isinstance(exc, StreamError):
         return EngineError(f"engine on host '{host}' reported: {exc.message}", host=host)
     if isinstance(exc, requests.exceptions.SSLError):
@@ -71,7 +92,8 @@ def translate_engine_error(exc: BaseException, host: str) -> DockyardError:
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return HostUnreachableError(f"host '{host}' did not accept a connection in time",
                                     host=host)
-    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError):
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError |
+                  paramiko.ssh_exception.NoValidConnectionsError):
         return HostUnreachableError(f"host '{host}' is unreachable: {_root_cause(exc)}", host=host)
     if isinstance(exc, requests.exceptions.ReadTimeout | TimeoutError):
         return QueryTimeoutError(f"engine on host '{host}' did not answer in time", host=host)
@@ -81,6 +103,31 @@ def translate_engine_error(exc: BaseException, host: str) -> DockyardError:
             return translate_engine_error(cause, host)
         return EngineError(f"engine on host '{host}' failed: {exc}", host=host)
     return EngineError(f"unexpected failure talking to host '{host}'", host=host)
+
+
+def _ssh_error(exc: SSHTransportError, host: str) -> DockyardError:
+    """Classify a failed SSH connection by the type of paramiko's error."""
+    cause = exc.__cause__
+    if isinstance(cause, UntrustedHostKeyError):
+        return EngineError(
+            f"ssh host key not trusted: host '{host}' offered {cause.key_type} {cause.fingerprint} "
+            f"for {cause.host_key_name}, which no ssh.known_hosts entry names; verify it out of band "
+            "and add it to the host's ssh.known_hosts", host=host)
+    if isinstance(cause, paramiko.BadHostKeyException):
+        return EngineError(
+            f"ssh host key mismatch: host '{host}' offered {cause.key.get_name()} "
+            f"{cause.key.fingerprint}, not the key in ssh.known_hosts; refusing to connect",
+            host=host)
+    if isinstance(cause, paramiko.AuthenticationException):
+        return EngineError(f"ssh authentication failed on host '{host}': the server did not accept "
+                           "the stored private key for this user", host=host)
+    if isinstance(cause, paramiko.ssh_exception.IncompatiblePeer):
+        return EngineError(f"ssh negotiation with host '{host}' failed: {cause}", host=host)
+    if isinstance(cause, OSError | EOFError | paramiko.SSHException):
+        reason = (cause.strerror if isinstance(cause, OSError) else None) or str(cause) \
+            or type(cause).__name__
+        return HostUnreachableError(f"host '{host}' is unreachable over ssh: {reason}", host=host)
+    return EngineError(f"ssh connection to host '{host}' failed: {exc}", host=host)
 
 
 def _root_cause(exc: BaseException) -> str:

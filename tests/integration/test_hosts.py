@@ -109,9 +109,11 @@ def test_unsupported_scheme_is_422_and_registers_nothing(admin: Api, hosts, uniq
     assert_problem(admin.get(f"/hosts/{unique}"), 404)
 
 
-def test_ssh_url_is_422_with_an_explanation(admin: Api, hosts, unique: str) -> None:
+def test_ssh_url_without_a_key_is_422_with_an_explanation(admin: Api, hosts, unique: str) -> None:
+    # ssh:// hosts themselves are covered in test_ssh_hosts.py.
     body = assert_problem(hosts(unique, "ssh://deploy@10.0.0.5"), 422)
-    assert "ssh://" in body["detail"] and "not supported" in body["detail"]
+    assert "ssh://" in body["detail"] and "private_key" in body["detail"]
+    assert list(body["errors"]) == ["ssh"]
     assert_problem(admin.get(f"/hosts/{unique}"), 404)
 
 

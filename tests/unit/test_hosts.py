@@ -1,13 +1,21 @@
-"""Host URL and TLS validation, queues per route and the public view of a host."""
+"""Host URL, TLS and SSH validation, queues per route and the public view of a host."""
 
 from __future__ import annotations
 
+import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from app.errors import InvalidInputError
-from app.hosts import name_is_valid, public_view, queues_for, validate_tls, validate_url
+from app.hosts import (
+    name_is_valid,
+    public_view,
+    queues_for,
+    validate_ssh,
+    validate_tls,
+    validate_url,
+)
 from tests.support.pki import cert_pem, client_tls, key_pem, make_cert
 
 # --------------------------------------------------------------------------- TLS material
@@ -89,12 +97,156 @@ def test_unsupported_schemes_are_refused_with_422(url: str) -> None:
     assert caught.value.extra["errors"]["url"] == [caught.value.detail]
 
 
-def test_ssh_is_refused_with_a_message_naming_the_alternatives() -> None:
+@pytest.mark.parametrize("url", ["ssh://deploy@edge-1.example.com", "ssh://root@10.0.0.5:2222",
+                                 "ssh://deploy@[2001:db8::5]:22"])
+def test_ssh_with_user_and_host_is_accepted_with_ssh_material(url: str) -> None:
+    validate_url(url, has_tls=False, has_ssh=True)
+
+
+def test_ssh_without_ssh_material_is_refused_naming_the_ssh_field() -> None:
     with pytest.raises(InvalidInputError) as caught:
         validate_url("ssh://deploy@edge-1.example.com", has_tls=False)
     assert caught.value.status == 422
-    assert "ssh:// hosts are not supported" in caught.value.detail
-    assert "tcp://" in caught.value.detail and "agent" in caught.value.detail
+    assert "ssh {private_key" in caught.value.detail
+    assert "ssh" in caught.value.extra["errors"]
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("ssh://edge-1.example.com", "need a user and a host"),
+    ("ssh://deploy@", "need a user and a host"),
+    ("ssh://de ploy@edge-1", "need a user and a host"),
+    ("ssh://deploy:hunter2@edge-1", "carry no password"),
+    ("ssh://deploy@edge-1/var/run/docker.sock", "no path"),
+    ("ssh://deploy@edge-1?x=1", "no path"),
+    ("ssh://deploy@edge-1:0", "port from 1 to 65535"),
+    ("ssh://deploy@edge-1:99999", "port from 1 to 65535"),
+])
+def test_malformed_ssh_urls_are_refused_on_the_url_field(url: str, says: str) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        validate_url(url, has_tls=False, has_ssh=True)
+    assert says in caught.value.detail
+    assert caught.value.extra["errors"]["url"] == [caught.value.detail]
+    assert "hunter2" not in str(caught.value.to_problem())
+
+
+def test_ssh_url_with_tls_material_is_refused() -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        validate_url("ssh://deploy@edge-1", has_tls=True, has_ssh=True)
+    assert "not tls" in caught.value.detail
+
+
+@pytest.mark.parametrize("url", ["tcp://10.0.0.5:2376", "unix:///var/run/docker.sock"])
+def test_ssh_material_on_other_schemes_is_refused_on_the_ssh_field(url: str) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        validate_url(url, has_tls=True, has_ssh=True)
+    assert caught.value.extra["errors"] == {"ssh": ["ssh material only applies to ssh:// URLs"]}
+
+
+# --------------------------------------------------------------------------- validate_ssh
+
+
+def ssh_errors(material: dict[str, str | None], url: str = "ssh://root@10.0.0.5") -> dict:
+    with pytest.raises(InvalidInputError) as caught:
+        validate_ssh(material, url)
+    assert caught.value.status == 422
+    assert "PRIVATE KEY" not in str(caught.value.to_problem())
+    return caught.value.extra["errors"]["ssh"]
+
+
+def openssh_key(key, password: bytes | None = None) -> str:
+    encryption = serialization.BestAvailableEncryption(password) if password \
+        else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             encryption).decode()
+
+
+def known_hosts_line(names: str, key=None) -> str:
+    key = key or ed25519.Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return f"{names} {public}"
+
+
+@pytest.mark.parametrize("key_text", [
+    openssh_key(ed25519.Ed25519PrivateKey.generate()),
+    openssh_key(ec.generate_private_key(ec.SECP256R1())),
+    key_pem(ec.generate_private_key(ec.SECP384R1())),
+    key_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            serialization.PrivateFormat.TraditionalOpenSSL),
+    key_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+], ids=["openssh-ed25519", "openssh-ecdsa", "pkcs8-ecdsa", "pkcs1-rsa", "pkcs8-rsa"])
+def test_openssh_and_pem_private_keys_parse(key_text: str) -> None:
+    validate_ssh({"private_key": key_text, "known_hosts": known_hosts_line("10.0.0.5")},
+                 "ssh://root@10.0.0.5")
+
+
+def test_known_hosts_is_optional() -> None:
+    validate_ssh({"private_key": openssh_key(ed25519.Ed25519PrivateKey.generate())},
+                 "ssh://root@10.0.0.5")
+
+
+@pytest.mark.parametrize("key_text", [
+    "hunter2",
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nbm9wZQ==\n-----END OPENSSH PRIVATE KEY-----\n",
+    known_hosts_line("x").split(" ", 1)[1],
+], ids=["garbage", "truncated", "public-key"])
+def test_a_private_key_that_does_not_parse_is_422_on_private_key(key_text: str) -> None:
+    assert ssh_errors({"private_key": key_text}) == {
+        "private_key": ["not a private key in OpenSSH or PEM format"]}
+
+
+def test_short_rsa_keys_are_refused() -> None:
+    short = key_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))  # noqa: S505 (refused)
+    assert "2048" in ssh_errors({"private_key": short})["private_key"][0]
+
+
+def test_encrypted_key_needs_its_passphrase() -> None:
+    encrypted = openssh_key(ed25519.Ed25519PrivateKey.generate(), b"s3cret")
+    assert ssh_errors({"private_key": encrypted}) == {
+        "passphrase": ["the key is encrypted: give its passphrase"]}
+    assert ssh_errors({"private_key": encrypted, "passphrase": "wrong"}) == {
+        "passphrase": ["does not decrypt the key"]}
+    validate_ssh({"private_key": encrypted, "passphrase": "s3cret"}, "ssh://root@10.0.0.5")
+
+
+def test_encrypted_pem_key_with_its_passphrase_parses() -> None:
+    encrypted = key_pem(ec.generate_private_key(ec.SECP256R1()),
+                        encryption=serialization.BestAvailableEncryption(b"s3cret"))
+    validate_ssh({"private_key": encrypted, "passphrase": "s3cret"}, "ssh://root@10.0.0.5")
+    assert set(ssh_errors({"private_key": encrypted})) == {"passphrase"}
+
+
+def test_a_passphrase_for_a_plain_key_is_refused() -> None:
+    plain = openssh_key(ed25519.Ed25519PrivateKey.generate())
+    assert set(ssh_errors({"private_key": plain, "passphrase": "s3cret"})) == {"passphrase"}
+
+
+def test_known_hosts_line_that_does_not_parse_names_its_line() -> None:
+    key = openssh_key(ed25519.Ed25519PrivateKey.generate())
+    lines = f"# pinned\n{known_hosts_line('10.0.0.5')}\n10.0.0.5 ssh-ed25519 !!notbase64\n"
+    errors = ssh_errors({"private_key": key, "known_hosts": lines})
+    assert list(errors) == ["known_hosts"] and errors["known_hosts"][0].startswith("line 3:")
+
+
+def test_known_hosts_without_an_entry_for_the_server_is_refused() -> None:
+    key = openssh_key(ed25519.Ed25519PrivateKey.generate())
+    errors = ssh_errors({"private_key": key, "known_hosts": known_hosts_line("10.0.0.6")})
+    assert errors == {"known_hosts": ["no entry for 10.0.0.5, the server of the url"]}
+
+
+def test_known_hosts_names_a_non_default_port_in_brackets() -> None:
+    key = openssh_key(ed25519.Ed25519PrivateKey.generate())
+    url = "ssh://root@10.0.0.5:2222"
+    assert "[10.0.0.5]:2222" in ssh_errors(
+        {"private_key": key, "known_hosts": known_hosts_line("10.0.0.5")}, url)["known_hosts"][0]
+    validate_ssh({"private_key": key, "known_hosts": known_hosts_line("[10.0.0.5]:2222")}, url)
+
+
+def test_hashed_known_hosts_entries_match() -> None:
+    key = openssh_key(ed25519.Ed25519PrivateKey.generate())
+    hashed = paramiko.HostKeys.hash_host("10.0.0.5")
+    validate_ssh({"private_key": key, "known_hosts": known_hosts_line(hashed)},
+                 "ssh://root@10.0.0.5")
 
 
 # --------------------------------------------------------------------------- validate_tls
@@ -182,6 +334,16 @@ def test_public_view_shows_only_whether_tls_is_set() -> None:
     assert "gAAAAAB" not in str(view)
     assert view["engine_version"] == "27.0.1" and view["last_seen"] == "t2"
     assert public_view({**record, "tls": None})["tls"] is False
+
+
+def test_public_view_shows_only_whether_an_ssh_key_is_set() -> None:
+    record = {"name": "edge-2", "url": "ssh://root@10.0.0.5", "route": "central", "labels": {},
+              "tls": None, "ssh": "gAAAAAB-sealed-key"}
+    view = public_view(record)
+    assert view["ssh"] is True and view["tls"] is False
+    assert "gAAAAAB" not in str(view)
+    assert public_view({**record, "ssh": None})["ssh"] is False
+    assert public_view({k: v for k, v in record.items() if k != "ssh"})["ssh"] is False
 
 
 @pytest.mark.parametrize("name", ["local", "edge-1", "a", "db.eu_west-2", "x" * 63])
