@@ -68,7 +68,7 @@ class Stack:
                 self.env = saved
         return self._spawn(name, args)
 
-    def start(self) -> None:
+    def start(self, ops_concurrency: int = 2) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [str(VENV_BIN / "dockyard-admin"), "register-local"],
@@ -77,7 +77,7 @@ class Stack:
             check=True,
             capture_output=True,
         )
-        self.start_worker("worker-ops", "engine.ops", "prefork", 2)
+        self.start_worker("worker-ops", "engine.ops", "prefork", ops_concurrency)
         self.start_worker("worker-query", "engine.query", "threads", 8,
                           extra_env={"DOCKYARD_ENGINE_POOL_SIZE": "8"})
         self._spawn(
