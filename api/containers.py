@@ -11,8 +11,10 @@ from marshmallow import ValidationError
 
 from api.common import principal, requires, start_job
 from api.hosts import host_record
+from api.images import stored_registry_address
 from api.transfers import sse_response
 from app.dispatch import open_stream, run_query
+from app.engine.images import resolve_in_registry
 from app.errors import ConflictError, ForbiddenError, InvalidInputError, NotImplementedYetError
 from app.policy import policy_from_settings
 from app.runtime import runtime
@@ -38,6 +40,7 @@ from schemas.containers import (
     UpdateSpecSchema,
     WaitSpecSchema,
 )
+from schemas.images import CommitSpecSchema
 
 blp = Blueprint("containers", __name__, description="Containers on a host")
 
@@ -303,3 +306,22 @@ class ContainerUpdate(MethodView):
         """`docker update --memory --cpus --restart` (job)."""
         return start_job("containers.update", host_record=host_record(host), target=ref,
                          args=[ref, spec])
+
+
+@blp.route("/hosts/<string:host>/containers/<string:ref>/commit")
+class ContainerCommit(MethodView):
+    @requires("operator")
+    @blp.arguments(CommitSpecSchema)
+    @blp.response(202, JobSchema)
+    def post(self, spec: dict, host: str, ref: str) -> Any:
+        """`docker commit` [+ `docker push`] (job); result `{image_id, ref, pushed}`.
+
+        With `push: {registry}` the new image is pushed to that stored registry (its address
+        prefixed to a repository that names no registry) and `pushed` has the digest.
+        """
+        push_repository = None
+        if spec["push"]:
+            push_repository = resolve_in_registry(
+                spec["repository"], stored_registry_address(spec["push"]["registry"]))
+        return start_job("containers.commit", host_record=host_record(host), target=ref,
+                         args=[ref, spec, push_repository])

@@ -165,3 +165,25 @@ def prune_filters(filters: dict[str, Any]) -> dict[str, Any]:
     """Loaded prune filters as the engine names them."""
     names = {"label": "label", "label_not": "label!", "until": "until"}
     return {names[key]: value for key, value in filters.items() if value}
+
+
+class CommitPushSchema(Schema):
+    registry = fields.String(required=True, validate=validate.Length(min=1, max=63),
+                             metadata={"description": "a stored registry's name"})
+
+
+class CommitSpecSchema(Schema):
+    """``docker commit [-m] [-a] [-c] [-p] CONTAINER REPOSITORY[:TAG]`` [+ ``push``]."""
+
+    repository = fields.String(required=True, validate=_check(is_repository, REPOSITORY_ERROR))
+    tag = fields.String(load_default="latest", validate=FullMatch(TAG, error=TAG_ERROR))
+    message = fields.String(load_default=None, allow_none=True,
+                            validate=validate.Length(max=4096))
+    author = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=256))
+    changes = fields.List(fields.String(validate=FullMatch(
+        r"^(CMD|ENTRYPOINT|ENV|EXPOSE|LABEL|ONBUILD|STOPSIGNAL|USER|VOLUME|WORKDIR) .+$",
+        error="a Dockerfile instruction: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, "
+              "STOPSIGNAL, USER, VOLUME or WORKDIR")), load_default=list)
+    pause = fields.Boolean(load_default=True,
+                           metadata={"description": "pause the container while committing"})
+    push = fields.Nested(CommitPushSchema, load_default=None, allow_none=True)

@@ -178,3 +178,25 @@ def check_running(self: QueryTask, reply_id: str, host: str, revision: int, ref:
                   doing: str) -> None:
     self.reply(reply_id, host, revision,
                lambda client: containers.require_running(client, ref, doing)["Id"])
+
+
+@shared_task(bind=True, base=JobTask, name="containers.commit")
+def commit(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
+           push_repository: str | None) -> None:
+    """``docker commit`` and, when asked, ``docker push`` of the new image."""
+    from app.engine import images
+    from tasks.images import layer_progress  # tasks.images imports this module
+
+    def operation(job: JobContext) -> dict[str, Any]:
+        made = containers.commit_container(
+            job.client, ref, spec["repository"], spec["tag"], message=spec["message"],
+            author=spec["author"], changes=spec["changes"], pause=spec["pause"])
+        made["pushed"] = None
+        if push_repository:
+            registry = spec["push"]["registry"]
+            made["pushed"] = images.push_image(
+                job.client, made["image_id"], push_repository, spec["tag"],
+                registry_auth(push_repository, registry), layer_progress(job))
+        return made
+
+    self.run_job(job_id, host, operation)

@@ -730,3 +730,13 @@ def remove_matching(client: docker.DockerClient, match: dict[str, Any], *, force
     counts = {kind: sum(1 for o in outcomes if o["outcome"] == kind)
               for kind in ("removed", "skipped", "failed")}
     return {"matched": len(outcomes), **counts, "containers": outcomes}
+
+
+def commit_container(client: docker.DockerClient, ref: str, repository: str, tag: str, *,
+                     message: str | None, author: str | None, changes: list[str],
+                     pause: bool) -> dict[str, Any]:
+    """``docker commit``: the container's filesystem and config as a new image."""
+    info = client.api.inspect_container(ref)
+    image = client.api.commit(info["Id"], repository=repository, tag=tag, message=message,
+                              author=author, changes=changes or None, pause=pause)
+    return {"image_id": image["Id"], "ref": f"{repository}:{tag}", "container": info["Id"]}
