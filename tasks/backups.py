@@ -1,3 +1,100 @@
-"""Backups jobs and reads."""
+"""Backup and restore jobs, and the beat task that runs backup schedules and their retention."""
 
 from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import shared_task
+
+from app.auth import Principal
+from app.backups import (
+    BackupScheduleStore,
+    apply_retention,
+    due_minutes,
+    stall_seconds,
+    storage_for,
+)
+from app.dispatch import submit_job
+from app.engine import backups
+from app.errors import DockyardError
+from app.policy import policy_from_settings
+from app.runtime import runtime
+from app.store import get_redis
+from tasks.base import JobContext, JobTask
+from tasks.containers import enforce_policy_on_host
+
+logger = logging.getLogger(__name__)
+
+
+def _progress(job: JobContext):
+    return lambda done, total, unit, message: job.progress(done, total, unit, message)
+
+
+def bind_under_roots(source: str) -> bool:
+    """Whether the policy lets a bind source be read (under the roots, not the engine socket)."""
+    spec = {"image": "", "volumes": [{"type": "bind", "source": source}]}
+    found = policy_from_settings(runtime().settings).violations(spec)
+    return not [v for v in found if v.rule in ("bind-roots", "no-engine-socket")]
+
+
+@shared_task(bind=True, base=JobTask, name="backups.create")
+def create(self: JobTask, job_id: str, host: str, ref: str, options: dict[str, Any]) -> None:
+    # The bundle's id is the job's, so a redelivered job finds (or replaces) its own work.
+    self.run_job(job_id, host, lambda job: backups.back_up_container(
+        job.client, ref, storage_for(runtime().settings), job_id, options, host=host,
+        stall=stall_seconds(), progress=_progress(job), checkpoint=job.check_cancelled,
+        bind_allowed=bind_under_roots))
+
+
+@shared_task(bind=True, base=JobTask, name="backups.restore")
+def restore(self: JobTask, job_id: str, host: str, backup_id: str, spec: dict[str, Any],
+            is_admin: bool) -> None:
+    def operation(job: JobContext) -> dict[str, Any]:
+        enforce_policy_on_host(job, spec, is_admin)
+        return backups.restore_container(job.client, storage_for(runtime().settings), backup_id,
+                                         spec, job_id, progress=_progress(job),
+                                         checkpoint=job.check_cancelled)
+
+    self.run_job(job_id, host, operation)
+
+
+@shared_task(name="backups.run_schedules", acks_late=False)
+def run_schedules() -> dict[str, Any]:
+    """Enqueue the backups that are due and apply every schedule's retention."""
+    store = BackupScheduleStore(get_redis())
+    storage = storage_for(runtime().settings)
+    now = datetime.now(UTC)
+    started, pruned = [], []
+    catalog = storage.catalog()
+    for schedule in store.list():
+        try:
+            due = due_minutes(schedule["cron"], now)
+            if any([store.claim_run(schedule["id"], minute) for minute in due]):
+                started.append(_start_scheduled_backup(store, schedule))
+            pruned.extend(apply_retention(storage, schedule["id"], schedule["keep"], catalog))
+        except (DockyardError, ValueError) as exc:
+            logger.warning("backup schedule %s host=%s skipped: %s", schedule["id"],
+                           schedule.get("host"), exc)
+    if started or pruned:
+        logger.info("backup schedules: %s jobs started, %s bundles pruned", len(started),
+                    len(pruned))
+    return {"started": started, "pruned": pruned}
+
+
+def _start_scheduled_backup(store: BackupScheduleStore, schedule: dict[str, Any]) -> str:
+    host_record = runtime().hosts.get(schedule["host"])
+    scheduler = Principal(token_id=f"schedule:{schedule['id']}",
+                          name=f"backup-schedule:{schedule['id']}", role="operator", hosts=None)
+    options = {"compression": schedule["compression"], "consistency": schedule["consistency"],
+               "include_volumes": schedule["include_volumes"], "include_binds": False,
+               "note": f"scheduled by {schedule['id']} ({schedule['cron']})",
+               "schedule_id": schedule["id"]}
+    record, _ = submit_job("backups.create", scheduler, host_record=host_record,
+                           target=schedule["container"], args=[schedule["container"], options],
+                           idempotency=None)
+    store.record_run(schedule["id"], record["id"])
+    logger.info("job %s queued by backup schedule %s host=%s", record["id"], schedule["id"],
+                schedule["host"])
+    return record["id"]
