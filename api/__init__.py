@@ -12,18 +12,21 @@ def register_blueprints(app: Flask, api) -> None:
         backups,
         builds,
         containers,
+        events,
         fleet,
         health,
         hosts,
         images,
+        integrations,
         jobs,
         registries,
         tokens,
         transfers,
         volumes,
+        webhooks,
     )
 
     for module in (jobs, hosts, fleet, containers, images, volumes, transfers, builds, registries,
-                   backups, tokens, audit):
+                   backups, tokens, audit, webhooks, events, integrations):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     app.register_blueprint(health.blp)

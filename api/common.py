@@ -13,6 +13,9 @@ from app.auth import Principal
 from app.dispatch import submit_job
 from app.errors import BadRequestError
 from app.runtime import runtime
+from app.webhooks import check_callback_url, watch_job
+
+CALLBACK_HEADER = "Dockyard-Callback-URL"
 
 
 def principal() -> Principal:
@@ -77,7 +80,12 @@ def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | No
 
     A repeated request answers with the original job before ``precheck`` runs, since the
     state it checks (a free container name, say) is what the first request changed.
+    A ``Dockyard-Callback-URL`` header gets the job's outcome posted there (signed), and is
+    refused with 422 before anything is recorded if its host is not allowed.
     """
+    callback = request.headers.get(CALLBACK_HEADER)
+    if callback is not None:
+        check_callback_url(callback)
     key = request.headers.get("Idempotency-Key")
     idempotency = None
     if key is not None:
@@ -89,8 +97,10 @@ def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | No
         idempotency = (key, fingerprint)
     if precheck is not None:
         precheck()
-    record, _created = submit_job(kind, principal(), host_record=host_record, target=target,
-                                  args=args, idempotency=idempotency)
+    record, created = submit_job(kind, principal(), host_record=host_record, target=target,
+                                 args=args, idempotency=idempotency)
+    if callback is not None and created:
+        watch_job(record["id"], {"format": "dockyard", "url": callback})
     return job_answer(record)
 
 

@@ -11,5 +11,7 @@ from tasks import (  # noqa: F401
     registries,
     transfers,
     volumes,
+    watch,
+    webhooks,
     worker,
 )

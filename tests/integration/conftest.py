@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -23,13 +24,22 @@ TEST_REDIS_URL = os.environ.get("DOCKYARD_TEST_REDIS_URL", "redis://127.0.0.1:63
 ADMIN_TOKEN = "dy_test-admin-" + uuid.uuid4().hex
 SECRET_KEY = "test-secret-" + uuid.uuid4().hex
 BUSYBOX = "dockyard-test/busybox:latest"
+WEBHOOK_SECRET = "test-webhook-" + uuid.uuid4().hex
+SLACK_SIGNING_SECRET = "test-slack-" + uuid.uuid4().hex
+MATTERMOST_TOKEN = "test-mattermost-" + uuid.uuid4().hex
+STATE_DIR = Path(os.environ.get("DOCKYARD_TEST_STATE_DIR", str(ROOT / ".state" / "test")))
+# Every response body the suite's Api clients saw, one JSON line each, and every secret
+# they sent or were issued: test_zz_secrets searches the session's output for the latter.
+EXCHANGE_LOG = STATE_DIR / "log" / "http-exchanges.jsonl"
+SUITE_SECRETS: set[str] = {ADMIN_TOKEN, SECRET_KEY}
+_SECRET_FIELDS = ("password", "client_key", "private_key", "passphrase")
 
 
 @pytest.fixture(scope="session")
 def state_dir() -> Path:
     # DOCKYARD_TEST_STATE_DIR (with DOCKYARD_TEST_REDIS_URL) lets two sessions run side by side;
     # the directory is wiped at session start, so sessions must not share it.
-    path = Path(os.environ.get("DOCKYARD_TEST_STATE_DIR", str(ROOT / ".state" / "test")))
+    path = STATE_DIR
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
@@ -57,6 +67,12 @@ def stack_env(state_dir: Path, bind_root: Path) -> dict[str, str]:
         "DOCKYARD_MAX_BODY_BYTES": str(256 * 1024),
         "DOCKYARD_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024),
         "DOCKYARD_TOKEN_CACHE_SECONDS": "0",
+        # Chat and webhooks: the suite's receivers listen on loopback; retries back off fast.
+        "DOCKYARD_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "DOCKYARD_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "DOCKYARD_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+        "DOCKYARD_SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
+        "DOCKYARD_MATTERMOST_TOKEN": MATTERMOST_TOKEN,
     }
 
 
@@ -88,7 +104,9 @@ class Api:
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", 120)
-        return self.session.request(method, self.base + path, **kwargs)
+        response = self.session.request(method, self.base + path, **kwargs)
+        record_exchange(method, path, kwargs, response)
+        return response
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return self.request("GET", path, **kwargs)
@@ -109,6 +127,36 @@ class Api:
         response = self.get(f"/jobs/{job_id}", params={"wait": timeout})
         assert response.status_code == 200, response.text
         return response.json()
+
+
+def _collect_secrets(value: object) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _SECRET_FIELDS and isinstance(item, str) and len(item) >= 8:
+                SUITE_SECRETS.add(item)
+            else:
+                _collect_secrets(item)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_secrets(item)
+
+
+def record_exchange(method: str, path: str, kwargs: dict, response: requests.Response) -> None:
+    """Remember what the suite sent as secrets and append the (textual) answer to the log."""
+    _collect_secrets(kwargs.get("json"))
+    body = None
+    textual = response.headers.get("Content-Type", "").split(";")[0].strip()
+    if not kwargs.get("stream") and (textual.endswith(("json", "text/plain"))
+                                     or textual.startswith("text/")):
+        body = response.text
+        if method == "POST" and path == "/tokens" and response.status_code == 201:
+            issued = response.json()  # the secret is shown once, by design; keep it to search for
+            SUITE_SECRETS.add(issued["token"])
+            body = json.dumps({**issued, "token": "<issued>"})
+    EXCHANGE_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with EXCHANGE_LOG.open("a") as log:
+        log.write(json.dumps({"method": method, "path": path, "status": response.status_code,
+                              "body": body}) + "\n")
 
 
 @pytest.fixture(scope="session")

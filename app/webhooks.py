@@ -1,0 +1,472 @@
+"""Outbound webhooks: subscriptions, signing, the host allow-list, job watchers and delivery."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import requests
+
+from app import jobs as jobstates
+from app.crypto import seal, unseal
+from app.errors import InvalidInputError, NotFoundError
+from app.grammar import describe_job
+from app.ids import new_id
+from app.runtime import runtime
+from app.store import PREFIX, get_redis, utcnow
+
+logger = logging.getLogger(__name__)
+
+PAYLOAD_VERSION = 1
+JOB_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
+SIGNATURE_HEADER = "Dockyard-Signature"
+EVENTS_STREAM = PREFIX + "events"
+_SUBSCRIPTIONS = PREFIX + "webhooks"
+_LOG_LENGTH = 500
+_DELIVERY_TTL = 2 * 24 * 3600
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook knobs, each from one ``DOCKYARD_WEBHOOK_*`` variable."""
+
+    allowed_hosts: tuple[str, ...]
+    callback_secret: str
+    retry_base_seconds: float
+    max_attempts: int
+    timeout_seconds: float
+    queue: str
+    events_maxlen: int
+
+    @classmethod
+    def from_env(cls) -> WebhookSettings:
+        allowed = os.environ.get("DOCKYARD_WEBHOOK_ALLOWED_HOSTS", "")
+        return cls(
+            allowed_hosts=tuple(p.strip().lower() for p in allowed.split(",") if p.strip()),
+            callback_secret=os.environ.get("DOCKYARD_WEBHOOK_SECRET", ""),
+            retry_base_seconds=_env_float("DOCKYARD_WEBHOOK_RETRY_BASE_SECONDS", 5.0),
+            max_attempts=int(_env_float("DOCKYARD_WEBHOOK_MAX_ATTEMPTS", 5)),
+            timeout_seconds=_env_float("DOCKYARD_WEBHOOK_TIMEOUT_SECONDS", 5.0),
+            # Deliveries are short outbound calls: the central read lane (a thread pool) suits
+            # them, and agents on remote hosts never need outbound access beyond Redis.
+            queue=os.environ.get("DOCKYARD_WEBHOOK_QUEUE", "engine.query"),
+            events_maxlen=int(_env_float("DOCKYARD_EVENTS_MAXLEN", 100_000)),
+        )
+
+
+@lru_cache(maxsize=1)
+def webhook_settings() -> WebhookSettings:
+    return WebhookSettings.from_env()
+
+
+# -- signing --------------------------------------------------------------------------------
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """``Dockyard-Signature``: ``t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">``."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+def verify(secret: str, body: bytes, header: str, tolerance: float = 300,
+           now: float | None = None) -> bool:
+    """What a receiver does: recompute the signature, compare in constant time, check age."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance:
+        return False
+    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+# -- the allow-list -------------------------------------------------------------------------
+
+
+def _split_entry(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port``, an IP or a CIDR network."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if entry.count(":") == 1:
+        host, port = entry.split(":")
+        return host, int(port)
+    return entry, None
+
+
+def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return None
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def url_allowed(url: str, allowed: tuple[str, ...]) -> bool:
+    """True if ``url`` is http(s) without credentials and its host is on the allow-list.
+
+    An entry naming a host matches that name; an entry that is an IP or a CIDR network
+    matches a URL whose host is, or resolves only to, addresses inside it. An entry with a
+    port matches only that port.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        return False
+    resolved: list | None = None
+    for entry in allowed:
+        try:
+            entry_host, entry_port = _split_entry(entry)
+        except ValueError:
+            continue
+        if entry_port is not None and entry_port != port:
+            continue
+        if entry_host == host:
+            return True
+        network = _network(entry_host)
+        if network is None:
+            continue
+        resolved = _addresses(host) if resolved is None else resolved
+        if resolved and all(address in network for address in resolved):
+            return True
+    return False
+
+
+def check_url(url: str, field: str = "url") -> None:
+    """Refuse a webhook target off the allow-list (422, before anything is recorded).
+
+    Raises:
+        InvalidInputError: not http(s), carries credentials, or its host is not allowed.
+    """
+    allowed = webhook_settings().allowed_hosts
+    if not isinstance(url, str) or len(url) > 2048 or not url_allowed(url, allowed):
+        why = ("outbound webhooks are disabled (DOCKYARD_WEBHOOK_ALLOWED_HOSTS is empty)"
+               if not allowed else
+               "not an http(s) URL whose host is on the allow-list "
+               "(DOCKYARD_WEBHOOK_ALLOWED_HOSTS)")
+        raise InvalidInputError(f"{field}: {why}", errors={field: [why]})
+
+
+def check_callback_url(url: str) -> None:
+    """A per-job callback must be allowed and signable.
+
+    Raises:
+        InvalidInputError: off the allow-list, or no DOCKYARD_WEBHOOK_SECRET to sign with.
+    """
+    check_url(url, "callback_url")
+    if not webhook_settings().callback_secret:
+        why = "callbacks are signed with DOCKYARD_WEBHOOK_SECRET, which is not set"
+        raise InvalidInputError(f"callback_url: {why}", errors={"callback_url": [why]})
+
+
+# -- subscriptions --------------------------------------------------------------------------
+
+
+def event_matches(patterns: list[str], event_type: str) -> bool:
+    """``job.failed``, ``engine.container.*`` or ``*`` style filters."""
+    return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in patterns)
+
+
+class WebhookStore:
+    """Subscriptions in ``dy:webhooks`` (secrets sealed) and their delivery logs."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def create(self, url: str, events: list[str], secret: str, hosts: list[str] | None,
+               created_by: str) -> dict[str, Any]:
+        check_url(url)
+        record = {"id": new_id(), "url": url, "events": events, "hosts": hosts,
+                  "created_at": utcnow(), "created_by": created_by,
+                  "secret": seal(runtime().settings, {"secret": secret})}
+        self.redis.hset(_SUBSCRIPTIONS, record["id"], json.dumps(record))
+        return public_subscription(record)
+
+    def _all(self) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.hvals(_SUBSCRIPTIONS)]
+
+    def list(self) -> list[dict[str, Any]]:
+        return sorted((public_subscription(r) for r in self._all()), key=lambda r: r["id"])
+
+    def get(self, sub_id: str) -> dict[str, Any]:
+        raw = self.redis.hget(_SUBSCRIPTIONS, sub_id)
+        if raw is None:
+            raise NotFoundError(f"no webhook '{sub_id}'")
+        return json.loads(raw)
+
+    def delete(self, sub_id: str) -> None:
+        if not self.redis.hdel(_SUBSCRIPTIONS, sub_id):
+            raise NotFoundError(f"no webhook '{sub_id}'")
+
+    def secret(self, sub_id: str) -> str:
+        return unseal(runtime().settings, self.get(sub_id)["secret"])["secret"]
+
+    def matching(self, event_type: str, host: str | None) -> list[dict[str, Any]]:
+        """Subscriptions whose filter takes ``event_type`` (and ``host``, if they name hosts).
+
+        Read on every event (one round trip), so a new subscription gets the very next one.
+        """
+        return [r for r in self._all() if event_matches(r["events"], event_type)
+                and (not r.get("hosts") or host in r["hosts"])]
+
+    def log_attempt(self, log_key: str, entry: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(log_key, json.dumps(entry))
+        pipe.ltrim(log_key, 0, _LOG_LENGTH - 1)
+        pipe.expire(log_key, runtime().settings.job_retention_seconds)
+        pipe.execute()
+
+    def attempts(self, log_key: str, limit: int = 100) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.lrange(log_key, 0, limit - 1)]
+
+
+def public_subscription(record: dict[str, Any]) -> dict[str, Any]:
+    view = {key: value for key, value in record.items() if key != "secret"}
+    view["links"] = {"self": f"/api/v1/webhooks/{record['id']}",
+                     "deliveries": f"/api/v1/webhooks/{record['id']}/deliveries"}
+    return view
+
+
+def subscription_log(sub_id: str) -> str:
+    return f"{PREFIX}webhook:{sub_id}:deliveries"
+
+
+def job_log(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:deliveries"
+
+
+def webhooks() -> WebhookStore:
+    return WebhookStore(get_redis())
+
+
+# -- deliveries -----------------------------------------------------------------------------
+
+
+def envelope(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The versioned payload every Dockyard delivery carries (see ``WebhookPayload``)."""
+    return {"version": PAYLOAD_VERSION, "type": event_type, "created_at": utcnow(),
+            "data": data}
+
+
+def _delivery_key(delivery_id: str) -> str:
+    return f"{PREFIX}delivery:{delivery_id}"
+
+
+def enqueue_delivery(url: str, event_type: str, payload: dict[str, Any], *, log: str,
+                     subscription: str | None = None, signed: bool = True) -> str:
+    """Record a delivery and queue its first attempt; returns the delivery id.
+
+    The body is fixed here, so every attempt sends the same bytes and the same
+    ``Dockyard-Delivery`` id (receivers dedupe on it: delivery is at-least-once).
+    """
+    delivery_id = new_id()
+    record = {"id": delivery_id, "url": url, "event": event_type,
+              "body": json.dumps(payload, separators=(",", ":"), default=str),
+              "subscription": subscription, "signed": signed, "log": log, "state": "pending"}
+    get_redis().set(_delivery_key(delivery_id), json.dumps(record), ex=_DELIVERY_TTL)
+    runtime().celery.send_task("webhooks.deliver", args=[delivery_id],
+                               queue=webhook_settings().queue)
+    logger.info("delivery %s queued event=%s", delivery_id, event_type)
+    return delivery_id
+
+
+@dataclass(frozen=True)
+class Attempt:
+    done: bool
+    delivered: bool
+
+
+def attempt_delivery(delivery_id: str, attempt: int) -> Attempt:
+    """POST a delivery once; log the attempt. ``done`` is False when it should be retried.
+
+    Redirects are never followed (a 3xx is a failed attempt), and the allow-list is checked
+    again, since it may have changed since the delivery was queued.
+    """
+    raw = get_redis().get(_delivery_key(delivery_id))
+    if raw is None:
+        return Attempt(True, False)
+    record = json.loads(raw)
+    if record["state"] != "pending":
+        return Attempt(True, record["state"] == "delivered")
+    settings = webhook_settings()
+    store = webhooks()
+    entry: dict[str, Any] = {"delivery": delivery_id, "event": record["event"],
+                             "url": record["url"], "attempt": attempt, "at": utcnow(),
+                             "status": None, "error": None}
+    started = time.monotonic()
+    delivered = False
+    if not url_allowed(record["url"], settings.allowed_hosts):
+        entry["error"] = "the target host is no longer on the allow-list"
+        attempt = settings.max_attempts
+    else:
+        try:
+            response = _post(record, delivery_id, settings)
+            entry["status"] = response.status_code
+            delivered = 200 <= response.status_code < 300
+            if 300 <= response.status_code < 400:
+                entry["error"] = "redirect not followed"
+            elif not delivered:
+                entry["error"] = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            entry["error"] = type(exc).__name__
+        except NotFoundError:
+            entry["error"] = "the subscription was deleted"
+            attempt = settings.max_attempts
+        except Exception:
+            logger.exception("delivery %s could not be prepared", delivery_id)
+            entry["error"] = "internal error preparing the delivery"
+            attempt = settings.max_attempts
+    entry["duration_ms"] = int((time.monotonic() - started) * 1000)
+    done = delivered or attempt >= settings.max_attempts
+    entry["outcome"] = "delivered" if delivered else "failed" if done else "retrying"
+    store.log_attempt(record["log"], entry)
+    if done:
+        record["state"] = "delivered" if delivered else "failed"
+        get_redis().set(_delivery_key(delivery_id), json.dumps(record), ex=_DELIVERY_TTL)
+    logger.info("delivery %s attempt %s: %s", delivery_id, attempt, entry["outcome"])
+    return Attempt(done, delivered)
+
+
+def _post(record: dict[str, Any], delivery_id: str, settings: WebhookSettings
+          ) -> requests.Response:
+    body = record["body"].encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "Dockyard-Webhooks/1",
+               "Dockyard-Event": record["event"], "Dockyard-Delivery": delivery_id}
+    secret = webhooks().secret(record["subscription"]) if record["subscription"] \
+        else settings.callback_secret
+    if record["signed"] and secret:
+        headers[SIGNATURE_HEADER] = sign(secret, body, int(time.time()))
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy variables: the allow-list names the real target
+        return session.post(record["url"], data=body, headers=headers,
+                            timeout=settings.timeout_seconds, allow_redirects=False)
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1``: the base, doubled each time."""
+    return webhook_settings().retry_base_seconds * (2 ** (attempt - 1))
+
+
+# -- job watchers (callback_url, chat response_url) and job events ---------------------------
+
+
+def _watchers_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:watchers"
+
+
+def watch_job(job_id: str, watcher: dict[str, Any]) -> None:
+    """Post the job's outcome to ``watcher["url"]`` when it ends.
+
+    ``watcher["format"]`` is ``dockyard`` (the signed, versioned payload) or ``chat`` (a
+    Slack/Mattermost message). A job that ended before the watcher was written is
+    announced at once; either way each watcher is popped, so it fires exactly once.
+    """
+    key = _watchers_key(job_id)
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.rpush(key, json.dumps(watcher))
+    pipe.expire(key, runtime().settings.job_retention_seconds)
+    pipe.execute()
+    record = runtime().jobs.get(job_id)
+    if record["state"] in jobstates.FINAL_STATES:
+        _fire_watchers(record)
+
+
+def _pop_watchers(job_id: str) -> list[dict[str, Any]]:
+    pipe = get_redis().pipeline(transaction=True)
+    pipe.lrange(_watchers_key(job_id), 0, -1)
+    pipe.delete(_watchers_key(job_id))
+    raw, _ = pipe.execute()
+    return [json.loads(item) for item in raw]
+
+
+def _fire_watchers(record: dict[str, Any]) -> None:
+    view = jobstates.public_view(record)
+    event_type = f"job.{record['state']}"
+    for watcher in _pop_watchers(record["id"]):
+        if watcher.get("format") == "chat":
+            payload: dict[str, Any] = {"response_type": "ephemeral",
+                                       "text": describe_job(view)}
+        else:
+            payload = envelope(event_type, view)
+        enqueue_delivery(watcher["url"], event_type, payload, log=job_log(record["id"]))
+
+
+def notify_watchers(job_id: str) -> None:
+    """The job-final hook (called by the worker): callbacks, chat replies, subscriptions.
+
+    Never raises: a webhook problem must not change the job's outcome.
+    """
+    try:
+        record = runtime().jobs.get(job_id)
+        if record["state"] not in jobstates.FINAL_STATES:
+            return
+        _fire_watchers(record)
+        announced = get_redis().set(f"{PREFIX}job:{job_id}:announced", "1", nx=True,
+                                    ex=runtime().settings.job_retention_seconds)
+        if announced:
+            event_type = f"job.{record['state']}"
+            view = jobstates.public_view(record)
+            for sub in webhooks().matching(event_type, record.get("host") or None):
+                enqueue_delivery(sub["url"], event_type, envelope(event_type, view),
+                                 log=subscription_log(sub["id"]), subscription=sub["id"])
+        if record.get("parent"):
+            notify_watchers(record["parent"])
+    except Exception:
+        logger.exception("job %s: webhook notification failed", job_id)
+
+
+# -- engine events --------------------------------------------------------------------------
+
+
+def engine_event_type(event: dict[str, Any]) -> str:
+    """``engine.<type>.<action>``; ``health_status: healthy`` counts as ``health_status``."""
+    action = (event.get("action") or "").split(":", 1)[0].strip()
+    return f"engine.{event.get('type') or 'unknown'}.{action or 'unknown'}"
+
+
+def publish_engine_event(host: str, event: dict[str, Any], store: WebhookStore) -> str:
+    """Append an engine event to ``dy:events`` and fan it out to matching subscriptions."""
+    event_type = engine_event_type(event)
+    data = {"host": host, **event}
+    event_id = get_redis().xadd(
+        EVENTS_STREAM, {"host": host, "type": event.get("type") or "", "event": event_type,
+                        "data": json.dumps(data, default=str)},
+        maxlen=webhook_settings().events_maxlen, approximate=True)
+    for sub in store.matching(event_type, host):
+        enqueue_delivery(sub["url"], event_type, envelope(event_type, data),
+                         log=subscription_log(sub["id"]), subscription=sub["id"])
+    return event_id
