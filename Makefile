@@ -1,5 +1,5 @@
 # Dockyard: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run stop test unit lint bench install
+.PHONY: run stop test unit lint bench install compose-smoke
 
 run:            ## install what is missing, start everything, serve the API on 127.0.0.1:8000
 	@bash scripts/run.sh
@@ -21,3 +21,6 @@ install:
 
 bench:          ## benchmarks (see docs/benchmarks.md)
 	@bash scripts/bench.sh
+
+compose-smoke:  ## build the images, bring docker-compose.yml up, provision through it, tear down
+	@bash scripts/compose-smoke.sh

@@ -1,18 +1,96 @@
-"""gunicorn settings for the Dockyard API (see README, "Operations")."""
+"""gunicorn settings for the Dockyard API (the reasons are in docs/operations.md)."""
 
 import multiprocessing
 import os
+import shutil
+from pathlib import Path
 
-bind = os.environ.get("DOCKYARD_BIND", "127.0.0.1:8000")
+from app.logs import gunicorn_logconfig
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _cores() -> int:
+    # The CPUs this process may run on (a container's cpuset), not every CPU of the machine.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return multiprocessing.cpu_count()
+
+
+bind = os.environ.get("DOCKYARD_BIND") or "127.0.0.1:8000"
 # gthread: views mostly wait on Redis (long-polls, SSE, queries), so threads are cheap
 # concurrency; processes give CPU parallelism.
 worker_class = "gthread"
-workers = int(os.environ.get("DOCKYARD_API_WORKERS", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("DOCKYARD_API_THREADS", 16))
+workers = _env_int("DOCKYARD_API_WORKERS", _cores() * 2)
+threads = _env_int("DOCKYARD_API_THREADS", 16)
 # Long enough for ?wait=60 and streamed downloads; the gthread heartbeat is independent.
 timeout = 120
-graceful_timeout = 30
+# SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
+graceful_timeout = _env_int("DOCKYARD_GRACEFUL_TIMEOUT", 30)
 keepalive = 5
+# X-Forwarded-* is trusted only from these peers (the TLS proxy in front of the API).
+forwarded_allow_ips = os.environ.get("DOCKYARD_FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
+# The worker heartbeat file on tmpfs: on a container's overlay filesystem a slow disk
+# stalls it and the master kills healthy workers. gunicorn opens it with mkstemp and
+# unlinks it at once, so a shared folder is safe here.
+_SHM = "/dev/shm"  # noqa: S108 (see above)
+worker_tmp_dir = _SHM if os.path.isdir(_SHM) else None
+# gunicorn's own lines and the app's go through one handler: JSON lines (or text with
+# DOCKYARD_LOG_FORMAT=text), request ids attached, secrets redacted. Access lines are
+# written only when DOCKYARD_ACCESS_LOG is set.
 accesslog = os.environ.get("DOCKYARD_ACCESS_LOG") or None
 errorlog = "-"
-loglevel = os.environ.get("DOCKYARD_LOG_LEVEL", "info")
+loglevel = os.environ.get("DOCKYARD_LOG_LEVEL") or "info"
+logconfig_dict = gunicorn_logconfig()
+if not accesslog:
+    logconfig_dict["loggers"]["gunicorn.access"]["level"] = "WARNING"
+
+
+def _metrics_root() -> Path:
+    from app.config import Settings
+
+    return Settings().state_dir / "metrics"
+
+
+def on_starting(server):
+    """Give this master's workers a fresh metrics folder, shared by them only.
+
+    Each worker writes its own files there (prometheus_client multiprocess mode) and
+    /metrics sums them, so the figures add up whichever worker answers the scrape.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        root = _metrics_root()
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.glob("gunicorn-*"):
+            pid = old.name.removeprefix("gunicorn-")
+            if not pid.isdigit() or not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(root / f"gunicorn-{os.getpid()}")
+    from app.metrics import reset_multiprocess_dir
+
+    reset_multiprocess_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+# gunicorn 27 opens a control socket at ~/.gunicorn/gunicorn.ctl by default; several
+# masters on one machine (make run, test stacks, benchmarks) would take over each other's.
+# Dockyard does not use it.
+control_socket_disable = True

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify, request
 
+from app import metrics
 from app.dispatch import lane_alive
 from app.hosts import queues_for
 from app.runtime import runtime
@@ -39,3 +40,25 @@ def readyz():
     ready = checks["redis"] and all(routes.values())
     return jsonify({"status": "ready" if ready else "degraded", "checks": checks}), \
         200 if ready else 503
+
+
+@blp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus metrics: requests summed over every API process, jobs, queues, lanes."""
+    if not runtime().settings.public_metrics:
+        runtime().tokens.authenticate(request.headers.get("Authorization"))
+    try:
+        queues = _lanes()
+    except Exception:  # Redis is down: the scrape still answers, with dockyard_redis_up 0
+        queues = ["engine.ops", "engine.query"]
+    body, content_type = metrics.render(queues)
+    return Response(body, content_type=content_type)
+
+
+def _lanes() -> list[str]:
+    """The central lanes and those of every agent-routed host."""
+    queues = ["engine.ops", "engine.query"]
+    for record in runtime().hosts.list():
+        if record.get("route") == "agent":
+            queues.extend(queues_for(record))
+    return queues

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
+from celery.schedules import crontab
 
+from app import logs
 from app.config import Settings
 
 
@@ -41,6 +43,23 @@ def make_celery(settings: Settings) -> Celery:
             # Job records expire by TTL; this keeps the listing index from growing with them.
             "prune-job-index": {"task": "jobs.prune_index", "schedule": 3600.0,
                                 "options": {"queue": "engine.ops", "expires": 3000}},
+            # Due backup schedules are enqueued and their retention applied once a minute.
+            "run-backup-schedules": {"task": "backups.run_schedules", "schedule": crontab(),
+                                     "options": {"queue": "engine.ops", "expires": 55}},
         },
     )
+    _wire_logging()
     return celery
+
+
+def _wire_logging() -> None:
+    """Workers and beat log through app.logs; a request id travels with the task message."""
+    # Connecting setup_logging at all stops Celery from installing its own handlers.
+    signals.setup_logging.connect(logs.celery_setup_logging, weak=False,
+                                  dispatch_uid="dockyard-logging")
+    signals.before_task_publish.connect(logs.add_request_id_header, weak=False,
+                                        dispatch_uid="dockyard-request-id")
+    signals.task_prerun.connect(logs.bind_task_request_id, weak=False,
+                                dispatch_uid="dockyard-request-id")
+    signals.task_postrun.connect(logs.unbind_task_request_id, weak=False,
+                                 dispatch_uid="dockyard-request-id")

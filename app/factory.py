@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import http
 import logging
 import uuid
 from typing import Any
 
 import redis
+from apispec import BasePlugin
 from flask import Flask, Response, g, json, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from app import __version__
+from app import __version__, metrics
 from app.errors import (
     DockyardError,
     UnavailableError,
@@ -23,12 +25,25 @@ from app.store import utcnow as _utcnow
 
 logger = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/docs", "/api/v1/openapi.json")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/docs", "/api/v1/openapi.json",
+                "/api/v1/integrations/slack/commands", "/api/v1/integrations/mattermost/commands")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 class DockyardApi(Api):
     """flask-smorest's Api, answering every HTTP error as problem+json."""
+
+    def _register_responses(self) -> None:
+        # flask-smorest documents its own errors as application/json with ERROR_SCHEMA; ours
+        # are sent as problem+json, so the default and per-status error responses say that.
+        problem = {"application/problem+json": {"schema": "Problem"}}
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["content"] = problem
+            self.spec.components.response(status.name, response, lazy=True)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, {
+            "description": "Any error, as an RFC 9457 problem", "content": problem}, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         extra: dict[str, Any] = {}
@@ -77,7 +92,8 @@ def _http_detail(error: HTTPException, status: int, extra: dict) -> str:
 
 
 def problem_response(problem: dict[str, Any]) -> Response:
-    response = Response(json.dumps(problem), status=problem["status"],
+    # Unsorted: validation errors may key list items by int beside fields by name.
+    response = Response(json.dumps(problem, sort_keys=False), status=problem["status"],
                         mimetype="application/problem+json")
     return response
 
@@ -116,6 +132,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["celery"] = runtime().celery
     _ensure_bootstrap_token(settings)
 
+    # Metrics first: its timer then covers authentication and every other hook.
+    metrics.init_app(app)
     app.before_request(_assign_request_id)
     app.before_request(_authenticate)
     app.before_request(_check_content_type)
@@ -149,10 +167,24 @@ def _configure_swagger_ui(app: Flask) -> None:
         return send_from_directory(swagger_ui_path, filename)
 
 
+class _ServerAnswersPlugin(BasePlugin):
+    """Documents, on every operation, the answer gunicorn gives before the app sees a request."""
+
+    def operation_helper(self, path: str | None = None, operations: dict | None = None,
+                         **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            operation.setdefault("responses", {}).setdefault("414", "RequestLineTooLong")
+
+
 def _register_problem_schema(api: Api) -> None:
     from schemas.common import ProblemSchema
 
     api.spec.components.schema("Problem", schema=ProblemSchema)
+    # gunicorn refuses a request line over 4094 bytes itself, as an HTML page.
+    api.spec.components.response("RequestLineTooLong", {
+        "description": "Request line too long (refused by the HTTP server, not a problem object)",
+        "content": {"text/html": {"schema": {"type": "string"}}}})
+    api.spec.plugins.append(_ServerAnswersPlugin())
     for status, title in ((400, "Malformed request"), (401, "Missing or invalid token"),
                           (403, "Forbidden"), (404, "Not found"), (409, "Conflict"),
                           (413, "Payload too large"), (415, "Unsupported media type"),

@@ -15,6 +15,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app import jobs as jobstates
+from app import logs, metrics
 from app.dispatch import REPLY_TTL_SECONDS, reply_key
 from app.engine.client import EngineClients
 from app.engine.errors import translate_engine_error
@@ -22,6 +23,7 @@ from app.errors import DockyardError, JobCancelledError, QueryTimeoutError
 from app.pipes import PipeClosedError, PipeWriter
 from app.runtime import runtime
 from app.store import get_redis, utcnow
+from app.webhooks import notify_watchers
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,9 @@ def client_for(host: str, revision: int | None = None) -> docker.DockerClient:
     if settings.agent_host == host:
         # An agent reaches its own engine by the local socket, whatever the record says.
         record = {**record, "url": settings.agent_engine_url, "tls": None}
-    return clients.get(record, runtime().hosts.tls_material(record))
+    client = clients.get(record, runtime().hosts.tls_material(record))
+    metrics.watch_engine_client(client, host)  # once per client: times its engine calls
+    return client
 
 
 def fresh_client(host: str) -> docker.DockerClient:
@@ -130,23 +134,32 @@ class JobTask(Task):
 
     def run_job(self, job_id: str, host: str | None,
                 operation: Callable[[JobContext], dict[str, Any] | None]) -> None:
+        with logs.job_context(job_id=job_id, host=host):
+            self._run_job(job_id, host, operation)
+
+    def _run_job(self, job_id: str, host: str | None,
+                 operation: Callable[[JobContext], dict[str, Any] | None]) -> None:
         store = runtime().jobs
         # A redelivered job is already 'running': it runs again, so operations are idempotent.
         started = store.transition(job_id, (jobstates.QUEUED, jobstates.RUNNING),
                                    jobstates.RUNNING, started_at=utcnow())
         if not started.applied:
             logger.info("job %s skipped: it is %s", job_id, started.previous)
+            notify_watchers(job_id)  # cancelled while queued: announce it now
             return
         if started.previous == jobstates.RUNNING:
             logger.warning("job %s redelivered; resuming", job_id)
         context = JobContext(job_id, host)
+        began = time.monotonic()
         try:
             context.check_cancelled()
             result = operation(context)
         except JobCancelledError:
             store.transition(job_id, (jobstates.RUNNING,), jobstates.CANCELLED,
                              finished_at=utcnow())
+            metrics.record_job(self.name, jobstates.CANCELLED, time.monotonic() - began)
             store.notify_parent(job_id)
+            notify_watchers(job_id)
             logger.info("job %s cancelled host=%s", job_id, host)
             return
         except BaseException as exc:
@@ -158,7 +171,9 @@ class JobTask(Task):
             store.transition(job_id, (jobstates.RUNNING,), jobstates.FAILED,
                              event={"state": jobstates.FAILED, "error": problem},
                              error=problem, finished_at=utcnow())
+            metrics.record_job(self.name, jobstates.FAILED, time.monotonic() - began)
             store.notify_parent(job_id)
+            notify_watchers(job_id)
             if host is not None and isinstance(exc, docker.errors.DockerException | OSError):
                 engine_clients().forget(host)  # a stale pool after an engine restart
             if not isinstance(exc, Exception):
@@ -167,7 +182,9 @@ class JobTask(Task):
         store.transition(job_id, (jobstates.RUNNING,), jobstates.SUCCEEDED,
                          event={"state": jobstates.SUCCEEDED}, result=result,
                          finished_at=utcnow())
+        metrics.record_job(self.name, jobstates.SUCCEEDED, time.monotonic() - began)
         store.notify_parent(job_id)
+        notify_watchers(job_id)
         logger.info("job %s succeeded host=%s", job_id, host)
 
 
@@ -201,6 +218,7 @@ class QueryTask(Task):
                 logger.exception("query %s failed unexpectedly", self.name)
             payload = {"error": problem}
         _push_reply(reply_id, payload)
+        metrics.flush_engine_calls()
 
     def reply(self, reply_id: str, host: str, revision: int,
               read: Callable[[docker.DockerClient], Any]) -> None:
@@ -221,6 +239,7 @@ class QueryTask(Task):
                 logger.exception("query %s failed unexpectedly host=%s", self.name, host)
             payload = {"error": problem}
         _push_reply(reply_id, payload)
+        metrics.flush_engine_calls()  # after the reply, so the caller never waits for it
 
 
 def _push_reply(reply_id: str, payload: dict[str, Any]) -> None:
