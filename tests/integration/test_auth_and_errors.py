@@ -288,7 +288,8 @@ def test_token_list_never_contains_a_secret_or_hash(admin: Api, unique: str) -> 
         assert secret not in text
         assert hash_token(secret) not in text
     for record in response.json():
-        assert set(record) <= {"id", "name", "role", "hosts", "expires_at", "created_at"}
+        assert set(record) <= {"id", "name", "role", "hosts", "expires_at", "created_at",
+                               "rate_limit"}
 
 
 def test_revoked_token_is_refused_at_once(admin: Api, stack: Stack, unique: str) -> None:
