@@ -22,7 +22,8 @@ class Audit(MethodView):
     def get(self, args: dict) -> dict:
         """Audit entries, newest first (append-only: no route edits or removes them)."""
         def ms(key: str) -> int | None:
-            return int(args[key].timestamp() * 1000) if args.get(key) else None
+            # Stream ids start at 0: a time before 1970 means "from the beginning".
+            return max(0, int(args[key].timestamp() * 1000)) if args.get(key) else None
 
         items, next_cursor = runtime().audit.query(
             actor=args.get("actor"), host=args.get("host"), outcome=args.get("outcome"),

@@ -48,9 +48,11 @@ class AuditLog:
               until_ms: int | None = None, limit: int = 100,
               cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first, filtered; returns the page and the cursor of the next page."""
-        upper = f"({cursor}" if cursor else (str(until_ms) if until_ms else "+")
-        lower = str(since_ms) if since_ms else "-"
+        upper = f"({cursor}" if cursor else (str(until_ms) if until_ms is not None else "+")
+        lower = str(since_ms) if since_ms is not None else "-"
         found: list[dict[str, Any]] = []
+        if upper in ("(0-0", "(0"):  # nothing is older than the first possible id
+            return found, None
         scanned = 0
         while len(found) < limit and scanned < 50_000:
             batch = self.redis.xrevrange(_STREAM, max=upper, min=lower, count=500)

@@ -2,6 +2,8 @@
 
 from marshmallow import Schema, fields, validate
 
+from schemas.common import FullMatch
+
 
 class AuditArgsSchema(Schema):
     actor = fields.String(validate=validate.Length(max=100))
@@ -10,7 +12,8 @@ class AuditArgsSchema(Schema):
     since = fields.AwareDateTime(metadata={"description": "RFC 3339, inclusive"})
     until = fields.AwareDateTime(metadata={"description": "RFC 3339, inclusive"})
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    cursor = fields.String(validate=validate.Length(max=40))
+    cursor = fields.String(validate=FullMatch(r"\d{1,19}-\d{1,19}",
+                                              error="the next_cursor of an earlier page"))
 
 
 class AuditEntrySchema(Schema):

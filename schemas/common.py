@@ -1,10 +1,13 @@
 """Schemas shared by every resource: problems, jobs, wait and pagination arguments."""
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate
 
 
 class ProblemSchema(Schema):
     """RFC 9457 problem details, as every error is sent."""
+
+    class Meta:
+        unknown = INCLUDE  # extension members (queue, violations, retry_after, …) are allowed
 
     type = fields.String(required=True)
     title = fields.String(required=True)
