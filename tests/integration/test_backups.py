@@ -356,3 +356,41 @@ def test_include_binds_archives_binds_under_the_allowed_roots_only(
     binds = [p for p in manifest["parts"] if p["kind"] == "bind"]
     assert [(b["source"], b["target"]) for b in binds] == [(str(inside), "/site")]
     assert manifest["skipped_binds"] == [str(outside)]
+
+
+@pytest.mark.remote
+def test_restore_onto_another_host_over_mutual_tls(operator, admin, engine, unique, leftovers,
+                                                   state_dir):
+    from tests.support.remote_engine import RemoteEngine
+
+    volume, port = f"{unique}-data", free_port()
+    leftovers["volumes"].append(volume)
+    container = run_container(engine, leftovers, unique, ["httpd", "-f", "-p", "8080", "-h", "/"],
+                              ports={"8080/tcp": port},
+                              volumes={volume: {"bind": "/data", "mode": "rw"}})
+    container.exec_run(["sh", "-c", f"echo page of {unique} > /page.html"])
+    container.exec_run(["sh", "-c", f"echo volume of {unique} > /data/v.txt"])
+    job = back_up(operator, unique)
+    assert job["state"] == "succeeded", job
+    backup_id = job["id"]
+    remote = RemoteEngine(f"bk{os.getpid() % 1000}", state_dir, subnet_index=6)
+    remote.start()
+    host = f"restore-{unique}"
+    try:
+        assert admin.post("/hosts", json={
+            "name": host, "url": remote.url,
+            "tls": {"ca_cert": remote.ca_pem, "client_cert": remote.client_cert_pem,
+                    "client_key": remote.client_key_pem}}).status_code == 201
+        restored = restore(operator, backup_id, host=host, name=f"{unique}-moved",
+                           overrides={"ports": ["18082:8080"]})
+        assert restored["state"] == "succeeded", restored
+        assert restored["host"] == host
+        assert fetch(f"http://{remote.address}:18082/page.html") == f"page of {unique}\n"
+        moved = remote.client().containers.get(f"{unique}-moved")
+        assert moved.exec_run(["cat", "/data/v.txt"]).output == f"volume of {unique}\n".encode()
+        assert moved.attrs["Config"]["Cmd"] == ["httpd", "-f", "-p", "8080", "-h", "/"]
+        # the source host is untouched
+        assert engine.containers.get(unique).status == "running"
+    finally:
+        admin.delete(f"/hosts/{host}")
+        remote.stop()
