@@ -83,7 +83,7 @@ class OverlapMonitor:
     process ran at any poll since.
     """
 
-    def __init__(self, poll: float = 0.5) -> None:
+    def __init__(self, poll: float = 1.0) -> None:
         self.poll = poll
         self.seen = False
         self._stop = threading.Event()
@@ -256,3 +256,22 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def forget_audit(since: float, needles: Sequence[str]) -> int:
+    """Delete the audit entries a benchmark caused: those written since ``since`` (epoch
+    seconds) whose entry contains one of ``needles`` (the sink host's name, the bench label).
+    Entries of anyone else are left alone."""
+    client = redis_client()
+    start = f"{int(since * 1000)}-0"
+    removed = 0
+    while True:
+        batch = client.xrange("dy:audit", min=start, max="+", count=5000)
+        if not batch:
+            return removed
+        mine = [entry_id for entry_id, fields in batch
+                if any(needle in fields.get("entry", "") for needle in needles)]
+        if mine:
+            removed += client.xdel("dy:audit", *mine)
+        last_ms, _, last_seq = batch[-1][0].partition("-")
+        start = f"{last_ms}-{int(last_seq) + 1}"

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -33,11 +34,13 @@ from bench.common import (
     assert_loopback,
     docker_host,
     exit_on_sigterm,
+    forget_audit,
     forget_jobs,
     interleaved_rounds,
     machine_summary,
     ms,
     overlap_note,
+    percentile,
     ratio,
     table,
     verdict,
@@ -58,6 +61,8 @@ class Provisioner:
         self.http.headers["Authorization"] = f"Bearer {self.token}"
         self.docker = docker.DockerClient(base_url=docker_host(), version="auto", timeout=60)
         self.job_ids: list[str] = []
+        # Per API provision: (created→started, started→finished, rest of the round trip), s.
+        self.phases: list[tuple[float, float, float]] = []
 
     def name(self, method: str, index: str) -> str | None:
         return f"bench-prov-{method}-{index}-{os.getpid()}" if self.named else None
@@ -72,13 +77,18 @@ class Provisioner:
                          "type": "bind"}],
             "labels": {BENCH_LABEL: LABEL_VALUE},
         }
+        sent = time.perf_counter()
         reply = self.http.post(f"{API_URL}/api/v1/hosts/local/containers", params={"wait": 30},
                                json=spec, timeout=60)
+        total = time.perf_counter() - sent
         job = reply.json()
         if "id" in job and job.get("kind"):
             self.job_ids.append(job["id"])
         if reply.status_code != 200 or job.get("state") != "succeeded":
             raise RuntimeError(f"API provision failed: {reply.status_code} {job}")
+        created, started, finished = (_when(job[k]) for k in ("created_at", "started_at",
+                                                                "finished_at"))
+        self.phases.append((started - created, finished - started, total - (finished - created)))
         return job["result"]["id"]
 
     def sdk(self, name: str | None) -> str:
@@ -117,6 +127,10 @@ class Provisioner:
         return len(leftovers)
 
 
+def _when(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def prepare_bind_source() -> bool:
     """Create the bind source with a page to serve; True if this run created it."""
     created = not BIND_SOURCE.exists()
@@ -134,6 +148,7 @@ def remove_bind_source() -> None:
 def run(rounds: int, named: bool) -> int:
     assert_loopback(API_URL)
     created_dir = prepare_bind_source()
+    started = time.time()
     bench = Provisioner(named)
     methods: dict[str, Callable[[str | None], str]] = {
         "api": bench.api, "sdk": bench.sdk, "cli": bench.cli}
@@ -161,6 +176,7 @@ def run(rounds: int, named: bool) -> int:
         if left:
             print(f"removed {left} leftover benchmark container(s)", file=sys.stderr)
         forget_jobs(bench.job_ids)
+        forget_audit(started - 5, [f'"{BENCH_LABEL}": "{LABEL_VALUE}"'])
         if created_dir:
             remove_bind_source()
 
@@ -182,6 +198,17 @@ def run(rounds: int, named: bool) -> int:
         ["API / CLI", f"{api_cli:.2f}x", "< 1.00x", verdict(api_cli < 1.0)],
         ["API / SDK p90", ratio(api.pct(90), sdk.pct(90)), "", ""],
     ]))
+    if bench.phases:
+        timed = bench.phases[1:]  # every API provision but the warm-up
+        print()
+        print(table(["API provision, where the time goes (medians)", "ms"], [
+            ["request accepted → a worker started the job (created_at → started_at)",
+             ms(percentile([p[0] for p in timed], 50))],
+            ["the worker's run: engine calls, progress, record (started_at → finished_at)",
+             ms(percentile([p[1] for p in timed], 50))],
+            ["the rest: HTTP, validation, name check, enqueue, wake-up of ?wait, reply",
+             ms(percentile([p[2] for p in timed], 50))],
+        ]))
     print(f"\n{overlap_note(log)}\n")
     return 0
 

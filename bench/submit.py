@@ -48,6 +48,7 @@ from bench.common import (
     assert_loopback,
     docker_host,
     exit_on_sigterm,
+    forget_audit,
     forget_jobs,
     machine_summary,
     percentile,
@@ -92,6 +93,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def own_cpu_seconds() -> float:
+    """CPU of this process and its waited-for children (hey; also the pgrep polls, ~1 ms/s)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def machine_busy_seconds() -> float:
     with open("/proc/stat") as handle:
         parts = [int(v) for v in handle.readline().split()[1:]]
@@ -125,17 +132,20 @@ def process_env(pid: int) -> dict[str, str]:
 # -- the sink host, its fake heartbeat and clean-up ------------------------------------------
 
 class Sink:
-    def __init__(self, http: requests.Session) -> None:
+    def __init__(self, http: requests.Session, api_url: str = API_URL) -> None:
         self.http = http
+        self.api_url = api_url
         self.redis = redis_client()
+        self.started = time.time()
 
     def setup(self) -> None:
+        self.started = time.time()
         body = {"name": SINK, "url": docker_host(), "route": "agent",
                 "labels": {"purpose": "benchmark"}}
-        reply = self.http.post(f"{API_URL}/api/v1/hosts", json=body, timeout=10)
+        reply = self.http.post(f"{self.api_url}/api/v1/hosts", json=body, timeout=10)
         if reply.status_code == 409:  # left over from an interrupted run
-            self.http.delete(f"{API_URL}/api/v1/hosts/{SINK}", timeout=10)
-            reply = self.http.post(f"{API_URL}/api/v1/hosts", json=body, timeout=10)
+            self.http.delete(f"{self.api_url}/api/v1/hosts/{SINK}", timeout=10)
+            reply = self.http.post(f"{self.api_url}/api/v1/hosts", json=body, timeout=10)
         if reply.status_code != 201:
             raise RuntimeError(f"could not register {SINK}: {reply.status_code} {reply.text[:300]}")
         self.redis.zadd(f"dy:lane:{SINK_QUEUES[0]}", {FAKE_WORKER: time.time() + 3600})
@@ -155,9 +165,14 @@ class Sink:
         self.drain()
         for queue in SINK_QUEUES:
             self.redis.delete(*queue_keys(queue))
-        reply = self.http.delete(f"{API_URL}/api/v1/hosts/{SINK}", timeout=10)
-        if reply.status_code not in (204, 404):
-            print(f"could not delete host {SINK}: {reply.status_code}", file=sys.stderr)
+        try:
+            reply = self.http.delete(f"{self.api_url}/api/v1/hosts/{SINK}", timeout=10)
+            gone = reply.status_code in (204, 404)
+        except requests.RequestException:
+            gone = False
+        if not gone:  # the API went away (restarted by someone): forget the host directly
+            self.redis.hdel("dy:hosts", SINK)
+            self.redis.hdel("dy:hosts:status", SINK)
         # Belt and braces: any record of the sink host not found through the queue.
         stray = []
         ids = self.redis.zrange("dy:jobs", 0, -1)
@@ -170,6 +185,10 @@ class Sink:
         if stray:
             forget_jobs(stray)
             print(f"removed {len(stray)} stray {SINK} job record(s)", file=sys.stderr)
+        # The audit log records every submission; the benchmark's entries go with it.
+        removed = forget_audit(self.started - 5, [f'"{SINK}"', f"/hosts/{SINK}"])
+        if removed:
+            print(f"removed {removed} audit entries of {SINK}", file=sys.stderr)
 
 
 # -- the reference server ----------------------------------------------------------------------
@@ -180,29 +199,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Reference:
-    def __init__(self, api_env: dict[str, str]) -> None:
+class Server:
+    """A gunicorn started by the benchmark with Dockyard's gunicorn.conf.py on a free port.
+
+    ``settings_env`` gives the gunicorn knobs (workers, threads, logging) to use, so a
+    server started here runs with exactly the settings of the one it is compared with.
+    """
+
+    def __init__(self, app: str, settings_env: dict[str, str], log_name: str,
+                 config: Path | None = None) -> None:
+        self.app = app
+        self.config = config or ROOT / "gunicorn.conf.py"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
         for name in ("DOCKYARD_API_WORKERS", "DOCKYARD_API_THREADS", "DOCKYARD_ACCESS_LOG",
                      "DOCKYARD_LOG_LEVEL"):
             env.pop(name, None)
-            if name in api_env:
-                env[name] = api_env[name]
+            if name in settings_env:
+                env[name] = settings_env[name]
         env["DOCKYARD_BIND"] = f"127.0.0.1:{self.port}"
         env["DOCKYARD_BENCH_REF_QUEUE"] = REF_QUEUE
         self.env = env
         self.proc: subprocess.Popen | None = None
         log_dir = ROOT / ".state" / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / "bench-reference.log"
+        self.log_path = log_dir / f"{log_name}.log"
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-                 "bench.reference_app:app"],
+                [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(self.config), self.app],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -213,7 +240,7 @@ class Reference:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
-        raise RuntimeError(f"reference server did not start; see {self.log_path}")
+        raise RuntimeError(f"{self.app} did not start; see {self.log_path}")
 
     def workers(self) -> list[int]:
         return children(self.proc.pid) if self.proc else []
@@ -227,6 +254,12 @@ class Reference:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+
+class Reference(Server):
+    def __init__(self, settings_env: dict[str, str]) -> None:
+        super().__init__("bench.reference_app:app", settings_env, "bench-reference")
 
     def drain(self) -> int:
         client = redis_client()
@@ -273,6 +306,7 @@ class Run:
     server_cpu: float  # CPU seconds of the target's gunicorn workers
     redis_cpu: float
     machine_busy: float  # busy CPU seconds of the whole machine (both cores)
+    client_cpu: float  # CPU seconds of the load generator (hey, or this process for loadgen)
     overlapped: bool
     restarted: bool = False
 
@@ -294,33 +328,46 @@ class Run:
             parts.append(f"{self.result.errors} errors")
         return ", ".join(parts) or "0"
 
-    def cpu_ms_per_job(self) -> str:
+    def per_job_ms(self, seconds: float) -> str:
         n = self.result.accepted
-        return f"{self.server_cpu / n * 1000:.2f}" if n else "n/a"
+        return f"{seconds / n * 1000:.2f}" if n else "n/a"
+
+    def cpu_ms_per_job(self) -> str:
+        return self.per_job_ms(self.server_cpu)
+
+    def ceiling(self) -> str:
+        """Jobs/s that 2 cores allow at this run's CPU cost (server + Redis + generator)."""
+        n = self.result.accepted
+        spent = self.server_cpu + self.redis_cpu + self.client_cpu
+        return f"{2 * n / spent:.0f}" if n and spent else "n/a"
 
 
 def measured(target: str, mode: str, tool: str, workers_of: Callable[[], list[int]],
-             redis_pid: int | None, fn: Callable[[], LoadResult]) -> Run:
-    """Run ``fn`` once pytest is quiet; run it again (twice at most) if pytest overlapped it
-    or the target's gunicorn workers changed (someone restarted the API) during it."""
-    for attempt in range(3):
-        wait_quiet()
+             redis_pid: int | None, fn: Callable[[], LoadResult], retries: int = 4,
+             wait: bool = True) -> Run:
+    """Run ``fn`` once pytest is quiet; run it again (``retries`` times at most) if pytest
+    overlapped it or the target's gunicorn workers changed (the API restarted) during it."""
+    for attempt in range(retries + 1):
+        if wait:
+            wait_quiet()
         workers = workers_of()
         with OverlapMonitor() as monitor:
             monitor.reset()
             server0 = cpu_seconds(workers)
             redis0 = cpu_seconds([redis_pid] if redis_pid else [])
             busy0 = machine_busy_seconds()
+            client0 = own_cpu_seconds()
             result = fn()
             run = Run(target, mode, tool, result, cpu_seconds(workers) - server0,
                       cpu_seconds([redis_pid] if redis_pid else []) - redis0,
-                      machine_busy_seconds() - busy0, monitor.seen or pytest_running())
+                      machine_busy_seconds() - busy0, own_cpu_seconds() - client0,
+                      monitor.seen or pytest_running())
         restarted = sorted(workers_of()) != sorted(workers) or not workers
         print(f"  {target} {mode} ({tool}): {run.rate:.0f} accepted/s, p50 {run.pct_ms(50)} ms, "
               f"p99 {run.pct_ms(99)} ms, non-202 {run.non_accepted()}"
               + (" [pytest overlapped]" if run.overlapped else "")
               + (" [server restarted]" if restarted else ""), file=sys.stderr, flush=True)
-        if not (run.overlapped or restarted) or attempt == 2:
+        if not (run.overlapped or restarted) or attempt == retries:
             run.restarted = restarted
             return run
         print("  run discarded; running it again", file=sys.stderr)
@@ -348,64 +395,95 @@ def run(args: argparse.Namespace) -> int:
     token = admin_token()
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {token}"
+    own_api = Server(args.api_app, dict(os.environ), "bench-dockyard",
+                     args.api_config) if args.own_api else None
     master = api_master_pid()
-    api_env = process_env(master) if master else {}
+    api_env = dict(os.environ) if own_api else (process_env(master) if master else {})
 
     def api_workers() -> list[int]:
+        if own_api:
+            return own_api.workers()
         pid = api_master_pid()
         return children(pid) if pid else []
+
     redis_pid = int(redis_client().info("server").get("process_id") or 0) or None
 
-    sink = Sink(http)
+    api_url = own_api.url if own_api else API_URL
+    sink = Sink(http, api_url)
     reference = Reference(api_env)
     headers = {"Authorization": f"Bearer {token}"}
-    dy_url = f"{API_URL}/api/v1/hosts/{SINK}/containers/x/start"
+    dy_url = f"{api_url}/api/v1/hosts/{SINK}/containers/x/start"
     runs: list[Run] = []
     counts = (0, 0)
     try:
+        if own_api:
+            own_api.start()
         sink.setup()
         reference.start()
         ref_url = f"{reference.url}/submit"
-        counts = (len(api_workers()), len(reference.workers()))
         targets = [("Dockyard", dy_url, headers, api_workers, sink.drain),
                    ("reference", ref_url, {}, reference.workers, reference.drain)]
         # Warm-up: threads, connection pools and the token cache, untimed.
         for _name, url, hdrs, _workers, drain in targets:
             closed_loop("POST", url, hdrs, clients=8, duration=2)
             drain()
+        counts = (len(api_workers()), len(reference.workers()))
 
-        plan = [("closed", "hey" if use_hey else "loadgen")]
-        if use_hey:
+        plan = [("closed", "hey" if use_hey else "loadgen")] if "closed" in args.plan else []
+        if use_hey and "open-hey" in args.plan:
             plan.append(("open", "hey"))
-        plan.append(("open", "loadgen"))
+        if "open-loadgen" in args.plan:
+            plan.append(("open", "loadgen"))
         for mode, tool in plan:
             for name, url, hdrs, workers, drain in targets:
                 runs.append(measured(name, mode, tool, workers, redis_pid,
-                                     functools.partial(load, args, mode, tool, url, hdrs)))
+                                     functools.partial(load, args, mode, tool, url, hdrs),
+                                     args.retries, not args.no_wait))
                 drain()
                 time.sleep(2)
     finally:
-        reference.stop()
-        reference.drain()
-        sink.teardown()
+        try:
+            reference.stop()
+            reference.drain()
+            sink.teardown()
+        finally:
+            if own_api:
+                own_api.stop()
 
-    report(runs, args, api_env, *counts)
+    report(runs, args, api_env, *counts, api_url=api_url)
     return 0
 
 
 def report(runs: list[Run], args: argparse.Namespace, api_env: dict[str, str], api_workers: int,
-           ref_workers: int) -> None:
+           ref_workers: int, api_url: str) -> None:
     threads = api_env.get("DOCKYARD_API_THREADS", "16 (default)")
     print("### Job submission: Dockyard vs bare Flask + Redis + Celery reference\n")
+    print(f"Dockyard at {api_url}" + (f" (a private gunicorn started by the benchmark: {args.api_app}"
+                                      f", config {args.api_config or 'gunicorn.conf.py'}, "
+                                      f"experiments {os.environ.get('DOCKYARD_BENCH_EXPERIMENTS', '-')})"
+                                      if args.own_api else " (the running API)") + ".\n")
     print(f"Machine: {machine_summary()}. Both servers: gunicorn.conf.py (gthread), "
           f"{api_workers} / {ref_workers} workers x {threads} threads (Dockyard / reference). "
           f"Load generator on the same 2 cores.\n")
     closed = [r for r in runs if r.mode == "closed"]
+    if closed:
+        report_closed(closed, args)
+    opened = [r for r in runs if r.mode == "open"]
+    if opened:
+        report_open(opened, args)
+    overlapped = [f"{r.target} {r.mode} ({r.tool})" for r in runs if r.overlapped]
+    restarted = [f"{r.target} {r.mode} ({r.tool})" for r in runs if r.restarted]
+    print("\npytest overlapped: " + (", ".join(overlapped) if overlapped else "no run") + ". "
+          "Server restarted during: " + (", ".join(restarted) if restarted else "no run") + ".\n")
+
+
+def report_closed(closed: list[Run], args: argparse.Namespace) -> None:
     print(f"Closed loop: {args.clients} clients, {args.duration:g} s ({closed[0].tool}).\n")
     print(table(["target", "accepted jobs", "accepted jobs/s", "p50 ms", "p99 ms", "non-202",
-                 "server CPU ms/job", "Redis CPU ms/job", "machine CPU busy"], [
+                 "server CPU ms/job", "Redis CPU ms/job", "generator CPU ms/job",
+                 "2-core ceiling jobs/s", "machine CPU busy"], [
         [r.target, r.result.accepted, f"{r.rate:.0f}", r.pct_ms(50), r.pct_ms(99), r.non_accepted(),
-         r.cpu_ms_per_job(), f"{r.redis_cpu / max(r.result.accepted, 1) * 1000:.2f}",
+         r.cpu_ms_per_job(), r.per_job_ms(r.redis_cpu), r.per_job_ms(r.client_cpu), r.ceiling(),
          f"{r.machine_busy / r.result.elapsed / 2 * 100:.0f}%"] for r in closed]))
     dy = next(r for r in closed if r.target == "Dockyard")
     ref = next(r for r in closed if r.target == "reference")
@@ -415,11 +493,15 @@ def report(runs: list[Run], args: argparse.Namespace, api_env: dict[str, str], a
         ["Dockyard accepted jobs/s", f"{dy.rate:.0f}", "≥ 1000", verdict(dy.rate >= 1000)],
         ["Dockyard / reference", f"{rel:.2f}x", "≥ 0.70x", verdict(rel >= 0.7)],
     ]))
-    opened = [r for r in runs if r.mode == "open"]
-    print(f"\nOpen loop: {args.rate:g} req/s offered for {args.open_duration:g} s. hey: "
-          f"-c {args.open_clients} -q {args.rate / args.open_clients:g} (latency from the actual "
-          "send; a worker that falls behind skips ticks, so 'achieved' shows it). loadgen: "
-          "latency from the scheduled send time.\n")
+    print()
+
+
+def report_open(opened: list[Run], args: argparse.Namespace) -> None:
+    print(f"Open loop: {args.rate:g} req/s offered for {args.open_duration:g} s. loadgen: evenly "
+          "spaced requests, latency from the scheduled send time. hey: "
+          f"-c {args.open_clients} -q {args.rate / args.open_clients:g} (its workers tick in step: "
+          f"bursts of {args.open_clients} every {args.open_clients / args.rate * 1000:g} ms; latency "
+          "from the actual send; a worker that falls behind skips ticks, so 'achieved' shows it).\n")
     print(table(["target", "tool", "offered/s", "achieved/s", "accepted", "p50 ms", "p90 ms",
                  "p99 ms", "max ms", "non-202", "server CPU ms/job"], [
         [r.target, r.tool, f"{args.rate:g}", f"{r.sent / r.result.elapsed:.0f}", r.result.accepted,
@@ -433,10 +515,6 @@ def report(runs: list[Run], args: argparse.Namespace, api_env: dict[str, str], a
             checks.append([f"Dockyard p99 at {args.rate:g}/s ({r.tool})", f"{p99:.1f} ms",
                            "≤ 25 ms", verdict(p99 <= 25)])
     print(table(["open-loop check", "value", "target", "verdict"], checks))
-    overlapped = [f"{r.target} {r.mode} ({r.tool})" for r in runs if r.overlapped]
-    restarted = [f"{r.target} {r.mode} ({r.tool})" for r in runs if r.restarted]
-    print("\npytest overlapped: " + (", ".join(overlapped) if overlapped else "no run") + ". "
-          "Server restarted during: " + (", ".join(restarted) if restarted else "no run") + ".\n")
 
 
 def main() -> int:
@@ -447,6 +525,20 @@ def main() -> int:
     parser.add_argument("--open-duration", type=float, default=25, help="open-loop seconds")
     parser.add_argument("--open-clients", type=int, default=10,
                         help="hey workers in the open loop (each at rate/N per s)")
+    parser.add_argument("--plan", type=lambda v: set(v.split(",")),
+                        default={"closed", "open-loadgen", "open-hey"},
+                        help="comma-separated runs: closed, open-loadgen, open-hey (default: all)")
+    parser.add_argument("--retries", type=int, default=4,
+                        help="re-runs of a run that pytest or an API restart overlapped")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="do not wait for pytest to finish (overlap is still reported)")
+    parser.add_argument("--own-api", action="store_true",
+                        help="start a private Dockyard gunicorn (this environment's "
+                             "DOCKYARD_API_WORKERS/THREADS) instead of using the running API")
+    parser.add_argument("--api-config", type=Path, default=None,
+                        help="with --own-api: a gunicorn config to use instead of gunicorn.conf.py")
+    parser.add_argument("--api-app", default="wsgi:app",
+                        help="with --own-api: the WSGI app to serve (e.g. bench.experiment_app:app)")
     parser.add_argument("--tool", choices=("auto", "hey", "python"), default="auto")
     args = parser.parse_args()
     exit_on_sigterm()
