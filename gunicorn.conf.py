@@ -94,3 +94,14 @@ def _alive(pid: int) -> bool:
 # masters on one machine (make run, test stacks, benchmarks) would take over each other's.
 # Dockyard does not use it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Move the loaded app out of the garbage collector's reach.
+
+    Everything imported at start-up lives as long as the worker; freezing it keeps the
+    collector from walking it again and again under load (see docs/benchmarks.md).
+    """
+    import gc
+
+    gc.freeze()
