@@ -83,7 +83,7 @@ def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | No
     A ``Dockyard-Callback-URL`` header gets the job's outcome posted there (signed), and is
     refused with 422 before anything is recorded if its host is not allowed.
     """
-    callback = request.headers.get(CALLBACK_HEADER)
+    callback = request.headers.get(CALLBACK_HEADER) or g.get("callback_url")
     if callback is not None:
         check_callback_url(callback)
     key = request.headers.get("Idempotency-Key")

@@ -137,6 +137,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.before_request(_assign_request_id)
     app.before_request(_authenticate)
     app.before_request(_check_content_type)
+    app.before_request(_take_callback_url)
     app.before_request(_limit_rate)
     app.after_request(_echo_request_id)
     app.after_request(_audit)
@@ -211,6 +212,21 @@ def _assign_request_id() -> None:
 def _echo_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     return response
+
+
+def _take_callback_url() -> None:
+    """Lift ``callback_url`` out of a JSON body so every operation's schema accepts it.
+
+    API.md lets any operation carry it in the body; the job layer reads it from
+    ``g.callback_url`` (or the ``Dockyard-Callback-URL`` header) and checks it there.
+    """
+    if request.method not in _BODY_METHODS or not request.is_json:
+        return
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and "callback_url" in body:
+        g.callback_url = body.pop("callback_url")
+        # webargs re-parses the raw body, so the cached bytes are replaced as well.
+        request._cached_data = json.dumps(body).encode()
 
 
 def _limit_rate() -> None:

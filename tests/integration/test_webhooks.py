@@ -248,3 +248,18 @@ def test_events_stream_names_its_hosts_within_the_token_scope(viewer, make_token
     bad_resume = viewer.get("/events", params={"host": "local"},
                             headers={"Last-Event-ID": "yesterday"})
     assert bad_resume.status_code == 422
+
+
+def test_callback_url_in_the_body_works_like_the_header(operator, receiver, unique, cleanup):
+    cleanup.append(unique)
+    response = operator.post("/hosts/local/containers", json={
+        "image": BUSYBOX, "name": unique, "command": ["sleep", "60"],
+        "callback_url": receiver.url + "/body-done"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    eventually(lambda: receiver.to("/body-done"))
+    payload = signed_payload(receiver.to("/body-done")[0])
+    assert payload["data"]["id"] == job_id and payload["type"] == "job.succeeded"
+    refused = operator.post("/hosts/local/containers", json={
+        "image": BUSYBOX, "name": f"{unique}-x", "callback_url": "http://10.9.8.7/hook"})
+    assert refused.status_code == 422 and "callback_url" in refused.json()["errors"]
