@@ -46,8 +46,8 @@ def _credit_key(pipe_id: str) -> str:
     return f"{PREFIX}pipe:{pipe_id}:credit"
 
 
-class PipeWriter:
-    """The worker's end: header first, then bytes, then ``end()`` (or ``fail()``)."""
+class _PipeEnd:
+    """The Redis keys one pipe uses, seen from either end."""
 
     def __init__(self, pipe_id: str, stall_seconds: float = STALL_SECONDS) -> None:
         self.redis = get_redis_bytes()
@@ -55,6 +55,13 @@ class PipeWriter:
         self.closed_key = _closed_key(pipe_id)
         self.credit_key = _credit_key(pipe_id)
         self.stall_seconds = stall_seconds
+
+
+class PipeWriter(_PipeEnd):
+    """The worker's end: header first, then bytes, then ``end()`` (or ``fail()``)."""
+
+    def __init__(self, pipe_id: str, stall_seconds: float = STALL_SECONDS) -> None:
+        super().__init__(pipe_id, stall_seconds)
         self.bytes_sent = 0
         self.chunks_sent = 0
 
@@ -96,15 +103,8 @@ class PipeWriter:
                 raise PipeClosedError(self.key)
 
 
-class PipeReader:
+class PipeReader(_PipeEnd):
     """The API's end: ``open()`` waits for the header, then iterate for the bytes."""
-
-    def __init__(self, pipe_id: str, stall_seconds: float = STALL_SECONDS) -> None:
-        self.redis = get_redis_bytes()
-        self.key = _data_key(pipe_id)
-        self.closed_key = _closed_key(pipe_id)
-        self.credit_key = _credit_key(pipe_id)
-        self.stall_seconds = stall_seconds
 
     def open(self, timeout: float) -> dict[str, Any]:
         """The producer's header (metadata), or its error raised as a Dockyard error."""
