@@ -23,4 +23,4 @@ bench:          ## benchmarks (see docs/benchmarks.md)
 	@bash scripts/bench.sh
 
 compose-smoke:  ## build the images, bring docker-compose.yml up, provision through it, tear down
-	@bash scripts/compose-smoke.sh
+	@bash scripts/bootstrap.sh && bash scripts/services.sh up && bash scripts/compose-smoke.sh

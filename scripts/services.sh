@@ -10,7 +10,7 @@ PRIVATE_SOCK="$RUN_DIR/docker.sock"
 # PING over bash's /dev/tcp, so an existing Redis is found even without redis-cli.
 redis_ping() {
   local reply
-  exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" 2>/dev/null || return 1
+  { exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT"; } 2>/dev/null || return 1
   printf 'PING\r\n' >&3
   read -r -t 2 reply <&3 || true
   exec 3>&-
