@@ -11,7 +11,7 @@ from typing import Any
 
 import docker
 import requests
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app import jobs as jobstates
@@ -240,6 +240,18 @@ class QueryTask(Task):
             payload = {"error": problem}
         _push_reply(reply_id, payload)
         metrics.flush_engine_calls()  # after the reply, so the caller never waits for it
+
+
+def engine_read(name: str, read: Callable[..., Any]) -> Task:
+    """Register a read on a host's query lane: ``read(client, *args)`` answers the caller.
+
+    The task keeps its explicit name; the API sends ``(reply_id, host, revision, *args)``.
+    """
+    def run(self: QueryTask, reply_id: str, host: str, revision: int, *args: Any) -> None:
+        self.reply(reply_id, host, revision, lambda client: read(client, *args))
+
+    run.__name__ = run.__qualname__ = name.replace(".", "_")
+    return shared_task(bind=True, base=QueryTask, name=name)(run)
 
 
 def _push_reply(reply_id: str, payload: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from app.errors import ConflictError, PolicyViolationError
 from app.policy import image_registry, policy_from_settings
 from app.registries import registry_address
 from app.runtime import runtime
-from tasks.base import JobContext, JobTask, QueryTask
+from tasks.base import JobContext, JobTask, engine_read
 
 # -- jobs ---------------------------------------------------------------------------------
 
@@ -131,53 +131,19 @@ def remove_matching(self: JobTask, job_id: str, host: str, match: dict[str, Any]
 # -- reads --------------------------------------------------------------------------------
 
 
-@shared_task(bind=True, base=QueryTask, name="containers.list")
-def list_(self: QueryTask, reply_id: str, host: str, revision: int, args: dict[str, Any]) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.list_containers(client, **args))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.inspect")
-def inspect(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.inspect_container(client, ref))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.exists")
-def exists(self: QueryTask, reply_id: str, host: str, revision: int, name: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.container_exists(client, name))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.logs")
-def logs(self: QueryTask, reply_id: str, host: str, revision: int, ref: str,
-         args: dict[str, Any]) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.container_logs(client, ref, **args))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.top")
-def top(self: QueryTask, reply_id: str, host: str, revision: int, ref: str,
-        ps_args: str | None) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.container_top(client, ref, ps_args))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.stats")
-def stats(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.container_stats(client, ref))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.changes")
-def changes(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.container_changes(client, ref))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.ports")
-def ports(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: containers.container_ports(client, ref))
-
-
-@shared_task(bind=True, base=QueryTask, name="containers.check_running")
-def check_running(self: QueryTask, reply_id: str, host: str, revision: int, ref: str,
-                  doing: str) -> None:
-    self.reply(reply_id, host, revision,
-               lambda client: containers.require_running(client, ref, doing)["Id"])
+list_ = engine_read("containers.list",
+                    lambda client, args: containers.list_containers(client, **args))
+inspect = engine_read("containers.inspect", containers.inspect_container)
+exists = engine_read("containers.exists", containers.container_exists)
+logs = engine_read("containers.logs",
+                   lambda client, ref, args: containers.container_logs(client, ref, **args))
+top = engine_read("containers.top", containers.container_top)
+stats = engine_read("containers.stats", containers.container_stats)
+changes = engine_read("containers.changes", containers.container_changes)
+ports = engine_read("containers.ports", containers.container_ports)
+check_running = engine_read(
+    "containers.check_running",
+    lambda client, ref, doing: containers.require_running(client, ref, doing)["Id"])
 
 
 @shared_task(bind=True, base=JobTask, name="containers.commit")

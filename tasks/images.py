@@ -8,7 +8,7 @@ from celery import shared_task
 
 from app.engine import images
 from app.engine.images import ProgressFn
-from tasks.base import JobContext, JobTask, QueryTask
+from tasks.base import JobContext, JobTask, engine_read
 from tasks.containers import registry_auth
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -65,22 +65,7 @@ def prune(self: JobTask, job_id: str, host: str, all: bool, filters: dict[str, A
 # -- reads --------------------------------------------------------------------------------
 
 
-@shared_task(bind=True, base=QueryTask, name="images.list")
-def list_(self: QueryTask, reply_id: str, host: str, revision: int, args: dict[str, Any]) -> None:
-    self.reply(reply_id, host, revision, lambda client: images.list_images(client, **args))
-
-
-@shared_task(bind=True, base=QueryTask, name="images.inspect")
-def inspect(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: images.inspect_image(client, ref))
-
-
-@shared_task(bind=True, base=QueryTask, name="images.history")
-def history(self: QueryTask, reply_id: str, host: str, revision: int, ref: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: images.image_history(client, ref))
-
-
-@shared_task(bind=True, base=QueryTask, name="images.search")
-def search(self: QueryTask, reply_id: str, host: str, revision: int, term: str,
-           limit: int) -> None:
-    self.reply(reply_id, host, revision, lambda client: images.search_images(client, term, limit))
+list_ = engine_read("images.list", lambda client, args: images.list_images(client, **args))
+inspect = engine_read("images.inspect", images.inspect_image)
+history = engine_read("images.history", images.image_history)
+search = engine_read("images.search", images.search_images)

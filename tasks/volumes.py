@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 
 from app.engine import volumes
-from tasks.base import JobTask, QueryTask
+from tasks.base import JobTask, engine_read
 
 # -- jobs ---------------------------------------------------------------------------------
 
@@ -32,16 +32,6 @@ def prune(self: JobTask, job_id: str, host: str, filters: dict[str, Any]) -> Non
 # -- reads --------------------------------------------------------------------------------
 
 
-@shared_task(bind=True, base=QueryTask, name="volumes.list")
-def list_(self: QueryTask, reply_id: str, host: str, revision: int, args: dict[str, Any]) -> None:
-    self.reply(reply_id, host, revision, lambda client: volumes.list_volumes(client, **args))
-
-
-@shared_task(bind=True, base=QueryTask, name="volumes.inspect")
-def inspect(self: QueryTask, reply_id: str, host: str, revision: int, name: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: volumes.inspect_volume(client, name))
-
-
-@shared_task(bind=True, base=QueryTask, name="volumes.find")
-def find(self: QueryTask, reply_id: str, host: str, revision: int, name: str) -> None:
-    self.reply(reply_id, host, revision, lambda client: volumes.find_volume(client, name))
+list_ = engine_read("volumes.list", lambda client, args: volumes.list_volumes(client, **args))
+inspect = engine_read("volumes.inspect", volumes.inspect_volume)
+find = engine_read("volumes.find", volumes.find_volume)
