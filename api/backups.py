@@ -8,7 +8,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import principal, requires, start_job
+from api.common import caller_context, principal, requires, start_job
 from api.hosts import host_record
 from app.backups import (
     BackupScheduleStore,
@@ -19,7 +19,7 @@ from app.backups import (
     validate_cron,
 )
 from app.dispatch import run_query
-from app.errors import ConflictError, problem_from_http
+from app.errors import ConflictError, ForbiddenError, problem_from_http
 from app.factory import problem_response
 from app.policy import policy_from_settings
 from app.runtime import runtime
@@ -52,6 +52,20 @@ def _visible_manifest(backup_id: str) -> dict[str, Any]:
     return manifest
 
 
+def _owned_manifest(backup_id: str) -> dict[str, Any]:
+    """The manifest, if the caller may also use the bundle's content (403 otherwise).
+
+    A bundle holds the container's whole configuration and files: besides the host, a
+    non-admin's scope must cover the scope of the container it was made from.
+    """
+    manifest = _visible_manifest(backup_id)
+    caller = principal()
+    if not caller.is_admin and not caller.within_scope(manifest.get("scope")):
+        raise ForbiddenError(f"backup '{backup_id}' was made of a container outside the scope "
+                             f"of token '{caller.name}'", rule="owner-scope")
+    return manifest
+
+
 def _with_links(manifest: dict[str, Any]) -> dict[str, Any]:
     base = f"/api/v1/backups/{manifest['id']}"
     return {**manifest, "links": {"self": base, "content": base + "/content",
@@ -69,8 +83,10 @@ class ContainerBackups(MethodView):
         The bundle's id is the job's id; the result is its manifest.
         """
         record = host_record(host)
-        return start_job("backups.create", host_record=record, target=ref, args=[ref, spec],
-                         precheck=lambda: run_query("containers.inspect", record, [ref]))
+        return start_job("backups.create", host_record=record, target=ref,
+                         args=[ref, spec, caller_context()],
+                         precheck=lambda: run_query("containers.inspect", record,
+                                                    [caller_context(), ref]))
 
 
 @blp.route("/backups")
@@ -107,19 +123,22 @@ class Backup(MethodView):
     @blp.response(204)
     def delete(self, backup_id: str) -> None:
         """Delete a bundle from storage."""
-        _visible_manifest(backup_id)
+        _owned_manifest(backup_id)
         _storage().delete(backup_id)
 
 
 @blp.route("/backups/<string:backup_id>/content")
 class BackupContent(MethodView):
-    @requires("viewer")
+    @requires("operator")
     @blp.response(200, description="application/x-tar: the bundle (manifest first, then every "
                                    "part); `Range: bytes=…` answers 206")
     @blp.alt_response(206, description="the byte range asked for (`Content-Range`)", success=True)
     def get(self, backup_id: str) -> Response:
-        """Download a bundle as one tar stream, streamed from storage; `Range` supported."""
-        _visible_manifest(backup_id)
+        """Download a bundle as one tar stream, streamed from storage; `Range` supported.
+
+        Operators and admins only: the bundle holds the container's environment and files.
+        """
+        _owned_manifest(backup_id)
         archive = _storage().archive(backup_id)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{archive.etag}"',
                    "Content-Disposition": f'attachment; filename="dockyard-backup-{backup_id}.tar"'}
@@ -150,7 +169,7 @@ class BackupRestore(MethodView):
         its saved ports (with `overrides.ports`), mounts, labels and restart policy. The policy
         is applied to the restored spec here and again on the worker.
         """
-        manifest = _visible_manifest(backup_id)
+        manifest = _owned_manifest(backup_id)
         target = body["host"] or manifest["host"]
         caller = principal()
         caller.require_host(target)
@@ -167,7 +186,7 @@ class BackupRestore(MethodView):
                                     "another name", name=spec["name"])
 
         return start_job("backups.restore", host_record=record, target=spec["name"],
-                         args=[backup_id, spec, is_admin], precheck=name_is_free)
+                         args=[backup_id, spec, caller_context()], precheck=name_is_free)
 
 
 @blp.route("/backup-schedules")
@@ -187,7 +206,8 @@ class BackupSchedules(MethodView):
         validate_cron(spec["cron"])
         principal().require_host(spec["host"])
         host_record(spec["host"])
-        return _schedules().create(spec, principal().name)
+        # Scheduled backups run with the creator's role and scope.
+        return _schedules().create({**spec, "caller": caller_context()}, principal().name)
 
 
 @blp.route("/backup-schedules/<string:schedule_id>")

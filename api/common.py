@@ -12,6 +12,7 @@ from app import jobs as jobstates
 from app.auth import Principal
 from app.dispatch import submit_job
 from app.errors import BadRequestError
+from app.redaction import redact_for
 from app.runtime import runtime
 from app.webhooks import check_callback_url, watch_job
 
@@ -20,6 +21,16 @@ CALLBACK_HEADER = "Dockyard-Callback-URL"
 
 def principal() -> Principal:
     return g.principal
+
+
+def caller_context() -> dict[str, Any]:
+    """The caller as the worker needs it (role and host scope), JSON-ready."""
+    return principal().as_caller()
+
+
+def redacted(kind: str, value: Any) -> Any:
+    """``value`` as the caller may see it (see ``app.redaction``)."""
+    return redact_for(principal().role, kind, value)
 
 
 def requires(role: str) -> Callable:

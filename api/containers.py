@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
-from api.common import principal, requires, start_job
+from api.common import caller_context, principal, redacted, requires, start_job
 from api.hosts import host_record
 from api.images import stored_registry_address
 from api.transfers import sse_response
@@ -63,7 +63,7 @@ class Containers(MethodView):
         query = {"all": args["all"], "limit": args["limit"], "latest": args["latest"],
                  "name": args.get("name"), "labels": args["label"] or None,
                  "status": args.get("status"), "ancestor": args.get("ancestor")}
-        return run_query("containers.list", host_record(host), [query])
+        return redacted("summary", run_query("containers.list", host_record(host), [query]))
 
     @requires("operator")
     @blp.arguments(ProvisionSpecSchema)
@@ -82,7 +82,7 @@ class Containers(MethodView):
 
         return start_job("containers.provision", host_record=record,
                          target=spec["name"] or spec["image"],
-                         args=[spec, principal().role == "admin"], precheck=name_is_free)
+                         args=[spec, caller_context()], precheck=name_is_free)
 
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
@@ -100,7 +100,8 @@ class Containers(MethodView):
             f"{key}={args[key]}" for key in ("status", "ancestor", "name") if args[key]]
         return start_job("containers.remove_matching", host_record=host_record(host),
                          target=" ".join(described) or "all",
-                         args=[match, args["force"], args["volumes"], args["managed_only"]])
+                         args=[match, args["force"], args["volumes"], args["managed_only"],
+                               caller_context()])
 
 
 def require_admin_for_unmanaged(managed_only: bool) -> None:
@@ -124,7 +125,8 @@ class ContainerPrune(MethodView):
         require_admin_for_unmanaged(spec["managed_only"])
         filters = spec["filters"]
         return start_job("containers.prune", host_record=host_record(host), target=None,
-                         args=[filters["label"], filters["until"], spec["managed_only"]])
+                         args=[filters["label"], filters["until"], spec["managed_only"],
+                               caller_context()])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>")
@@ -132,8 +134,13 @@ class Container(MethodView):
     @requires("viewer")
     @blp.response(200, description="the engine's `docker inspect` document")
     def get(self, host: str, ref: str) -> dict:
-        """`docker inspect`: by id, unique id prefix or name."""
-        return run_query("containers.inspect", host_record(host), [ref])
+        """`docker inspect`: by id, unique id prefix or name.
+
+        Non-admins may inspect only containers Dockyard manages in their scope; viewers see
+        environment values, secret-looking labels and command arguments redacted.
+        """
+        return redacted("inspect", run_query("containers.inspect", host_record(host),
+                                             [caller_context(), ref]))
 
     @requires("operator")
     @blp.arguments(RemoveArgsSchema, location="query")
@@ -141,7 +148,7 @@ class Container(MethodView):
     def delete(self, args: dict, host: str, ref: str) -> Any:
         """`docker rm [-f] [-v]` (job)."""
         return start_job("containers.remove", host_record=host_record(host), target=ref,
-                         args=[ref, args["force"], args["volumes"]])
+                         args=[ref, args["force"], args["volumes"], caller_context()])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/<any(start,stop,restart,kill,pause,unpause):verb>")
@@ -162,7 +169,7 @@ class ContainerAction(MethodView):
         except ValidationError as exc:
             raise InvalidInputError("the request has invalid fields", errors=exc.messages) from None
         return start_job("containers.action", host_record=host_record(host), target=ref,
-                         args=[ref, verb, args], body=body)
+                         args=[ref, verb, args, caller_context()], body=body)
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/logs")
@@ -178,12 +185,13 @@ class ContainerLogs(MethodView):
             if args["until"]:
                 raise InvalidInputError("until cannot be combined with follow",
                                         errors={"until": ["not with follow=true"]})
-            _meta, reader = open_stream("transfers.follow_logs", host_record(host), [ref, {
+            _meta, reader = open_stream("transfers.follow_logs", host_record(host), [
+                caller_context(), ref, {
                 "tail": args["tail"], "since": args["since"],
                 "timestamps": args["timestamps"]}])
             return sse_response(reader, "log")
         text = run_query("containers.logs", host_record(host),
-                         [ref, {"tail": args["tail"], "since": args["since"],
+                         [caller_context(), ref, {"tail": args["tail"], "since": args["since"],
                                 "until": args["until"], "timestamps": args["timestamps"]}])
         return Response(text, mimetype="text/plain")
 
@@ -205,9 +213,9 @@ class ContainerExec(MethodView):
         policy_from_settings(runtime().settings).enforce_exec(spec, principal().role == "admin")
         record = host_record(host)
         return start_job("containers.exec", host_record=record, target=ref,
-                         args=[ref, spec, principal().role == "admin"],
+                         args=[ref, spec, caller_context()],
                          precheck=lambda: run_query("containers.check_running", record,
-                                                    [ref, "exec in"]))
+                                                    [caller_context(), ref, "exec in"]))
 
 
 _INTERACTIVE_REASON = (
@@ -232,7 +240,8 @@ class ContainerTop(MethodView):
     @blp.response(200, TopSchema)
     def get(self, args: dict, host: str, ref: str) -> dict:
         """`docker top [ps OPTIONS]`: the processes of a running container (host PIDs)."""
-        return run_query("containers.top", host_record(host), [ref, args["ps_args"]])
+        return redacted("top", run_query("containers.top", host_record(host),
+                                         [caller_context(), ref, args["ps_args"]]))
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/stats")
@@ -241,7 +250,7 @@ class ContainerStats(MethodView):
     @blp.response(200, StatsSchema)
     def get(self, host: str, ref: str) -> dict:
         """`docker stats --no-stream`: one sample of CPU %, memory, network and block I/O."""
-        return run_query("containers.stats", host_record(host), [ref])
+        return run_query("containers.stats", host_record(host), [caller_context(), ref])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/changes")
@@ -250,7 +259,7 @@ class ContainerChanges(MethodView):
     @blp.response(200, ChangeSchema(many=True))
     def get(self, host: str, ref: str) -> list[dict]:
         """`docker diff`: files added (A), changed (C) or deleted (D) in the container."""
-        return run_query("containers.changes", host_record(host), [ref])
+        return run_query("containers.changes", host_record(host), [caller_context(), ref])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/port")
@@ -260,7 +269,7 @@ class ContainerPorts(MethodView):
     @blp.response(200, ContainerPortSchema(many=True))
     def get(self, args: dict, host: str, ref: str) -> list[dict]:
         """`docker port [PRIVATE_PORT[/PROTO]]`: published ports and their host addresses."""
-        mappings = run_query("containers.ports", host_record(host), [ref])
+        mappings = run_query("containers.ports", host_record(host), [caller_context(), ref])
         if args["port"]:
             number, _, protocol = args["port"].partition("/")
             mappings = [m for m in mappings if m["container_port"] == int(number)
@@ -276,7 +285,7 @@ class ContainerWait(MethodView):
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker wait [--condition]` (job); result `{status_code, error}`."""
         return start_job("containers.wait", host_record=host_record(host), target=ref,
-                         args=[ref, spec["condition"], spec["timeout"]])
+                         args=[ref, spec["condition"], spec["timeout"], caller_context()])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/rename")
@@ -294,7 +303,7 @@ class ContainerRename(MethodView):
                                     f"host '{host}'", name=spec["name"])
 
         return start_job("containers.rename", host_record=record, target=ref,
-                         args=[ref, spec["name"]], precheck=name_is_free)
+                         args=[ref, spec["name"], caller_context()], precheck=name_is_free)
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/update")
@@ -305,7 +314,7 @@ class ContainerUpdate(MethodView):
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker update --memory --cpus --restart` (job)."""
         return start_job("containers.update", host_record=host_record(host), target=ref,
-                         args=[ref, spec])
+                         args=[ref, spec, caller_context()])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/commit")
@@ -324,4 +333,4 @@ class ContainerCommit(MethodView):
             push_repository = resolve_in_registry(
                 spec["repository"], stored_registry_address(spec["push"]["registry"]))
         return start_job("containers.commit", host_record=host_record(host), target=ref,
-                         args=[ref, spec, push_repository])
+                         args=[ref, spec, push_repository, caller_context()])

@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from api.common import principal, requires
 from app.auth import Principal
 from app.errors import InvalidInputError
+from app.redaction import redact_for
 from app.runtime import runtime
 from app.store import get_redis
 from app.webhooks import EVENTS_STREAM
@@ -78,4 +79,7 @@ def _stream(after: str, args: dict, caller: Principal) -> Iterator[str]:
         for event_id, fields in reply[0][1]:
             after = event_id
             if _wanted(fields, args, caller):
-                yield f"id: {event_id}\nevent: {fields['event']}\ndata: {fields['data']}\n\n"
+                data = fields["data"]
+                if caller.role == "viewer":
+                    data = json.dumps(redact_for(caller.role, "event", json.loads(data)))
+                yield f"id: {event_id}\nevent: {fields['event']}\ndata: {data}\n\n"

@@ -42,7 +42,7 @@ class PlacedContainers(MethodView):
         key = request.headers.get("Idempotency-Key")
         idempotency = (key, runtime().idempotency.fingerprint(
             request.method, request.path, request.get_json(silent=True))) if key else None
-        args = [body, caller.role == "admin"]
+        args = [body, caller.as_caller()]
         target = body["name"] or body["image"]
         if placement["mode"] == "all":
             record, _ = submit_fanout("containers.provision", caller, host_records=targets,

@@ -8,7 +8,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import principal, requires
+from api.common import principal, redacted, requires
 from app import hosts as hostviews
 from app.dispatch import lane_alive, run_query
 from app.engine.events import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, parse_event_time
@@ -135,7 +135,7 @@ class HostEvents(MethodView):
         answer = run_query("hosts.events", host_record(host),
                            [since, until, filters, args["limit"]])
         headers = {"X-Dockyard-Truncated": "true"} if answer["truncated"] else {}
-        return answer["events"], headers
+        return redacted("event", answer["events"]), headers
 
 
 def _event_window(since_arg: str | None, until_arg: str | None) -> tuple[float, float]:

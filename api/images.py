@@ -8,7 +8,7 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import requires, start_job
+from api.common import redacted, requires, start_job
 from api.hosts import host_record
 from app.dispatch import run_query
 from app.engine.images import resolve_in_registry, split_reference
@@ -123,8 +123,11 @@ class Image(MethodView):
     @requires("viewer")
     @blp.response(200, description="the engine's `docker image inspect` document")
     def get(self, host: str, ref: str) -> dict:
-        """`docker image inspect`: by id, unique id prefix, name or digest."""
-        return run_query("images.inspect", host_record(host), [ref])
+        """`docker image inspect`: by id, unique id prefix, name or digest.
+
+        Viewers see the image's environment values and secret-looking labels redacted.
+        """
+        return redacted("inspect", run_query("images.inspect", host_record(host), [ref]))
 
     @requires("operator")
     @blp.arguments(RemoveImageArgsSchema, location="query")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response, request, stream_with_context
@@ -12,9 +12,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from api.common import accepts, requires, start_job
+from api.common import accepts, caller_context, redacted, requires, start_job
 from api.hosts import host_record
-from app.dispatch import open_stream
+from app.dispatch import open_stream, run_query
 from app.pipes import PipeReader
 from app.runtime import runtime
 from app.spool import require_tar, spool_dir, spool_upload
@@ -44,34 +44,48 @@ def relay(reader: PipeReader) -> Iterator[bytes]:
     yield from reader.chunks()
 
 
-def sse_lines(reader: PipeReader, event: str) -> Iterator[str]:
-    """Each complete line from the pipe as one SSE event."""
+def sse_lines(reader: PipeReader, event: str,
+              transform: Callable[[str], str] = lambda line: line) -> Iterator[str]:
+    """Each complete line from the pipe as one SSE event (``transform``ed)."""
     pending = b""
     yield "retry: 2000\n\n"
     for chunk in reader.chunks():
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            yield f"event: {event}\ndata: {line.decode('utf-8', 'replace')}\n\n"
+            yield f"event: {event}\ndata: {transform(line.decode('utf-8', 'replace'))}\n\n"
     if pending:
-        yield f"event: {event}\ndata: {pending.decode('utf-8', 'replace')}\n\n"
+        yield f"event: {event}\ndata: {transform(pending.decode('utf-8', 'replace'))}\n\n"
     yield "event: end\ndata: {}\n\n"
 
 
-def sse_response(reader: PipeReader, event: str) -> Response:
-    return Response(stream_with_context(sse_lines(reader, event)), mimetype="text/event-stream",
+def sse_response(reader: PipeReader, event: str,
+                 transform: Callable[[str], str] = lambda line: line) -> Response:
+    return Response(stream_with_context(sse_lines(reader, event, transform)),
+                    mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def redacted_json_line(line: str) -> str:
+    """A JSON event line as the caller may see it (labels redacted for viewers)."""
+    try:
+        return json.dumps(redacted("event", json.loads(line)))
+    except ValueError:
+        return line
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/archive")
 class ContainerArchive(MethodView):
-    @requires("viewer")
+    @requires("operator")
     @blp.arguments(ArchivePathSchema, location="query")
     @blp.response(200, description="application/x-tar stream of the path")
     def get(self, args: dict, host: str, ref: str) -> Response:
-        """`docker cp CONTAINER:PATH -`: download a path as a tar stream."""
+        """`docker cp CONTAINER:PATH -`: download a path as a tar stream.
+
+        Operators and admins only: a container's files hold what its environment holds.
+        """
         meta, reader = open_stream("transfers.archive_out", host_record(host),
-                                   [ref, args["path"]])
+                                   [caller_context(), ref, args["path"]])
         stat = base64.b64encode(json.dumps(meta["stat"]).encode()).decode()
         return Response(stream_with_context(relay(reader)), mimetype="application/x-tar",
                         headers={"X-Docker-Container-Path-Stat": stat})
@@ -83,8 +97,11 @@ class ContainerArchive(MethodView):
     def put(self, args: dict, host: str, ref: str) -> Any:
         """`docker cp - CONTAINER:PATH`: extract an uploaded tar into the container (job)."""
         record = host_record(host)
+        # Refused before a byte of the upload is spooled.
+        run_query("containers.check_access", record, [caller_context(), ref, "archive", host])
         return start_job("transfers.archive_in", host_record=record, target=ref,
-                         args=[ref, args["path"], spooled_tar()], body={"path": args["path"]})
+                         args=[ref, args["path"], spooled_tar(), caller_context()],
+                         body={"path": args["path"]})
 
 
 @blp.route("/hosts/<string:host>/images/save")
@@ -135,4 +152,4 @@ class HostEventStream(MethodView):
         filters = {key: args[key] for key in ("type", "event", "container") if args[key]}
         _meta, reader = open_stream("transfers.follow_events", host_record(host), [{
             "since": args["since"], "until": args["until"], "filters": filters}])
-        return sse_response(reader, "event")
+        return sse_response(reader, "event", redacted_json_line)

@@ -46,6 +46,38 @@ class Principal:
     def may_see_host(self, host: str) -> bool:
         return self.hosts is None or host in self.hosts
 
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def scope(self) -> str:
+        """The token's host scope as a label value: ``*`` or the sorted host names."""
+        return "*" if self.hosts is None else ",".join(sorted(self.hosts))
+
+    def within_scope(self, scope: str | None) -> bool:
+        """Whether something labelled with ``scope`` lies within this token's scope.
+
+        An unscoped token covers every scope; a scoped one only scopes made of its own hosts
+        (something created by an unscoped token, or before scopes were recorded, is not).
+        """
+        if self.hosts is None:
+            return True
+        if not scope or scope == "*":
+            return False
+        return set(scope.split(",")) <= self.hosts
+
+    def as_caller(self) -> dict[str, Any]:
+        """What a worker needs to know of the caller, JSON-ready (it travels with the job)."""
+        return {"id": self.token_id, "name": self.name, "role": self.role,
+                "hosts": None if self.hosts is None else sorted(self.hosts)}
+
+    @classmethod
+    def from_caller(cls, caller: dict[str, Any]) -> Principal:
+        hosts = caller.get("hosts")
+        return cls(caller.get("id", ""), caller.get("name", ""), caller["role"],
+                   None if hosts is None else frozenset(hosts))
+
 
 def hash_token(secret: str) -> str:
     # Tokens carry 256 random bits, so a fast hash is enough; no salt is needed.

@@ -419,7 +419,7 @@ def parse_range(header: str | None, total: int) -> tuple[int, int] | bool | None
 
 # -- restore: the provision spec a bundle describes ------------------------------------------
 
-_DOCKYARD_LABELS = ("dockyard.managed", "dockyard.job")
+_DOCKYARD_PREFIX = "dockyard."  # Dockyard's own labels are set anew, never carried over
 _DEFAULT_NETWORKS = ("", "default", "bridge")
 
 
@@ -440,7 +440,7 @@ def image_changes(config: dict[str, Any]) -> list[str]:
     for port in sorted(cfg.get("ExposedPorts") or {}):
         changes.append(f"EXPOSE {port}")
     for name, value in sorted((cfg.get("Labels") or {}).items()):
-        if name not in _DOCKYARD_LABELS:
+        if not name.startswith(_DOCKYARD_PREFIX):
             changes.append(f"LABEL {_dockerfile_quote(name)}={_dockerfile_quote(value)}")
     return changes
 
@@ -478,7 +478,8 @@ def restore_spec(manifest: dict[str, Any], config: dict[str, Any], request: dict
     spec: dict[str, Any] = {
         "image": image,
         "name": request.get("name") or manifest["container"]["name"],
-        "labels": {k: v for k, v in (cfg.get("Labels") or {}).items() if k not in _DOCKYARD_LABELS}
+        "labels": {k: v for k, v in (cfg.get("Labels") or {}).items()
+                   if not k.startswith(_DOCKYARD_PREFIX)}
         | {"dockyard.restored-from": manifest["id"]},
         "ports": [p for key in sorted(ports) for p in ports[key]],
         "volumes": restore_mounts(manifest, config),

@@ -51,6 +51,12 @@ class Settings:
     allowed_registries: tuple[str, ...] = field(
         default_factory=lambda: _env_list("DOCKYARD_ALLOWED_REGISTRIES", "")
     )
+    allowed_networks: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_ALLOWED_NETWORKS", "")
+    )
+    allowed_volumes: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_ALLOWED_VOLUMES", "")
+    )
     admin_policy_exceptions: tuple[str, ...] = field(
         default_factory=lambda: _env_list("DOCKYARD_ADMIN_POLICY_EXCEPTIONS", "")
     )

@@ -58,6 +58,8 @@ class BackupSchema(Schema):
     dockyard_version = fields.String()
     host = fields.String()
     container = fields.Nested(BackupContainerSchema)
+    scope = fields.String(allow_none=True, metadata={
+        "description": "the scope label of the container it was made from"})
     image = fields.String(allow_none=True)
     image_id = fields.String(allow_none=True)
     created_at = fields.String()

@@ -246,6 +246,8 @@ class ProvisionSpecSchema(Schema):
     pid_mode = fields.String(load_default=None, allow_none=True)
     ipc_mode = fields.String(load_default=None, allow_none=True)
     uts_mode = fields.String(load_default=None, allow_none=True)
+    userns_mode = fields.String(load_default=None, allow_none=True)
+    cgroupns = fields.String(load_default=None, allow_none=True)
 
     @pre_load
     def reject_null_lists(self, data: Any, **_: Any) -> Any:

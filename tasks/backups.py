@@ -23,7 +23,7 @@ from app.policy import policy_from_settings
 from app.runtime import runtime
 from app.store import get_redis
 from tasks.base import JobContext, JobTask
-from tasks.containers import enforce_policy_on_host
+from tasks.containers import enforce_policy_on_host, guarded
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +40,24 @@ def bind_under_roots(source: str) -> bool:
 
 
 @shared_task(bind=True, base=JobTask, name="backups.create")
-def create(self: JobTask, job_id: str, host: str, ref: str, options: dict[str, Any]) -> None:
+def create(self: JobTask, job_id: str, host: str, ref: str, options: dict[str, Any],
+           caller: dict[str, Any]) -> None:
     # The bundle's id is the job's, so a redelivered job finds (or replaces) its own work.
     self.run_job(job_id, host, lambda job: backups.back_up_container(
-        job.client, ref, storage_for(runtime().settings), job_id, options, host=host,
-        stall=stall_seconds(), progress=_progress(job), checkpoint=job.check_cancelled,
-        bind_allowed=bind_under_roots))
+        job.client, guarded(job, ref, caller, "backup"), storage_for(runtime().settings),
+        job_id, options, host=host, stall=stall_seconds(), progress=_progress(job),
+        checkpoint=job.check_cancelled, bind_allowed=bind_under_roots))
 
 
 @shared_task(bind=True, base=JobTask, name="backups.restore")
 def restore(self: JobTask, job_id: str, host: str, backup_id: str, spec: dict[str, Any],
-            is_admin: bool) -> None:
+            caller: dict[str, Any]) -> None:
     def operation(job: JobContext) -> dict[str, Any]:
-        enforce_policy_on_host(job, spec, is_admin)
+        principal = Principal.from_caller(caller)
+        policy = enforce_policy_on_host(job, spec, principal)
         return backups.restore_container(job.client, storage_for(runtime().settings), backup_id,
-                                         spec, job_id, progress=_progress(job),
-                                         checkpoint=job.check_cancelled)
+                                         spec, job_id, caller=principal, policy=policy,
+                                         progress=_progress(job), checkpoint=job.check_cancelled)
 
     self.run_job(job_id, host, operation)
 
@@ -85,14 +87,19 @@ def run_schedules() -> dict[str, Any]:
 
 def _start_scheduled_backup(store: BackupScheduleStore, schedule: dict[str, Any]) -> str:
     host_record = runtime().hosts.get(schedule["host"])
+    # The schedule acts with its creator's role and scope (older schedules: an operator).
+    creator = schedule.get("caller") or {"role": "operator", "hosts": None}
     scheduler = Principal(token_id=f"schedule:{schedule['id']}",
-                          name=f"backup-schedule:{schedule['id']}", role="operator", hosts=None)
+                          name=f"backup-schedule:{schedule['id']}", role=creator["role"],
+                          hosts=None if creator.get("hosts") is None
+                          else frozenset(creator["hosts"]))
     options = {"compression": schedule["compression"], "consistency": schedule["consistency"],
                "include_volumes": schedule["include_volumes"], "include_binds": False,
                "note": f"scheduled by {schedule['id']} ({schedule['cron']})",
                "schedule_id": schedule["id"]}
     record, _ = submit_job("backups.create", scheduler, host_record=host_record,
-                           target=schedule["container"], args=[schedule["container"], options],
+                           target=schedule["container"],
+                           args=[schedule["container"], options, scheduler.as_caller()],
                            idempotency=None)
     store.record_run(schedule["id"], record["id"])
     logger.info("job %s queued by backup schedule %s host=%s", record["id"], schedule["id"],

@@ -171,6 +171,8 @@ class JobTask(Task):
             store.transition(job_id, (jobstates.RUNNING,), jobstates.FAILED,
                              event={"state": jobstates.FAILED, "error": problem},
                              error=problem, finished_at=utcnow())
+            if problem["status"] == 403:
+                _audit_denial(job_id, self.name, host, problem)
             metrics.record_job(self.name, jobstates.FAILED, time.monotonic() - began)
             store.notify_parent(job_id)
             notify_watchers(job_id)
@@ -186,6 +188,21 @@ class JobTask(Task):
         store.notify_parent(job_id)
         notify_watchers(job_id)
         logger.info("job %s succeeded host=%s", job_id, host)
+
+
+def _audit_denial(job_id: str, kind: str, host: str | None, problem: dict[str, Any]) -> None:
+    """A refusal found on the worker (what a request refers to on the engine) is audited
+    like a refusal at the API, under the job's requester."""
+    try:
+        record = runtime().jobs.get(job_id)
+        runtime().audit.record({
+            "ts": utcnow(), "request_id": None, "actor": record.get("requested_by"),
+            "token_id": record.get("token_id"), "method": "JOB", "route": kind,
+            "path": f"/api/v1/jobs/{job_id}", "host": host, "target": record.get("target"),
+            "request": {}, "decision": "denied", "rule": problem.get("rule"),
+            "outcome": "denied", "status": 403, "job_id": job_id})
+    except Exception:  # the audit store being down must not hide the job's outcome
+        logger.warning("audit record of denied job %s failed", job_id, exc_info=True)
 
 
 def _unreachable_or(exc: Exception, host: str) -> Exception:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from celery import shared_task
+import docker
+from celery import Task, shared_task
 
 from app import jobs as jobstates
-from app.engine import containers
-from app.errors import ConflictError, PolicyViolationError
-from app.policy import image_registry, policy_from_settings
+from app.auth import Principal
+from app.engine import containers, guard
+from app.errors import ConflictError, DockyardError
+from app.policy import Policy, image_registry, policy_from_settings
 from app.registries import registry_address
 from app.runtime import runtime
-from tasks.base import JobContext, JobTask, engine_read
+from tasks.base import JobContext, JobTask, QueryTask, engine_read
 
 # -- jobs ---------------------------------------------------------------------------------
 
@@ -29,27 +32,41 @@ def registry_auth(image: str, registry_name: str | None) -> dict[str, str] | Non
     return None
 
 
-def enforce_policy_on_host(job: JobContext, spec: dict[str, Any], is_admin: bool) -> None:
-    """The policy again, where the job runs; on a unix-socket host also through symlinks."""
-    host = runtime().hosts.get(job.host)
-    socket_path = host["url"].removeprefix("unix://") if host["url"].startswith("unix://") else None
-    policy = policy_from_settings(runtime().settings, socket_path)
-    policy.enforce(spec, is_admin)
-    if socket_path:
-        for volume in spec.get("volumes") or []:
-            if volume["type"] == "bind":
-                found = [v for v in policy.check_resolved_bind(volume["source"])
-                         if not (is_admin and v.rule in policy.admin_exceptions)]
-                if found:
-                    raise PolicyViolationError(found[0].rule, found[0].detail)
+def host_policy(host: str) -> Policy:
+    """The policy as it applies on ``host`` (its own engine socket is never mountable)."""
+    record = runtime().hosts.get(host)
+    socket_path = record["url"].removeprefix("unix://") if record["url"].startswith("unix://") \
+        else None
+    return policy_from_settings(runtime().settings, socket_path)
+
+
+def enforce_policy_on_host(job: JobContext, spec: dict[str, Any], caller: Principal) -> Policy:
+    """The policy again, where the job runs, on the spec's text; answers the host's policy.
+
+    What the spec refers to on the engine is judged inside the provision itself
+    (``app.engine.guard``), right before the create.
+    """
+    policy = host_policy(job.host)
+    policy.enforce(spec, caller.is_admin)
+    return policy
+
+
+def guarded(job: JobContext, ref: str, caller: dict[str, Any], action: str) -> str:
+    """The container's id, once ``caller`` is found allowed to ``action`` it (see guard)."""
+    info = guard.require_access(job.client, ref, Principal.from_caller(caller), action,
+                                host_policy(job.host))
+    return info["Id"]
 
 
 @shared_task(bind=True, base=JobTask, name="containers.provision")
-def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any], is_admin: bool) -> None:
+def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any],
+              caller: dict[str, Any]) -> None:
     def operation(job: JobContext) -> dict[str, Any]:
-        enforce_policy_on_host(job, spec, is_admin)
+        principal = Principal.from_caller(caller)
+        policy = enforce_policy_on_host(job, spec, principal)
         return containers.provision_container(
-            job.client, spec, job_id, auth=registry_auth(spec["image"], spec.get("registry")),
+            job.client, spec, job_id, caller=principal, policy=policy,
+            auth=registry_auth(spec["image"], spec.get("registry")),
             progress=lambda done, total, unit, message: job.progress(
                 done, total, unit, message, force=unit == "steps" or done == total),
             checkpoint=job.check_cancelled)
@@ -69,19 +86,22 @@ LIFECYCLE_ACTIONS = tuple(_LIFECYCLE)
 
 
 @shared_task(bind=True, base=JobTask, name="containers.action")
-def action(self: JobTask, job_id: str, host: str, ref: str, verb: str, args: dict[str, Any]) -> None:
-    self.run_job(job_id, host, lambda job: _LIFECYCLE[verb](job.client, ref, args))
+def action(self: JobTask, job_id: str, host: str, ref: str, verb: str, args: dict[str, Any],
+           caller: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: _LIFECYCLE[verb](
+        job.client, guarded(job, ref, caller, verb), args))
 
 
 @shared_task(bind=True, base=JobTask, name="containers.remove")
-def remove(self: JobTask, job_id: str, host: str, ref: str, force: bool, volumes: bool) -> None:
-    self.run_job(job_id, host,
-                 lambda job: containers.remove_container(job.client, ref, force, volumes))
+def remove(self: JobTask, job_id: str, host: str, ref: str, force: bool, volumes: bool,
+           caller: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: containers.remove_container(
+        job.client, guarded(job, ref, caller, "remove"), force, volumes))
 
 
 @shared_task(bind=True, base=JobTask, name="containers.exec")
 def exec_(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
-          is_admin: bool) -> None:
+          caller: dict[str, Any]) -> None:
     # A command may not be idempotent, so a redelivered exec (its worker died mid-run) is
     # reported rather than run a second time.
     redelivered = runtime().jobs.get(job_id)["state"] == jobstates.RUNNING
@@ -90,73 +110,126 @@ def exec_(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
         if redelivered:
             raise ConflictError("the worker running this exec was lost; the command is not run "
                                 "twice, check the container before retrying")
-        policy_from_settings(runtime().settings).enforce_exec(spec, is_admin)
-        return containers.exec_in_container(job.client, ref, spec, marker=job_id,
-                                            checkpoint=job.check_cancelled)
+        policy_from_settings(runtime().settings).enforce_exec(spec, caller["role"] == "admin")
+        return containers.exec_in_container(job.client, guarded(job, ref, caller, "exec"), spec,
+                                            marker=job_id, checkpoint=job.check_cancelled)
 
     self.run_job(job_id, host, operation)
 
 
 @shared_task(bind=True, base=JobTask, name="containers.wait")
-def wait(self: JobTask, job_id: str, host: str, ref: str, condition: str, timeout: float) -> None:
-    self.run_job(job_id, host,
-                 lambda job: containers.wait_container(job.client, ref, condition, timeout))
+def wait(self: JobTask, job_id: str, host: str, ref: str, condition: str, timeout: float,
+         caller: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: containers.wait_container(
+        job.client, guarded(job, ref, caller, "wait"), condition, timeout))
 
 
 @shared_task(bind=True, base=JobTask, name="containers.rename")
-def rename(self: JobTask, job_id: str, host: str, ref: str, name: str) -> None:
-    self.run_job(job_id, host, lambda job: containers.rename_container(job.client, ref, name))
+def rename(self: JobTask, job_id: str, host: str, ref: str, name: str,
+           caller: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: containers.rename_container(
+        job.client, guarded(job, ref, caller, "rename"), name))
 
 
 @shared_task(bind=True, base=JobTask, name="containers.update")
-def update(self: JobTask, job_id: str, host: str, ref: str, changes: dict[str, Any]) -> None:
-    self.run_job(job_id, host, lambda job: containers.update_container(job.client, ref, changes))
+def update(self: JobTask, job_id: str, host: str, ref: str, changes: dict[str, Any],
+           caller: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: containers.update_container(
+        job.client, guarded(job, ref, caller, "update"), changes))
+
+
+def _removable_by(job: JobContext, caller: dict[str, Any]):
+    """A predicate: may ``caller`` remove this container (by id)? With the reason if not."""
+    def check(container_id: str) -> str | None:
+        try:
+            guarded(job, container_id, caller, "remove")
+        except DockyardError as exc:
+            return exc.detail
+        return None
+
+    return check
 
 
 @shared_task(bind=True, base=JobTask, name="containers.prune")
 def prune(self: JobTask, job_id: str, host: str, labels: list[str], until: str | None,
-          managed_only: bool) -> None:
-    self.run_job(job_id, host, lambda job: containers.prune_containers(
-        job.client, labels, until, managed_only))
+          managed_only: bool, caller: dict[str, Any]) -> None:
+    def operation(job: JobContext) -> dict[str, Any]:
+        if caller["role"] == "admin":
+            return containers.prune_containers(job.client, labels, until, managed_only)
+        # The engine's prune knows no owners: a non-admin's prune removes, one by one, the
+        # stopped containers it may remove.
+        return containers.prune_one_by_one(job.client, labels, until,
+                                           _removable_by(job, caller), job.check_cancelled)
+
+    self.run_job(job_id, host, operation)
 
 
 @shared_task(bind=True, base=JobTask, name="containers.remove_matching")
 def remove_matching(self: JobTask, job_id: str, host: str, match: dict[str, Any], force: bool,
-                    volumes: bool, managed_only: bool) -> None:
+                    volumes: bool, managed_only: bool, caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: containers.remove_matching(
         job.client, match, force=force, volumes=volumes, managed_only=managed_only,
-        checkpoint=job.check_cancelled))
+        checkpoint=job.check_cancelled,
+        removable=None if caller["role"] == "admin" else _removable_by(job, caller)))
 
 
 # -- reads --------------------------------------------------------------------------------
 
 
+def container_read(name: str, action: str, read: Callable[..., Any]) -> Task:
+    """Register a read of one container: ``read(client, inspect, *args)`` answers the caller.
+
+    The API sends ``(reply_id, host, revision, caller, ref, *args)``; the container is
+    inspected once and the caller's access to it checked (``guard.require_access``) first.
+    """
+    def run(self: QueryTask, reply_id: str, host: str, revision: int, caller: dict[str, Any],
+            ref: str, *args: Any) -> None:
+        def answer(client: docker.DockerClient) -> Any:
+            info = guard.require_access(client, ref, Principal.from_caller(caller), action,
+                                        host_policy(host))
+            return read(client, info, *args)
+
+        self.reply(reply_id, host, revision, answer)
+
+    run.__name__ = run.__qualname__ = name.replace(".", "_")
+    return shared_task(bind=True, base=QueryTask, name=name)(run)
+
+
 list_ = engine_read("containers.list",
                     lambda client, args: containers.list_containers(client, **args))
-inspect = engine_read("containers.inspect", containers.inspect_container)
 exists = engine_read("containers.exists", containers.container_exists)
-logs = engine_read("containers.logs",
-                   lambda client, ref, args: containers.container_logs(client, ref, **args))
-top = engine_read("containers.top", containers.container_top)
-stats = engine_read("containers.stats", containers.container_stats)
-changes = engine_read("containers.changes", containers.container_changes)
-ports = engine_read("containers.ports", containers.container_ports)
-check_running = engine_read(
-    "containers.check_running",
-    lambda client, ref, doing: containers.require_running(client, ref, doing)["Id"])
+inspect = container_read("containers.inspect", "inspect", lambda client, info: info)
+logs = container_read("containers.logs", "logs", lambda client, info, args:
+                      containers.container_logs(client, info["Id"], **args))
+top = container_read("containers.top", "top", lambda client, info, ps_args:
+                     containers.container_top(client, info["Id"], ps_args))
+stats = container_read("containers.stats", "stats",
+                       lambda client, info: containers.container_stats(client, info["Id"]))
+changes = container_read("containers.changes", "changes",
+                         lambda client, info: containers.container_changes(client, info["Id"]))
+ports = container_read("containers.ports", "port",
+                       lambda client, info: containers.container_ports(client, info["Id"]))
+# A precheck before an upload is spooled: may the caller do ``action`` to the container?
+check_access = engine_read(
+    "containers.check_access",
+    lambda client, caller, ref, action, host: guard.require_access(
+        client, ref, Principal.from_caller(caller), action, host_policy(host))["Id"])
+check_running = container_read(
+    "containers.check_running", "exec",
+    lambda client, info, doing: containers.require_running(client, info["Id"], doing)["Id"])
 
 
 @shared_task(bind=True, base=JobTask, name="containers.commit")
 def commit(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
-           push_repository: str | None) -> None:
+           push_repository: str | None, caller: dict[str, Any]) -> None:
     """``docker commit`` and, when asked, ``docker push`` of the new image."""
     from app.engine import images
     from tasks.images import layer_progress  # tasks.images imports this module
 
     def operation(job: JobContext) -> dict[str, Any]:
         made = containers.commit_container(
-            job.client, ref, spec["repository"], spec["tag"], message=spec["message"],
-            author=spec["author"], changes=spec["changes"], pause=spec["pause"])
+            job.client, guarded(job, ref, caller, "commit"), spec["repository"], spec["tag"],
+            message=spec["message"], author=spec["author"], changes=spec["changes"], pause=spec["pause"])
         made["pushed"] = None
         if push_repository:
             registry = spec["push"]["registry"]

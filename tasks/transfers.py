@@ -7,8 +7,10 @@ from typing import Any
 
 from celery import shared_task
 
-from app.engine import transfers
+from app.auth import Principal
+from app.engine import guard, transfers
 from tasks.base import JobContext, JobTask, StreamTask
+from tasks.containers import guarded, host_policy
 
 
 def _consuming(spool: str, operation):
@@ -28,10 +30,16 @@ def _consuming(spool: str, operation):
 # -- downloads ----------------------------------------------------------------------------
 
 
+def _allowed(client, host: str, caller: dict[str, Any], ref: str, action: str) -> str:
+    return guard.require_access(client, ref, Principal.from_caller(caller), action,
+                                host_policy(host))["Id"]
+
+
 @shared_task(bind=True, base=StreamTask, name="transfers.archive_out")
-def archive_out(self: StreamTask, pipe_id: str, host: str, revision: int, ref: str,
-                path: str) -> None:
-    self.stream(pipe_id, host, revision, lambda client: transfers.archive_out(client, ref, path))
+def archive_out(self: StreamTask, pipe_id: str, host: str, revision: int, caller: dict[str, Any],
+                ref: str, path: str) -> None:
+    self.stream(pipe_id, host, revision, lambda client: transfers.archive_out(
+        client, _allowed(client, host, caller, ref, "archive"), path))
 
 
 @shared_task(bind=True, base=StreamTask, name="transfers.save")
@@ -40,10 +48,10 @@ def save(self: StreamTask, pipe_id: str, host: str, revision: int, refs: list[st
 
 
 @shared_task(bind=True, base=StreamTask, name="transfers.follow_logs")
-def follow_logs(self: StreamTask, pipe_id: str, host: str, revision: int, ref: str,
-                args: dict[str, Any]) -> None:
-    self.stream(pipe_id, host, revision,
-                lambda client: transfers.follow_logs(client, ref, **args))
+def follow_logs(self: StreamTask, pipe_id: str, host: str, revision: int, caller: dict[str, Any],
+                ref: str, args: dict[str, Any]) -> None:
+    self.stream(pipe_id, host, revision, lambda client: transfers.follow_logs(
+        client, _allowed(client, host, caller, ref, "logs"), **args))
 
 
 @shared_task(bind=True, base=StreamTask, name="transfers.follow_events")
@@ -56,9 +64,10 @@ def follow_events(self: StreamTask, pipe_id: str, host: str, revision: int,
 
 
 @shared_task(bind=True, base=JobTask, name="transfers.archive_in")
-def archive_in(self: JobTask, job_id: str, host: str, ref: str, path: str, spool: str) -> None:
-    self.run_job(job_id, host, _consuming(
-        spool, lambda job, file: transfers.archive_in(job.client, ref, path, file)))
+def archive_in(self: JobTask, job_id: str, host: str, ref: str, path: str, spool: str,
+               caller: dict[str, Any]) -> None:
+    self.run_job(job_id, host, _consuming(spool, lambda job, file: transfers.archive_in(
+        job.client, guarded(job, ref, caller, "archive"), path, file)))
 
 
 @shared_task(bind=True, base=JobTask, name="transfers.load")

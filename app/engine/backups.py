@@ -15,6 +15,7 @@ from typing import Any
 import docker
 
 from app import __version__
+from app.auth import Principal
 from app.backups import (
     CHUNK_BYTES,
     FORMAT,
@@ -25,6 +26,7 @@ from app.backups import (
     part_name,
     read_part,
 )
+from app.engine import guard
 from app.engine.containers import (
     JOB_LABEL,
     MANAGED_LABEL,
@@ -34,6 +36,7 @@ from app.engine.containers import (
 )
 from app.engine.errors import raise_for_stream_chunk
 from app.errors import ConflictError
+from app.policy import SCOPE_LABEL, Policy
 from app.store import utcnow
 
 logger = logging.getLogger(__name__)
@@ -191,6 +194,7 @@ def back_up_container(client: docker.DockerClient, ref: str, storage: LocalBacku
         manifest = {
             "id": backup_id, "format": FORMAT, "dockyard_version": __version__, "host": host,
             "container": {"id": info["Id"], "name": info["Name"].lstrip("/")},
+            "scope": ((info.get("Config") or {}).get("Labels") or {}).get(SCOPE_LABEL),
             "image": info["Config"].get("Image"), "image_id": info.get("Image"),
             "created_at": utcnow(), "compression": options["compression"],
             "consistency": options["consistency"], "include_volumes": options["include_volumes"],
@@ -359,8 +363,8 @@ class _consistent:  # noqa: N801 (used as a context manager, reads like one)
 
 
 def restore_container(client: docker.DockerClient, storage: LocalBackupStorage, backup_id: str,
-                      spec: dict[str, Any], job_id: str, *, progress: Progress,
-                      checkpoint: Callable[[], None]) -> dict[str, Any]:
+                      spec: dict[str, Any], job_id: str, *, caller: Principal, policy: Policy,
+                      progress: Progress, checkpoint: Callable[[], None]) -> dict[str, Any]:
     """Verify the bundle, import its filesystem, recreate volumes and the container.
 
     ``spec`` is a provision spec (from ``restore_spec``, policy-checked by the caller). The
@@ -373,6 +377,7 @@ def restore_container(client: docker.DockerClient, storage: LocalBackupStorage, 
     manifest = storage.verify(backup_id, on_part=lambda part: progress(
         None, None, "parts", f"verifying {part['path']}"))
     checkpoint()
+    guard.check_named_volumes(client, spec, caller, policy)  # before a byte is loaded into one
     name = spec.get("name")
     if name and not spec.get("replace") and _adoptable(client, name, job_id) is False:
         raise ConflictError(f"container name '{name}' is already in use; pass replace: true "
@@ -391,7 +396,7 @@ def restore_container(client: docker.DockerClient, storage: LocalBackupStorage, 
         checkpoint()
         progress(2, 4, "steps", "creating the container")
         created = provision_container(client, {**spec, "start": False, "wait_for": "none"},
-                                      job_id, checkpoint=checkpoint)
+                                      job_id, caller=caller, policy=policy, checkpoint=checkpoint)
         progress(3, 4, "steps", "loading volume and bind archives")
         for part in manifest["parts"]:
             if part["kind"] in ("volume", "bind"):
@@ -401,7 +406,8 @@ def restore_container(client: docker.DockerClient, storage: LocalBackupStorage, 
                                                  part["compression"]))
         if spec.get("start", True):
             progress(4, 4, "steps", "starting the container")
-            created = provision_container(client, spec, job_id, checkpoint=checkpoint)
+            created = provision_container(client, spec, job_id, caller=caller, policy=policy,
+                                          checkpoint=checkpoint)
         info = client.api.inspect_container(created["id"])
     except BaseException:
         for volume in created_volumes:

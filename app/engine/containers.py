@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +12,11 @@ import docker
 import requests
 from docker.types import Healthcheck, LogConfig, Mount
 
+from app.auth import Principal
+from app.engine import guard
 from app.engine.images import ensure_image
 from app.errors import ConflictError, EngineError, NotFoundError, QueryTimeoutError
+from app.policy import SCOPE_LABEL, Policy
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +151,12 @@ def _state(client: docker.DockerClient, ref: str) -> dict[str, Any]:
 ProgressFn = Callable[[int | None, int | None, str, str], None]
 
 
-def create_kwargs(spec: dict[str, Any], job_id: str) -> dict[str, Any]:
+def create_kwargs(spec: dict[str, Any], job_id: str, scope: str = "*") -> dict[str, Any]:
     """Translate a validated spec into ``create_container`` arguments.
 
     Only fields named here reach the engine, so nothing in a request can be smuggled
-    into the HostConfig.
+    into the HostConfig. ``scope`` is the creating token's host scope, kept as a label so
+    that later calls know whose container it is.
     """
     port_bindings: dict[str, list[tuple[str, int | None] | int | None]] = {}
     exposed = []
@@ -183,10 +188,12 @@ def create_kwargs(spec: dict[str, Any], job_id: str) -> dict[str, Any]:
     for field, arg in (("privileged", "privileged"), ("cap_add", "cap_add"),
                        ("devices", "devices"), ("sysctls", "sysctls"),
                        ("security_opt", "security_opt"), ("pid_mode", "pid_mode"),
-                       ("ipc_mode", "ipc_mode"), ("uts_mode", "uts_mode")):
+                       ("ipc_mode", "ipc_mode"), ("uts_mode", "uts_mode"),
+                       ("userns_mode", "userns_mode"), ("cgroupns", "cgroupns")):
         if spec.get(field):
             host_config[arg] = spec[field]
-    labels = {**(spec.get("labels") or {}), MANAGED_LABEL: "true", JOB_LABEL: job_id}
+    labels = {**(spec.get("labels") or {}), MANAGED_LABEL: "true", JOB_LABEL: job_id,
+              SCOPE_LABEL: scope}
     kwargs: dict[str, Any] = {
         "image": spec["image"], "name": spec.get("name"), "command": spec.get("command"),
         "entrypoint": spec.get("entrypoint"), "environment": spec.get("env") or None,
@@ -220,17 +227,22 @@ def find_by_job(client: docker.DockerClient, job_id: str) -> dict[str, Any] | No
 
 
 def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_id: str, *,
+                        caller: Principal, policy: Policy,
                         auth: dict[str, str] | None = None,
                         progress: ProgressFn | None = None,
                         checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """``docker run -d``: pull as the policy says, create, start, wait; clean up on failure.
 
+    What the spec refers to on the engine (network, named volumes, volumes_from, bind
+    sources) is judged before the create, and the created container's own mounts and
+    config before it starts (``app.engine.guard``), for ``caller`` under ``policy``.
     A redelivered job adopts the container its earlier delivery made, so a provision runs
     at most one container per job. ``checkpoint`` is called between steps and while
     waiting; it raises to abandon the provision (e.g. on cancel), which removes the container.
 
     Raises:
         ConflictError: the name is taken and ``replace`` is false.
+        PolicyViolationError: the spec refers to something the policy refuses; nothing is left.
         ProvisionFailedError: the container did not start or become healthy; it was removed.
     """
     def step(message: str, done: int) -> None:
@@ -241,6 +253,7 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     if earlier is not None:
         logger.info("job %s adopts container %s", job_id, earlier["Id"][:12])
         try:
+            guard.check_created(client, earlier["Id"], spec, caller, policy)
             return _finish(client, earlier["Id"], spec, adopted=True, checkpoint=checkpoint)
         except BaseException:
             _discard(client, earlier["Id"])
@@ -249,15 +262,18 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     step("pulling image" if spec.get("pull") != "never" else "checking image", 0)
     ensure_image(client, spec["image"], spec.get("pull", "missing"), auth, progress)
     checkpoint()
+    guard.check_references(client, spec, caller, policy)
     step("creating container", 1)
-    displaced = _displace(client, spec, job_id)
+    displaced = _displace(client, spec, job_id, caller, policy)
     try:
-        created = client.api.create_container(**_with_host_config(client, create_kwargs(spec, job_id)))
+        created = client.api.create_container(**_with_host_config(
+            client, create_kwargs(spec, job_id, caller.scope)))
     except BaseException:
         _restore(client, displaced, spec.get("name"))
         raise
     container_id = created["Id"]
     try:
+        guard.check_created(client, container_id, spec, caller, policy)
         result = _finish(client, container_id, spec, adopted=False, step=step,
                          checkpoint=checkpoint)
     except BaseException:
@@ -276,8 +292,12 @@ def _with_host_config(client: docker.DockerClient, kwargs: dict[str, Any]) -> di
     return kwargs
 
 
-def _displace(client: docker.DockerClient, spec: dict[str, Any], job_id: str) -> dict[str, Any] | None:
-    """Make room for a named container: 409 if taken, or set the old one aside when replacing."""
+def _displace(client: docker.DockerClient, spec: dict[str, Any], job_id: str, caller: Principal,
+              policy: Policy) -> dict[str, Any] | None:
+    """Make room for a named container: 409 if taken, or set the old one aside when replacing.
+
+    Replacing removes the old container, so the caller must be one who may remove it.
+    """
     name = spec.get("name")
     if not name:
         return None
@@ -287,6 +307,7 @@ def _displace(client: docker.DockerClient, spec: dict[str, Any], job_id: str) ->
         return None
     if not spec.get("replace"):
         raise ConflictError(f"container name '{name}' is already in use", name=name)
+    guard.require_access(client, old["Id"], caller, "remove", policy)
     was_running = old["State"]["Running"]
     if was_running:
         client.api.stop(old["Id"], timeout=10)
@@ -703,12 +724,59 @@ def prune_containers(client: docker.DockerClient, labels: list[str], until: str 
             "space_reclaimed": answer.get("SpaceReclaimed") or 0}
 
 
+def prune_one_by_one(client: docker.DockerClient, labels: list[str], until: str | None,
+                     refused: Callable[[str], str | None],
+                     checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """``docker container prune`` for a caller who may remove only some containers.
+
+    Stopped containers matching the filters are removed one by one when ``refused(id)``
+    has no objection; ``until`` keeps those created after that time (as the engine does).
+    """
+    filters: dict[str, Any] = {"status": ["exited", "created", "dead"]}
+    if labels:
+        filters["label"] = list(labels)
+    cutoff = _until_epoch(until) if until else None
+    deleted, reclaimed = [], 0
+    for row in client.api.containers(all=True, filters=filters, size=True):
+        checkpoint()
+        if cutoff is not None and row.get("Created", 0) >= cutoff:
+            continue
+        if refused(row["Id"]) is not None:
+            continue
+        try:
+            client.api.remove_container(row["Id"])
+        except docker.errors.APIError:
+            continue  # started again or removed meanwhile: prune leaves it
+        deleted.append(row["Id"])
+        reclaimed += row.get("SizeRw") or 0
+    return {"deleted": deleted, "space_reclaimed": reclaimed}
+
+
+_DURATION_PART = re.compile(r"(\d+)(ms|h|m|s)")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def _until_epoch(until: str) -> float:
+    """The engine's ``until`` filter (Unix time, RFC 3339 or a Go duration ago) as Unix time."""
+    try:
+        return float(until)
+    except ValueError:
+        pass
+    if _DURATION_PART.fullmatch(until) or re.fullmatch(r"(\d+(ms|h|m|s))+", until):
+        ago = sum(int(n) * _DURATION_SECONDS[unit] for n, unit in _DURATION_PART.findall(until))
+        return time.time() - ago
+    from datetime import datetime
+    return datetime.fromisoformat(until.replace("Z", "+00:00").replace(" ", "T")).timestamp()
+
+
 def remove_matching(client: docker.DockerClient, match: dict[str, Any], *, force: bool,
                     volumes: bool, managed_only: bool,
-                    checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                    checkpoint: Callable[[], None] = lambda: None,
+                    removable: Callable[[str], str | None] | None = None) -> dict[str, Any]:
     """``docker rm [-f] [-v] $(docker ps -aq --filter …)`` with an outcome per container.
 
-    Containers without ``dockyard.managed=true`` are skipped when ``managed_only``.
+    Containers without ``dockyard.managed=true`` are skipped when ``managed_only``, and so
+    are those ``removable(id)`` objects to (it answers the reason).
     """
     outcomes = []
     for row in list_containers(client, all=True, **match):
@@ -718,6 +786,10 @@ def remove_matching(client: docker.DockerClient, match: dict[str, Any], *, force
             outcomes.append({**entry, "outcome": "skipped",
                              "reason": "not managed by Dockyard (only admins may remove it, "
                                        "with managed_only=false)"})
+            continue
+        reason = removable(row["id"]) if removable else None
+        if reason is not None:
+            outcomes.append({**entry, "outcome": "skipped", "reason": reason})
             continue
         try:
             client.api.remove_container(row["id"], force=force, v=volumes)

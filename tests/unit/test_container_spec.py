@@ -109,8 +109,9 @@ def test_command_string_is_split_like_a_shell_and_env_list_becomes_a_map():
 def test_create_kwargs_carry_only_whitelisted_fields_and_dockyard_labels():
     spec = load(name="web", ports=["18080:8080", "127.0.0.1::53/udp"], volumes=["/srv/x:/w:ro"],
                 memory="64m", cpus=0.5, restart_policy={"name": "always"}, labels={"a": "b"})
-    kwargs = create_kwargs(spec, "JOB1")
-    assert kwargs["labels"] == {"a": "b", "dockyard.managed": "true", "dockyard.job": "JOB1"}
+    kwargs = create_kwargs(spec, "JOB1", "edge-1,edge-2")
+    assert kwargs["labels"] == {"a": "b", "dockyard.managed": "true", "dockyard.job": "JOB1",
+                                "dockyard.scope": "edge-1,edge-2"}
     host = kwargs["host_config"]
     assert host["port_bindings"] == {"8080/tcp": [18080], "53/udp": [("127.0.0.1", "")]}
     assert host["mem_limit"] == 64 << 20 and host["nano_cpus"] == 500_000_000

@@ -91,11 +91,92 @@ def test_image_registry_resolves_like_docker(reference, domain):
     assert image_registry(reference) == domain
 
 
-def test_resolved_bind_through_symlink_outside_roots_is_refused(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "ok").mkdir()
-    (root / "escape").symlink_to("/etc")
-    policy = Policy(bind_roots=(str(root),))
-    assert policy.check_resolved_bind(str(root / "ok")) == []
-    assert [v.rule for v in policy.check_resolved_bind(str(root / "escape"))] == ["bind-roots"]
+@pytest.mark.parametrize("network, rule", [
+    ("host", "no-host-network"), ("HOST", "no-host-network"), (" Host", "no-host-network"),
+    ("container:db", "no-container-namespace"), ("Container:db", "no-container-namespace"),
+    ("a1b2c3d4e5f6", "allowed-networks"), ("team-net", "allowed-networks"),
+    ("Bridge", "allowed-networks"),
+])
+def test_networks_are_an_allow_list(network, rule):
+    assert rules({"network": network}) == [rule]
+
+
+@pytest.mark.parametrize("network", [None, "bridge", "default", "none", "team-net"])
+def test_bridge_none_and_listed_networks_pass(network):
+    policy = Policy(bind_roots=(), allowed_networks=("team-net",))
+    assert rules({"network": network}, policy=policy) == []
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("pid_mode", "host", "no-host-pid"), ("pid_mode", "container:x", "no-container-namespace"),
+    ("pid_mode", "private", "private-namespaces"),
+    ("ipc_mode", "host", "no-host-ipc"), ("ipc_mode", "container:x", "no-container-namespace"),
+    ("uts_mode", "HOST", "no-host-uts"), ("userns_mode", "host", "no-host-userns"),
+    ("cgroupns", "host", "no-host-cgroupns"), ("ipc_mode", "weird", "private-namespaces"),
+])
+def test_namespace_modes_are_private_only(field, value, rule):
+    assert rules({field: value}) == [rule]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("ipc_mode", "private"), ("ipc_mode", "shareable"), ("ipc_mode", "none"),
+    ("cgroupns", "private"), ("pid_mode", None), ("uts_mode", ""),
+])
+def test_private_namespace_modes_pass(field, value):
+    assert rules({field: value}) == []
+
+
+def test_labels_under_the_dockyard_prefix_are_reserved():
+    assert rules({"labels": {"dockyard.system": "true"}}) == ["reserved-labels"]
+    assert rules({"labels": {"dockyard.scope": "*"}}) == ["reserved-labels"]
+    assert rules({"labels": {"dockyard.restored-from": "X", "team": "a"}}) == []
+
+
+@pytest.mark.parametrize("volume, rule", [
+    ({"Name": "v", "Driver": "local", "Options": {"type": "none", "o": "bind", "device": "/etc"}},
+     "volume-options"),
+    ({"Name": "v", "Driver": "local", "Options": {"type": "ext4", "device": "/dev/sda1"}},
+     "volume-options"),
+    ({"Name": "v", "Driver": "local", "Options": {"type": "tmpfs", "device": "/etc", "o": "bind"}},
+     "volume-options"),
+    ({"Name": "v", "Driver": "local", "Options": {"type": "nfs", "o": "addr=10.0.0.1"}},
+     "volume-options"),
+    ({"Name": "v", "Driver": "rexray"}, "volume-drivers"),
+    ({"Name": "v", "Driver": "local", "Labels": {"dockyard.system": "true"}}, "dockyard-system"),
+])
+def test_named_volumes_must_be_private_local_ones(volume, rule):
+    assert [v.rule for v in POLICY.volume_violations(volume)] == [rule]
+
+
+def test_plain_and_tmpfs_volumes_pass_and_admins_can_vouch_for_others():
+    assert POLICY.volume_violations({"Name": "v", "Driver": "local", "Options": None}) == []
+    assert POLICY.volume_violations({"Name": "v", "Driver": "local", "Options": {
+        "type": "tmpfs", "device": "tmpfs", "o": "size=64m"}}) == []
+    vouched = Policy(bind_roots=(), allowed_volumes=("nfs-share",))
+    assert vouched.volume_violations({"Name": "nfs-share", "Driver": "local",
+                                      "Options": {"type": "nfs", "o": "addr=x"}}) == []
+
+
+def _inspect(host_config=None, mounts=(), networks=("bridge",)):
+    return {"HostConfig": {"NetworkMode": "default", **(host_config or {})},
+            "Mounts": list(mounts), "NetworkSettings": {"Networks": {n: {} for n in networks}}}
+
+
+def test_a_plain_live_container_passes():
+    assert POLICY.live_violations(_inspect(mounts=[
+        {"Type": "volume", "Name": "data"}, {"Type": "bind", "Source": "/srv/dockyard/web"}])) == []
+
+
+@pytest.mark.parametrize("info, rule", [
+    (_inspect(mounts=[{"Type": "bind", "Source": "/"}]), "no-engine-socket"),
+    (_inspect(mounts=[{"Type": "bind", "Source": "/etc"}]), "bind-roots"),
+    (_inspect({"NetworkMode": "host"}, networks=("host",)), "no-host-network"),
+    (_inspect({"NetworkMode": "container:abc"}, networks=()), "no-container-namespace"),
+    (_inspect({"PidMode": "host"}), "no-host-pid"),
+    (_inspect({"IpcMode": "container:abc"}), "no-container-namespace"),
+    (_inspect({"Privileged": True}), "no-privileged"),
+    (_inspect({"CapAdd": ["SYS_ADMIN"]}), "no-cap-add"),
+    (_inspect(networks=("bridge", "other-net")), "allowed-networks"),
+])
+def test_live_configuration_is_judged_by_the_same_rules(info, rule):
+    assert rule in [v.rule for v in POLICY.live_violations(info)]

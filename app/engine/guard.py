@@ -1,0 +1,286 @@
+"""Containment on the engine: what a request refers to, and who may touch a container.
+
+The API judges a request by its text (``app.policy``); only the worker can see what the text
+names on the engine. Here, on the worker and just before the engine call:
+
+- a network is resolved by the engine (name, id or prefix) and must be an allowed one;
+- a named volume must be a private local one (``docker volume inspect``);
+- ``volumes_from`` may only name managed containers in the caller's scope whose own
+  configuration passes the policy;
+- bind sources are walked on the engine's own machine (a helper container that mounts the
+  bind root read-only at the same path, never started, asked for ``stat`` of each path
+  component): a symlink, socket or device anywhere below the root is refused;
+- a container may be changed or looked into by a non-admin only if Dockyard manages it, it
+  lies in the caller's scope and its live configuration passes the policy; Dockyard's own
+  containers (``dockyard.system``) are out of everyone's reach for the actions that would
+  expose them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import posixpath
+from typing import Any
+
+import docker
+from docker.types import Mount
+
+from app.auth import Principal
+from app.errors import ForbiddenError, NotFoundError
+from app.policy import (
+    BUILTIN_NETWORKS,
+    MANAGED_LABEL,
+    SCOPE_LABEL,
+    SYSTEM_LABEL,
+    Policy,
+    Violation,
+    raise_for,
+    volume_names,
+)
+
+logger = logging.getLogger(__name__)
+
+# What nobody, admins included, may do to Dockyard's own containers.
+SYSTEM_REFUSED = frozenset({"exec", "archive", "commit", "backup", "remove", "update", "session"})
+HELPER_LABEL = "dockyard.helper"
+_MAX_LINK_HOPS = 40
+# Go's os.FileMode bits as the engine reports them in a path stat.
+_MODE_SYMLINK = 1 << 27
+_MODE_DEVICE = 1 << 26
+_MODE_NAMED_PIPE = 1 << 25
+_MODE_SOCKET = 1 << 24
+_MODE_CHAR_DEVICE = 1 << 21
+_MODE_IRREGULAR = 1 << 19
+_FORBIDDEN_MODES = {_MODE_SYMLINK: "a symlink", _MODE_SOCKET: "a socket",
+                    _MODE_DEVICE: "a device", _MODE_CHAR_DEVICE: "a device",
+                    _MODE_NAMED_PIPE: "a named pipe", _MODE_IRREGULAR: "an irregular file"}
+
+
+def _excused(policy: Policy, caller: Principal, found: list[Violation]) -> list[Violation]:
+    return policy.excuse(found, caller.is_admin)
+
+
+# -- who may touch a container ------------------------------------------------------------
+
+def require_access(client: docker.DockerClient, ref: str, caller: Principal, action: str,
+                   policy: Policy) -> dict[str, Any]:
+    """The container's ``docker inspect`` if ``caller`` may do ``action`` to it.
+
+    Raises:
+        NotFoundError: no such container.
+        ForbiddenError: a Dockyard system container, or (non-admins) a container Dockyard
+            does not manage or that lies outside the caller's scope.
+        PolicyViolationError: (non-admins) its live configuration breaks the policy.
+    """
+    try:
+        info = client.api.inspect_container(ref)
+    except docker.errors.NotFound:
+        raise NotFoundError(f"no such container: {ref}") from None
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    name = info["Name"].lstrip("/")
+    if labels.get(SYSTEM_LABEL) == "true" and action in SYSTEM_REFUSED:
+        raise ForbiddenError(f"container '{name}' is part of Dockyard itself; no token may "
+                             f"{action} it", rule="dockyard-system")
+    if caller.is_admin:
+        return info
+    if labels.get(MANAGED_LABEL) != "true":
+        raise ForbiddenError(f"container '{name}' is not managed by Dockyard; only admins may "
+                             f"act on it (others see it in listings only)", rule="managed-only")
+    if not caller.within_scope(labels.get(SCOPE_LABEL)):
+        raise ForbiddenError(f"container '{name}' was created outside the scope of token "
+                             f"'{caller.name}'", rule="owner-scope")
+    raise_for(container_violations(client, info, caller, policy))
+    return info
+
+
+def container_violations(client: docker.DockerClient, info: dict[str, Any], caller: Principal,
+                         policy: Policy) -> list[Violation]:
+    """Every rule a container's live configuration breaks, its named volumes included."""
+    found = policy.live_violations(info)
+    for name in volume_names(info):
+        found.extend(_volume_violations(client, name, policy))
+    return _excused(policy, caller, found)
+
+
+def _volume_violations(client: docker.DockerClient, name: str, policy: Policy) -> list[Violation]:
+    try:
+        volume = client.api.inspect_volume(name)
+    except docker.errors.NotFound:
+        return []  # the engine creates a plain local volume under that name
+    return policy.volume_violations(volume)
+
+
+# -- what a provision spec refers to ------------------------------------------------------
+
+def check_references(client: docker.DockerClient, spec: dict[str, Any], caller: Principal,
+                     policy: Policy) -> None:
+    """Judge what ``spec`` names on the engine: network, named volumes, volumes_from, binds.
+
+    Raises:
+        PolicyViolationError: naming the first rule broken.
+    """
+    found = _network_violations(client, spec.get("network"), policy)
+    found.extend(_named_volume_violations(client, spec, policy))
+    for entry in spec.get("volumes_from") or []:
+        found.extend(_volumes_from_violations(client, entry.split(":")[0], caller, policy))
+    raise_for(_excused(policy, caller, found))
+    binds = [v["source"] for v in spec.get("volumes") or [] if v["type"] == "bind"]
+    if binds:
+        raise_for(_excused(policy, caller, resolve_binds(client, spec["image"], binds, policy)))
+
+
+def check_named_volumes(client: docker.DockerClient, spec: dict[str, Any], caller: Principal,
+                        policy: Policy) -> None:
+    """Judge only the named volumes ``spec`` mounts (before anything is written into them)."""
+    raise_for(_excused(policy, caller, _named_volume_violations(client, spec, policy)))
+
+
+def _named_volume_violations(client: docker.DockerClient, spec: dict[str, Any],
+                             policy: Policy) -> list[Violation]:
+    found: list[Violation] = []
+    for volume in spec.get("volumes") or []:
+        if volume["type"] == "volume" and volume.get("source"):
+            found.extend(_volume_violations(client, volume["source"], policy))
+    return found
+
+
+def _network_violations(client: docker.DockerClient, network: str | None,
+                        policy: Policy) -> list[Violation]:
+    found = list(policy.network_violations(network))
+    if found or network in (None, "", *BUILTIN_NETWORKS):
+        return found
+    # The engine resolves a name, an id or an id prefix: judge what it resolves to.
+    try:
+        resolved = client.api.inspect_network(network)
+    except docker.errors.NotFound:
+        return []  # create fails with the engine's own 404
+    if resolved.get("Name") not in policy.allowed_networks or resolved.get("Driver") == "host":
+        return [Violation("allowed-networks",
+                          f"network '{network}' resolves to '{resolved.get('Name')}' "
+                          f"(driver {resolved.get('Driver')}), which is not an allowed network")]
+    return []
+
+
+def _volumes_from_violations(client: docker.DockerClient, ref: str, caller: Principal,
+                             policy: Policy) -> list[Violation]:
+    try:
+        info = client.api.inspect_container(ref)
+    except docker.errors.NotFound:
+        return [Violation("volumes-from", f"volumes_from names no container '{ref}'")]
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    if labels.get(SYSTEM_LABEL) == "true":
+        return [Violation("dockyard-system", f"volumes_from '{ref}' is part of Dockyard itself")]
+    if not caller.is_admin:
+        if labels.get(MANAGED_LABEL) != "true":
+            return [Violation("volumes-from", f"volumes_from '{ref}': only containers managed "
+                                              "by Dockyard may lend their volumes")]
+        if not caller.within_scope(labels.get(SCOPE_LABEL)):
+            return [Violation("volumes-from", f"volumes_from '{ref}' lies outside the scope of "
+                                              f"token '{caller.name}'")]
+    return [Violation(v.rule, f"volumes_from '{ref}': {v.detail}")
+            for v in container_violations(client, info, caller, policy)]
+
+
+def check_created(client: docker.DockerClient, container_id: str, spec: dict[str, Any],
+                  caller: Principal, policy: Policy) -> None:
+    """Judge the created (not yet started) container by its own ``Mounts`` and config.
+
+    Whatever the create turned the spec into (mounts inherited through volumes_from, a
+    volume the engine made) must pass the policy too.
+    """
+    info = client.api.inspect_container(container_id)
+    found = container_violations(client, info, caller, policy)
+    asked = {posixpath.normpath(v["source"]) for v in spec.get("volumes") or []
+             if v["type"] == "bind"}
+    lent = set()
+    for ref in (e.split(":")[0] for e in spec.get("volumes_from") or []):
+        lent |= {posixpath.normpath(m.get("Source") or "")
+                 for m in client.api.inspect_container(ref).get("Mounts") or []
+                 if m.get("Type") == "bind"}
+    for mount in info.get("Mounts") or []:
+        if mount.get("Type") == "bind" and posixpath.normpath(mount.get("Source") or "") \
+                not in asked | lent:
+            found.append(Violation("bind-roots", f"the created container mounts "
+                                                 f"'{mount.get('Source')}', which was not asked for"))
+    raise_for(_excused(policy, caller, found))
+
+
+# -- bind sources, resolved on the engine's machine ---------------------------------------
+
+def resolve_binds(client: docker.DockerClient, image: str, sources: list[str],
+                  policy: Policy) -> list[Violation]:
+    """Walk each bind source on the engine's own filesystem; refuse links out of the root.
+
+    A helper container (never started) of ``image`` mounts each bind root read-only at its
+    own path; the engine's path stat of every component below the root tells a directory
+    from a symlink, socket or device. Any of those below the root is refused: a symlink
+    planted inside an allowed root (``ln -s /``, or a tar through ``archive``) would make
+    the engine mount whatever it points to.
+    """
+    found: list[Violation] = []
+    for source in sources:
+        found.extend(policy.bind_violations(source))
+    if found:
+        return found
+    roots = sorted({policy.root_of(posixpath.normpath(s)) for s in sources} - {None})
+    helper = _create_helper(client, image, roots)
+    if helper is None:
+        return []  # a root that does not exist: the create fails with the engine's answer
+    try:
+        for source in sources:
+            found.extend(_walk(client, helper, posixpath.normpath(source),
+                               policy.root_of(posixpath.normpath(source)) or "/"))
+    finally:
+        try:
+            client.api.remove_container(helper, force=True, v=True)
+        except docker.errors.APIError:
+            logger.warning("could not remove bind-check helper %s", helper[:12], exc_info=True)
+    return found
+
+
+def _create_helper(client: docker.DockerClient, image: str, roots: list[str]) -> str | None:
+    mounts = [Mount(target=root, source=root, type="bind", read_only=True) for root in roots]
+    try:
+        created = client.api.create_container(
+            image, command=["/dockyard-bind-check"], entrypoint=[], network_disabled=True,
+            labels={HELPER_LABEL: "bind-check"},
+            host_config=client.api.create_host_config(mounts=mounts, network_mode="none"))
+    except docker.errors.APIError as exc:
+        if exc.status_code == 400 and "bind source path does not exist" in str(exc.explanation):
+            return None
+        raise
+    return created["Id"]
+
+
+def _walk(client: docker.DockerClient, helper: str, source: str, root: str) -> list[Violation]:
+    """Stat each component of ``source`` below ``root``; the first bad one is the answer."""
+    below = [part for part in source[len(root):].split("/") if part]
+    path = root
+    for part in below:
+        path = posixpath.join(path, part)
+        stat = _path_stat(client, helper, path)
+        if stat is None:
+            return []  # does not exist (yet): the engine refuses a missing bind source
+        for bit, what in _FORBIDDEN_MODES.items():
+            if stat.get("mode", 0) & bit:
+                target = f" to '{stat.get('linkTarget')}'" if bit == _MODE_SYMLINK else ""
+                rule = "no-engine-socket" if bit == _MODE_SOCKET else "bind-roots"
+                return [Violation(rule, f"bind source '{source}': '{path}' is {what}{target} "
+                                        "on the engine's host; bind sources must be plain "
+                                        "directories or files under the allowed roots")]
+    return []
+
+
+def _path_stat(client: docker.DockerClient, container: str, path: str) -> dict[str, Any] | None:
+    """``HEAD /containers/{id}/archive?path=``: the engine's lstat of ``path``, or None."""
+    api = client.api
+    response = api.head(api._url("/containers/{0}/archive", container), params={"path": path},
+                        timeout=api.timeout)
+    if response.status_code == 404:
+        return None
+    api._raise_for_status(response)
+    header = response.headers.get("X-Docker-Container-Path-Stat")
+    return json.loads(base64.b64decode(header)) if header else None
+
