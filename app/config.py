@@ -5,12 +5,69 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
 _ROOT = Path(__file__).resolve().parent.parent
 
 
+class SettingsError(ValueError):
+    """A DOCKYARD_* variable cannot be used; the message names it."""
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _env_secret(name: str) -> str:
+    """A secret from the file ``NAME_FILE`` names (e.g. a compose secret), else from ``NAME``.
+
+    Files keep secrets out of the environment, which ``docker inspect`` and ``/proc`` show.
+
+    Raises:
+        SettingsError: ``NAME_FILE`` is set but cannot be read.
+    """
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return os.environ.get(name, "")
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SettingsError(f"{name}_FILE: cannot read {path}: {reason}") from None
+
+
+def _with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` as its Redis AUTH password (``unix://`` takes it as a query).
+
+    Raises:
+        SettingsError: the URL already carries a password of its own.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    if parts.password is not None or any(key == "password" for key, _ in query):
+        raise SettingsError("DOCKYARD_REDIS_URL carries a password and DOCKYARD_REDIS_PASSWORD "
+                            "(or _FILE) is set too: give the password in one place")
+    if parts.scheme == "unix":
+        return _unsplit(parts._replace(query=urlencode([*query, ("password", password)])))
+    user = quote(parts.username or "", safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return _unsplit(parts._replace(netloc=netloc))
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for logs and diagnostics."""
+    parts = urlsplit(url)
+    query = [(key, "***" if key == "password" else value) for key, value in parse_qsl(parts.query)]
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    return _unsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    # urlunsplit would turn unix:///path into unix:/path, which redis-py does not read.
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -39,9 +96,12 @@ def _env_list(name: str, default: str) -> tuple[str, ...]:
 class Settings:
     """Every knob Dockyard reads; each maps to one ``DOCKYARD_*`` variable."""
 
+    # With a password set, redis_url is the URL with it (see __post_init__): every client
+    # (store, Celery broker, health checks) connects with settings.redis_url.
     redis_url: str = field(default_factory=lambda: _env("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    secret_key: str = field(default_factory=lambda: _env("DOCKYARD_SECRET_KEY", ""))
-    admin_token: str = field(default_factory=lambda: _env("DOCKYARD_ADMIN_TOKEN", ""))
+    redis_password: str = field(default_factory=lambda: _env_secret("DOCKYARD_REDIS_PASSWORD"))
+    secret_key: str = field(default_factory=lambda: _env_secret("DOCKYARD_SECRET_KEY"))
+    admin_token: str = field(default_factory=lambda: _env_secret("DOCKYARD_ADMIN_TOKEN"))
     state_dir: Path = field(
         default_factory=lambda: Path(_env("DOCKYARD_STATE_DIR", str(_ROOT / ".state"))).resolve()
     )
@@ -97,6 +157,9 @@ class Settings:
             raise ValueError(
                 "DOCKYARD_VISIBILITY_TIMEOUT_SECONDS must exceed DOCKYARD_TASK_TIME_LIMIT_SECONDS, "
                 "or running jobs are delivered a second time")
+        if self.redis_password:
+            # The one place the password joins the URL (frozen: set through object).
+            object.__setattr__(self, "redis_url", _with_password(self.redis_url, self.redis_password))
 
     @property
     def run_dir(self) -> Path:
@@ -109,5 +172,7 @@ class Settings:
 
     def as_public_dict(self) -> dict[str, object]:
         """Settings without secrets, for diagnostics."""
-        hidden = {"secret_key", "admin_token"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        hidden = {"secret_key", "admin_token", "redis_password"}
+        public = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        public["redis_url"] = redacted_url(self.redis_url)
+        return public

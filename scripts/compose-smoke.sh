@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make compose-smoke`: build the images, bring docker-compose.yml up for real on the engine
-# in $DOCKER_HOST, provision a container through the composed API, check it runs, and tear
-# everything down again (containers, network, volumes, the images it built, the container
-# it provisioned). Exits non-zero on any failure. The base image is kept (it is a cache).
+# in $DOCKER_HOST, provision a container through the composed API, check it runs, check no
+# secret shows in `docker inspect` of any container of the stack and that Redis wants its
+# password and is on a network of its own, and tear everything down again (containers,
+# networks, volumes, the images it built, the container it provisioned, the secret files).
+# Exits non-zero on any failure. The base image is kept (it is a cache).
 #
 # It runs beside `make run`: its own compose project, the API on 127.0.0.1:18000, and no
 # published Redis or registry ports. DOCKYARD_SMOKE_KEEP_IMAGES=1 keeps the built images.
@@ -13,6 +15,8 @@ API_ADDR="${DOCKYARD_SMOKE_API:-127.0.0.1:18000}"
 TAG=smoke
 TARGET_PYTHON=3.11.2   # Debian bookworm's python3, which the image runs
 WORK="$STATE_DIR/compose-smoke"
+SECRETS="$RUN_DIR/compose-secrets-$PROJECT"   # DOCKYARD_SECRETS_DIR of the stack
+DOCKYARD_UID=10001                            # the service image's user (Dockerfile)
 started=$SECONDS
 
 [ -f "$RUN_DIR/env" ] && source "$RUN_DIR/env"
@@ -63,7 +67,7 @@ cleanup() {
         | xargs -r docker rmi >/dev/null 2>&1
     done
   fi
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$SECRETS"
   log "torn down; $((SECONDS - started)) s in all"
   exit $status
 }
@@ -92,11 +96,20 @@ rm -f "$ROOT"/wheels/dockyard-*.whl
 ls "$ROOT"/wheels/dockyard-*.whl >/dev/null
 
 secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }
+# The stack's secrets are files (compose secrets), 0600 in a 0700 folder; nothing secret
+# goes into the env file, which compose turns into container configuration.
 token="dy_$(secret)"
+redis_password=$(secret)
+rm -rf "$SECRETS"
+(umask 077
+ mkdir -p "$SECRETS"
+ secret > "$SECRETS/secret_key"
+ printf '%s' "$token" > "$SECRETS/admin_token"
+ printf '%s' "$redis_password" > "$SECRETS/redis_password"
+ printf '%s' "$redis_password" > "$SECRETS/redis_server_password")
+secret_values=("$(cat "$SECRETS/secret_key")" "$token" "$redis_password")
 (umask 077; cat > "$WORK/env" <<ENV
-DOCKYARD_SECRET_KEY=$(secret)
-DOCKYARD_ADMIN_TOKEN=$token
-DOCKYARD_REDIS_PASSWORD=$(secret)
+DOCKYARD_SECRETS_DIR=$SECRETS
 DOCKYARD_IMAGE=dockyard:$TAG
 DOCKYARD_REDIS_IMAGE=dockyard-redis:$TAG
 DOCKYARD_REGISTRY_IMAGE=dockyard-registry:$TAG
@@ -114,6 +127,11 @@ build_started=$SECONDS
 compose build -q >&2
 log "images built in $((SECONDS - build_started)) s: $(docker image ls --format '{{.Repository}}:{{.Tag}}={{.Size}}' \
   | grep ":$TAG=" | tr '\n' ' ')"
+
+# Compose bind-mounts secret files as they are, so each belongs to the user that reads it.
+redis_uid=$(docker run --rm --network none --entrypoint id "dockyard-redis:$TAG" -u)
+chown "$DOCKYARD_UID:$DOCKYARD_UID" "$SECRETS/secret_key" "$SECRETS/admin_token" "$SECRETS/redis_password"
+chown "$redis_uid:$redis_uid" "$SECRETS/redis_server_password"
 
 log "starting the stack (project $PROJECT)"
 up_started=$SECONDS
@@ -134,6 +152,33 @@ wait_for 240 all_healthy || { log "not healthy in time:"; cat "$WORK/states" >&2
 cat "$WORK/states" >&2
 wait_for 60 curl -sf "http://$API_ADDR/readyz" || { log "the API is not ready"; exit 1; }
 log "stack healthy in $((SECONDS - up_started)) s"
+
+log "no secret in docker inspect of any container of the stack"
+# shellcheck disable=SC2046
+docker inspect $(compose ps -q) > "$WORK/inspect.json"
+for value in "${secret_values[@]}"; do
+  if grep -qF -- "$value" "$WORK/inspect.json"; then
+    log "a secret shows in docker inspect of: $("$VENV/bin/python" -c '
+import json, sys
+print(" ".join(c["Name"] for c in json.load(open(sys.argv[1])) if sys.argv[2] in json.dumps(c)))' \
+      "$WORK/inspect.json" "$value")"
+    exit 1
+  fi
+done
+grep -q '"DOCKYARD_SECRET_KEY_FILE=/run/secrets/secret_key"' "$WORK/inspect.json" \
+  || { log "the services do not read DOCKYARD_SECRET_KEY_FILE"; exit 1; }
+
+log "Redis wants its password and shares a network only with Dockyard's services"
+answer=$(compose exec -T redis redis-cli ping 2>&1 || true)
+grep -q NOAUTH <<<"$answer" || { log "redis answered without a password: $answer"; exit 1; }
+networks_of() {
+  docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}' \
+    "$(compose ps -q "$1")"
+}
+! grep -qw "${PROJECT}_redis" <<<"$(networks_of registry)" \
+  || { log "the registry is on the Redis network"; exit 1; }
+[ "$(networks_of redis)" = "${PROJECT}_redis " ] \
+  || { log "redis is on other networks: $(networks_of redis)"; exit 1; }
 
 log "registering host 'local' inside the api container"
 compose exec -T api dockyard-admin register-local >&2

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
 
 import docker
 from docker.constants import DEFAULT_DOCKER_API_VERSION
-from docker.tls import TLSConfig
+from docker.transport.basehttpadapter import BaseHTTPAdapter
 
 from app.engine.ssh import ssh_docker_client
 
@@ -24,11 +25,53 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
+def engine_tls_context(tls: dict[str, str]) -> ssl.SSLContext:
+    """An mTLS client context built from PEM strings without writing the key to any filesystem.
+
+    ``ssl`` loads a certificate chain only from a path, so the chain and key go into an
+    anonymous memory file (memfd) that is closed, and so freed, as soon as they are loaded.
+    The context trusts the host's CA and nothing else, and checks the engine's name.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=tls["ca_cert"])
+    fd = os.memfd_create("dockyard-engine-tls", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as chain:
+            chain.write(f"{tls['client_cert'].strip()}\n{tls['client_key'].strip()}\n".encode())
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return context
+
+
+class InMemoryTLSAdapter(BaseHTTPAdapter):
+    """Engine HTTPS over one prepared SSL context, shared by every pooled connection.
+
+    requests' own verification would point urllib3 at CA and key *files* (and at certifi
+    when ``verify`` is True, which urllib3 would add to this very context); here the
+    context alone decides.
+    """
+
+    def __init__(self, context: ssl.SSLContext, max_pool_size: int) -> None:
+        self._context = context
+        super().__init__(pool_connections=1, pool_maxsize=max_pool_size)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
+                         **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, ssl_context=self._context,
+                                 **pool_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Leave verification to the context (CERT_REQUIRED, host's CA, hostname check)."""
+
+
 class EngineClients:
     """One client per host per process, keyed by the host record's revision."""
 
-    def __init__(self, tls_dir: Path, timeout: float, pool_size: int = 10) -> None:
-        self.tls_dir = tls_dir
+    def __init__(self, stale_tls_dir: Path | None, timeout: float, pool_size: int = 10) -> None:
+        # Earlier versions wrote TLS keys in clear under ``stale_tls_dir`` and never removed
+        # them; nothing is written there any more, so whatever is left is removed.
+        if stale_tls_dir is not None:
+            shutil.rmtree(stale_tls_dir, ignore_errors=True)
         self.timeout = timeout
         self.pool_size = pool_size
         self._clients: dict[str, tuple[int, docker.DockerClient]] = {}
@@ -72,10 +115,13 @@ class EngineClients:
             client = ssh_docker_client(record["url"], credentials or {}, _MIN_API_VERSION,
                                        self.timeout, self.pool_size)
         else:
-            tls_config = self._tls_config(record, credentials) if credentials else None
+            # tls=True turns tcp:// into https://; the adapter mounted next replaces docker-py's.
             client = docker.DockerClient(base_url=record["url"], version=_MIN_API_VERSION,
-                                         timeout=self.timeout, tls=tls_config,
+                                         timeout=self.timeout, tls=bool(credentials),
                                          max_pool_size=self.pool_size)
+            if credentials:
+                client.api.mount("https://", InMemoryTLSAdapter(engine_tls_context(credentials),
+                                                                self.pool_size))
         # requests would otherwise let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the host's CA
         # and route engine traffic through *_PROXY variables. It must be off before the first
         # call, so the API version is negotiated here rather than by version="auto".
@@ -87,18 +133,3 @@ class EngineClients:
             raise
         client.api._version = min(server, DEFAULT_DOCKER_API_VERSION, key=_version_key)
         return client
-
-    def _tls_config(self, record: dict[str, Any], tls: dict[str, str]) -> TLSConfig:
-        # docker-py and ssl need files; they live in a private directory of this process.
-        folder = self.tls_dir / f"{record['name']}-{record.get('revision', 1)}-{os.getpid()}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True, mode=0o700)
-        paths = {}
-        for field in ("ca_cert", "client_cert", "client_key"):
-            path = folder / f"{field}.pem"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(tls[field])
-            paths[field] = str(path)
-        return TLSConfig(client_cert=(paths["client_cert"], paths["client_key"]),
-                         ca_cert=paths["ca_cert"], verify=True)
