@@ -22,6 +22,7 @@ from app.chat import (
     verify_slack_request,
 )
 from app.grammar import Command, GrammarError, describe_job, parse, render
+from app.runtime import runtime
 from app.store import get_redis
 from app.webhooks import url_allowed, watch_job, webhook_settings
 from schemas.integrations import ChatReplySchema, ChatUserSchema, ChatUserSpecSchema
@@ -82,7 +83,9 @@ class ChatUsers(MethodView):
     @blp.response(200, ChatUserSchema(many=True))
     def get(self, platform: str) -> list[dict]:
         """Chat users mapped to Dockyard roles; anyone else is refused."""
-        return _users().list(platform)
+        caller = g.principal
+        return [u for u in _users().list(platform) if caller.hosts is None
+                or (u.get("hosts") is not None and set(u["hosts"]) <= caller.hosts)]
 
     @requires("admin")
     @blp.arguments(ChatUserSpecSchema)
@@ -90,8 +93,19 @@ class ChatUsers(MethodView):
     def post(self, spec: dict, platform: str) -> dict:
         """Map a chat user id to a token (its role and scope) or to a role and host scope.
 
-        Replaces an earlier mapping of the same user. Unmapped users are refused.
+        Replaces an earlier mapping of the same user. Unmapped users are refused. A host-scoped
+        admin maps users only within its own scope and role (403 `grant-within-scope`), and
+        cannot replace a mapping wider than that.
         """
+        caller = g.principal
+        if spec["token_id"] is not None:
+            token = runtime().tokens.get(spec["token_id"])
+            caller.require_grant_within_scope(token["role"], token.get("hosts"),
+                                              f"{platform} user '{spec['user_id']}'")
+        else:
+            caller.require_grant_within_scope(spec["role"], spec["hosts"],
+                                              f"{platform} user '{spec['user_id']}'")
+        _require_mapping_within(caller, platform, spec["user_id"])
         return _users().put(platform, spec["user_id"], role=spec["role"], hosts=spec["hosts"],
                             token_id=spec["token_id"], name=spec["name"],
                             created_by=g.principal.name)
@@ -103,7 +117,17 @@ class ChatUser(MethodView):
     @blp.response(204)
     def delete(self, platform: str, user_id: str) -> None:
         """Unmap a chat user: their commands are refused from now on."""
+        _require_mapping_within(g.principal, platform, user_id)
         _users().delete(platform, user_id)
+
+
+def _require_mapping_within(caller: Principal, platform: str, user_id: str) -> None:
+    """A host-scoped admin changes only mappings that act within its own scope."""
+    current = _users().principal_for(platform, user_id)
+    if current is not None:
+        caller.require_grant_within_scope(
+            current.role, None if current.hosts is None else sorted(current.hosts),
+            f"{platform} user '{user_id}' (mapped wider than this token)")
 
 
 def run_chat_command(platform: str, form: dict[str, str]) -> dict[str, Any]:

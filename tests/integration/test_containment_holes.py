@@ -1,0 +1,148 @@
+"""Containment holes: no token, chat user, job, bundle, delivery or upload reaches past its scope."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.conftest import ADMIN_TOKEN, Api
+from tests.integration.helpers import BUSYBOX
+
+GRANT_RULE = "grant-within-scope"
+
+
+def _forbidden_by_grant_rule(response) -> None:
+    assert response.status_code == 403, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    assert response.json()["rule"] == GRANT_RULE
+
+
+@pytest.fixture(scope="module")
+def scoped_admin(make_token) -> Api:
+    return make_token("admin", hosts=["local"])
+
+
+# -- 1. a host-scoped admin grants nothing wider than itself -----------------------------------
+
+
+def test_scoped_admin_cannot_mint_an_unscoped_or_wider_token(admin, scoped_admin):
+    names = [f"wide-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    for name, hosts in zip(names, (None, ["local", "elsewhere"]), strict=True):
+        response = scoped_admin.post("/tokens", json={"name": name, "role": "operator",
+                                                      "hosts": hosts})
+        _forbidden_by_grant_rule(response)
+    assert not {t["name"] for t in admin.get("/tokens").json()} & set(names)
+    inside = scoped_admin.post("/tokens", json={"name": f"in-{uuid.uuid4().hex[:6]}",
+                                                "role": "operator", "hosts": ["local"]})
+    assert inside.status_code == 201, inside.text
+
+
+def test_scoped_admin_cannot_revoke_a_token_wider_than_itself(admin, scoped_admin):
+    wide = admin.post("/tokens", json={"name": f"wide-{uuid.uuid4().hex[:6]}",
+                                       "role": "viewer", "hosts": None}).json()
+    _forbidden_by_grant_rule(scoped_admin.delete(f"/tokens/{wide['id']}"))
+    assert wide["id"] in {t["id"] for t in admin.get("/tokens").json()}
+    assert Api(admin.base.removesuffix("/api/v1"), wide["token"]).get("/hosts").status_code == 200
+    assert all(t["hosts"] is not None and set(t["hosts"]) <= {"local"}
+               for t in scoped_admin.get("/tokens").json())
+    admin.delete(f"/tokens/{wide['id']}")
+
+
+def test_scoped_admin_cannot_map_a_chat_user_wider_than_itself(admin, scoped_admin):
+    wide_token = admin.post("/tokens", json={"name": f"wide-{uuid.uuid4().hex[:6]}",
+                                             "role": "operator", "hosts": None}).json()
+    user = "U" + uuid.uuid4().hex[:8].upper()
+    for spec in ({"role": "operator", "hosts": None}, {"role": "operator", "hosts": ["other"]},
+                 {"token_id": wide_token["id"]}):
+        response = scoped_admin.post("/integrations/slack/users", json={"user_id": user, **spec})
+        _forbidden_by_grant_rule(response)
+    assert user not in {u["user_id"] for u in admin.get("/integrations/slack/users").json()}
+    inside = scoped_admin.post("/integrations/slack/users",
+                               json={"user_id": user, "role": "operator", "hosts": ["local"]})
+    assert inside.status_code == 201, inside.text
+    admin.delete(f"/integrations/slack/users/{user}")
+    admin.delete(f"/tokens/{wide_token['id']}")
+
+
+def test_scoped_admin_cannot_replace_or_unmap_a_wider_chat_user(admin, scoped_admin):
+    user = "U" + uuid.uuid4().hex[:8].upper()
+    assert admin.post("/integrations/mattermost/users",
+                      json={"user_id": user, "role": "admin"}).status_code == 201
+    before = [u for u in admin.get("/integrations/mattermost/users").json()
+              if u["user_id"] == user]
+    _forbidden_by_grant_rule(scoped_admin.post(
+        "/integrations/mattermost/users",
+        json={"user_id": user, "role": "viewer", "hosts": ["local"]}))
+    _forbidden_by_grant_rule(scoped_admin.delete(f"/integrations/mattermost/users/{user}"))
+    after = [u for u in admin.get("/integrations/mattermost/users").json()
+             if u["user_id"] == user]
+    assert after == before
+    assert user not in {u["user_id"] for u in scoped_admin.get(
+        "/integrations/mattermost/users").json()}
+    admin.delete(f"/integrations/mattermost/users/{user}")
+
+
+def test_scoped_admin_cannot_subscribe_a_webhook_to_every_host(admin, scoped_admin):
+    before = admin.get("/webhooks").json()
+    response = scoped_admin.post("/webhooks", json={
+        "url": "http://127.0.0.1:9/hook", "events": ["*"], "secret": "s" * 16, "hosts": None})
+    _forbidden_by_grant_rule(response)
+    assert admin.get("/webhooks").json() == before
+
+
+# -- 7. the bootstrap admin token is configuration ---------------------------------------------
+
+
+def test_bootstrap_admin_token_cannot_be_deleted_and_stays_usable(admin):
+    response = admin.delete("/tokens/bootstrap-admin")
+    assert response.status_code == 409, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    assert "DOCKYARD_ADMIN_TOKEN" in response.json()["detail"]
+    assert "bootstrap-admin" in {t["id"] for t in admin.get("/tokens").json()}
+    assert Api(admin.base.removesuffix("/api/v1"), ADMIN_TOKEN).get("/tokens").status_code == 200
+
+
+# -- 2. a job without a host is seen only by unscoped admins and its creator ---------------------
+
+
+@pytest.fixture(scope="module")
+def hostless_job(operator, engine):
+    """A fan-out parent (``host: null``) over every host, run by ``operator``."""
+    name = "dyt-fan-" + uuid.uuid4().hex[:8]
+    response = operator.post("/hosts/auto/containers", params={"wait": 60}, json={
+        "image": BUSYBOX, "name": name, "command": ["sleep", "60"],
+        "placement": {"labels": {}, "mode": "all"}})
+    assert response.status_code == 200, response.text
+    yield response.json()
+    engine.containers.get(name).remove(force=True)
+
+
+def test_hostless_job_is_hidden_from_other_non_admin_tokens(hostless_job, operator, admin,
+                                                           make_token):
+    job_id = hostless_job["id"]
+    assert hostless_job["host"] is None and hostless_job["children"]
+    others = [make_token("operator"), make_token("operator", hosts=["local"]),
+              make_token("admin", hosts=["local"])]
+    for other in others:
+        assert other.get(f"/jobs/{job_id}").status_code == 404
+        assert other.get(f"/jobs/{job_id}/events").status_code == 404
+        assert other.get(f"/jobs/{job_id}/deliveries").status_code == 404
+        refused = other.post(f"/jobs/{job_id}/cancel")
+        assert refused.status_code == 404, refused.text
+        assert refused.headers["Content-Type"].startswith("application/problem+json")
+        listed = other.get("/jobs", params={"kind": "containers.provision.fanout",
+                                            "limit": 200}).json()["items"]
+        assert job_id not in {j["id"] for j in listed}
+    assert operator.get(f"/jobs/{job_id}").json() == hostless_job  # nothing changed
+    assert admin.get(f"/jobs/{job_id}").status_code == 200
+    assert job_id in {j["id"] for j in operator.get(
+        "/jobs", params={"kind": "containers.provision.fanout", "limit": 200}).json()["items"]}
+
+
+def test_job_with_a_host_stays_visible_to_tokens_scoped_to_it(hostless_job, make_token):
+    scoped = make_token("viewer", hosts=["local"])
+    child = hostless_job["children"][0]
+    assert scoped.get(f"/jobs/{child}").json()["host"] == "local"
+    assert child in {j["id"] for j in scoped.get(
+        "/jobs", params={"kind": "containers.provision", "limit": 200}).json()["items"]}
