@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import uuid
 
+import docker
 import pytest
 
+from app.ids import new_id
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX
 
@@ -146,3 +150,53 @@ def test_job_with_a_host_stays_visible_to_tokens_scoped_to_it(hostless_job, make
     assert scoped.get(f"/jobs/{child}").json()["host"] == "local"
     assert child in {j["id"] for j in scoped.get(
         "/jobs", params={"kind": "containers.provision", "limit": 200}).json()["items"]}
+
+
+# -- 3. a tampered bundle is read only inside its own folder -----------------------------------
+
+
+def _tampered_copy(backups_dir, manifest: dict, rootfs_path: str) -> str:
+    """A bundle copied in under a new id whose manifest names ``rootfs_path`` for the rootfs."""
+    copy_id = new_id()
+    shutil.copytree(backups_dir / manifest["id"], backups_dir / copy_id)
+    written = json.loads((backups_dir / copy_id / "manifest.json").read_text())
+    written["id"] = copy_id
+    for part in written["parts"]:
+        if part["kind"] == "rootfs":
+            part["path"] = rootfs_path
+    (backups_dir / copy_id / "manifest.json").write_text(json.dumps(written))
+    return copy_id
+
+
+@pytest.mark.parametrize("escape", ["absolute", "dotdot", "symlink"])
+def test_bundle_whose_part_escapes_its_folder_is_refused_on_download_and_restore(
+        operator, engine, unique, state_dir, escape):
+    backups_dir = state_dir / "backups"
+    engine.containers.run(BUSYBOX, ["sleep", "300"], name=unique, detach=True)
+    try:
+        job = operator.post(f"/hosts/local/containers/{unique}/backups", params={"wait": 120},
+                            json={}).json()
+        assert job["state"] == "succeeded", job
+    finally:
+        engine.containers.get(unique).remove(force=True)
+    manifest = job["result"]
+    rootfs = next(p["path"] for p in manifest["parts"] if p["kind"] == "rootfs")
+    path = {"absolute": str(backups_dir / manifest["id"] / rootfs),
+            "dotdot": f"../{manifest['id']}/{rootfs}", "symlink": "linked.tar"}[escape]
+    copy_id = _tampered_copy(backups_dir, manifest, path)
+    if escape == "symlink":
+        (backups_dir / copy_id / "linked.tar").symlink_to(backups_dir / manifest["id"] / rootfs)
+
+    download = operator.get(f"/backups/{copy_id}/content")
+    assert download.status_code == 422, download.text
+    assert download.headers["Content-Type"].startswith("application/problem+json")
+    assert download.json()["part"] == path
+
+    restored = operator.post(f"/backups/{copy_id}/restore", params={"wait": 120},
+                             json={"name": f"{unique}-r"}).json()
+    assert restored["state"] == "failed", restored
+    assert restored["error"]["status"] == 422 and restored["error"]["part"] == path
+    assert "escapes the bundle folder" in restored["error"]["detail"]
+    assert engine.containers.list(all=True, filters={"name": f"^/{unique}-r$"}) == []
+    with pytest.raises(docker.errors.ImageNotFound):
+        engine.images.get(f"dockyard-restore/{unique}:backup-{copy_id.lower()}")
