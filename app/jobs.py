@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -72,13 +73,14 @@ class JobStore:
 
     def new_record(self, kind: str, host: str | None, target: str | None,
                    requested_by: str, token_id: str, queue: str,
-                   parent: str | None = None) -> dict[str, Any]:
+                   parent: str | None = None, spool: str | None = None) -> dict[str, Any]:
+        """A queued job's record; ``spool`` is the upload it consumes, if any."""
         return {
             "id": new_id(), "kind": kind, "state": QUEUED, "host": host or "",
             "target": target or "", "progress": None, "result": None, "error": None,
             "created_at": utcnow(), "started_at": "", "finished_at": "",
             "requested_by": requested_by, "token_id": token_id, "queue": queue,
-            "cancel_requested": "0", "parent": parent or "",
+            "cancel_requested": "0", "parent": parent or "", "spool": spool or "",
         }
 
     def add_to_pipeline(self, pipe: redis.client.Pipeline, record: dict[str, Any]) -> None:
@@ -267,6 +269,7 @@ class JobStore:
             self.redis.hset(job_key(job_id), "cancel_requested", "1")
             self.add_event(job_id, "log", {"message": "cancellation requested"})
         else:
+            discard_spool(self.get(job_id))
             self.notify_parent(job_id)
         return self.get(job_id)
 
@@ -338,6 +341,19 @@ def public_view(record: dict[str, Any]) -> dict[str, Any]:
         "children": record.get("children") or None,
         "links": {"self": f"/api/v1/jobs/{job_id}", "events": f"/api/v1/jobs/{job_id}/events"},
     }
+
+
+def discard_spool(record: dict[str, Any]) -> None:
+    """Delete the upload a job was given, once it is sure never to run (cancelled while queued).
+
+    Only a file named like ``spool_upload`` names them, in a ``spool`` folder, is removed.
+    """
+    spool = record.get("spool")
+    if not spool:
+        return
+    path = Path(spool)
+    if path.is_absolute() and path.parent.name == "spool" and path.suffix == ".tar":
+        path.unlink(missing_ok=True)
 
 
 def visible_to(record: dict[str, Any], caller: Principal) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,17 @@ from app.engine import transfers
 from tasks.base import JobContext, JobTask, StreamTask
 
 
-def _consuming(spool: str, operation):
+def _consuming(task: JobTask, job_id: str, host: str, spool: str,
+               operation: Callable[[JobContext, Path], dict[str, Any] | None]) -> None:
     """Run an operation on an uploaded file and delete the file once the job is final.
 
-    A worker killed mid-job leaves the file for the redelivered job.
+    The file goes as well when the job does not run at all (cancelled while queued). A
+    worker killed mid-job never reaches the ``finally``: the redelivered job finds the file.
     """
-    def run(job: JobContext) -> dict[str, Any]:
-        try:
-            return operation(job, Path(spool))
-        finally:
-            Path(spool).unlink(missing_ok=True)
-
-    return run
+    try:
+        task.run_job(job_id, host, lambda job: operation(job, Path(spool)))
+    finally:
+        Path(spool).unlink(missing_ok=True)
 
 
 # -- downloads ----------------------------------------------------------------------------
@@ -57,19 +57,19 @@ def follow_events(self: StreamTask, pipe_id: str, host: str, revision: int,
 
 @shared_task(bind=True, base=JobTask, name="transfers.archive_in")
 def archive_in(self: JobTask, job_id: str, host: str, ref: str, path: str, spool: str) -> None:
-    self.run_job(job_id, host, _consuming(
-        spool, lambda job, file: transfers.archive_in(job.client, ref, path, file)))
+    _consuming(self, job_id, host, spool,
+               lambda job, file: transfers.archive_in(job.client, ref, path, file))
 
 
 @shared_task(bind=True, base=JobTask, name="transfers.load")
 def load(self: JobTask, job_id: str, host: str, spool: str) -> None:
-    self.run_job(job_id, host, _consuming(
-        spool, lambda job, file: transfers.load_images(job.client, file, on_line=job.log)))
+    _consuming(self, job_id, host, spool,
+               lambda job, file: transfers.load_images(job.client, file, on_line=job.log))
 
 
 @shared_task(bind=True, base=JobTask, name="transfers.import")
 def import_(self: JobTask, job_id: str, host: str, spool: str, repository: str | None,
             tag: str | None, changes: list[str]) -> None:
-    self.run_job(job_id, host, _consuming(
-        spool, lambda job, file: transfers.import_image(job.client, file, repository, tag,
-                                                        changes)))
+    _consuming(self, job_id, host, spool,
+               lambda job, file: transfers.import_image(job.client, file, repository, tag,
+                                                        changes))

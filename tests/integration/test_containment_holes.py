@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
+import tarfile
 import uuid
 
 import docker
@@ -11,7 +14,8 @@ import pytest
 
 from app.ids import new_id
 from tests.integration.conftest import ADMIN_TOKEN, Api
-from tests.integration.helpers import BUSYBOX
+from tests.integration.helpers import BUSYBOX, eventually
+from tests.integration.test_jobs import slow_spec
 
 GRANT_RULE = "grant-within-scope"
 
@@ -200,3 +204,98 @@ def test_bundle_whose_part_escapes_its_folder_is_refused_on_download_and_restore
     assert engine.containers.list(all=True, filters={"name": f"^/{unique}-r$"}) == []
     with pytest.raises(docker.errors.ImageNotFound):
         engine.images.get(f"dockyard-restore/{unique}:backup-{copy_id.lower()}")
+
+
+# -- 5. an upload never outlives the job it was spooled for ------------------------------------
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _spooled(state_dir) -> set:
+    folder = state_dir / "spool"
+    return set(folder.iterdir()) if folder.is_dir() else set()
+
+
+@pytest.fixture
+def managed_box(operator, engine, unique):
+    """A running container Dockyard made (so every role rule lets the operator use it)."""
+    job = operator.post("/hosts/local/containers", params={"wait": 60}, json={
+        "image": BUSYBOX, "name": unique, "command": ["sleep", "600"]}).json()
+    assert job["state"] == "succeeded", job
+    yield unique
+    engine.containers.get(unique).remove(force=True)
+
+
+def _absent_in(engine, box: str, path: str) -> bool:
+    try:
+        engine.containers.get(box).get_archive(path)
+    except docker.errors.NotFound:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("route", ["archive", "load", "import"])
+def test_upload_refused_after_spooling_leaves_nothing_in_the_spool(operator, managed_box,
+                                                                   state_dir, engine, route):
+    url = {"archive": f"/hosts/local/containers/{managed_box}/archive",
+           "load": "/hosts/local/images/load", "import": "/hosts/local/images/import"}[route]
+    before = _spooled(state_dir)
+    send = operator.put if route == "archive" else operator.post
+    response = send(url, params={"path": "/"} if route == "archive" else {},
+                    data=_tar({"refused.txt": b"never lands\n"}),
+                    headers={"Content-Type": "application/x-tar",
+                             "Dockyard-Callback-URL": "http://10.9.8.7/hook"})
+    assert response.status_code == 422, response.text
+    assert "callback_url" in response.json()["errors"]
+    assert _spooled(state_dir) <= before
+    assert _absent_in(engine, managed_box, "/refused.txt")
+
+
+def test_replayed_upload_is_not_kept_in_the_spool(operator, managed_box, state_dir, engine):
+    before = _spooled(state_dir)
+    headers = {"Content-Type": "application/x-tar", "Idempotency-Key": uuid.uuid4().hex}
+    body = _tar({"once.txt": b"once\n"})
+    url = f"/hosts/local/containers/{managed_box}/archive"
+    first = operator.put(url, params={"path": "/", "wait": 30}, data=body, headers=headers)
+    again = operator.put(url, params={"path": "/", "wait": 30}, data=body, headers=headers)
+    assert first.json()["state"] == "succeeded", first.text
+    assert again.json()["id"] == first.json()["id"]
+    assert _spooled(state_dir) <= before
+
+
+def test_upload_cancelled_while_queued_is_removed_from_the_spool(operator, managed_box,
+                                                                 state_dir, engine, unique):
+    # The ops lane has two worker processes: two slow jobs fill it, the upload waits.
+    blockers = [f"{unique}-b{i}" for i in range(2)]
+    blocking = [operator.post("/hosts/local/containers", json=slow_spec(n)).json()["id"]
+                for n in blockers]
+    try:
+        eventually(lambda: all(operator.get(f"/jobs/{j}").json()["state"] == "running"
+                               for j in blocking))
+        before = _spooled(state_dir)
+        queued = operator.put(f"/hosts/local/containers/{managed_box}/archive",
+                              params={"path": "/"}, data=_tar({"late.txt": b"late\n"}),
+                              headers={"Content-Type": "application/x-tar"}).json()
+        assert queued["state"] == "queued"
+        assert len(_spooled(state_dir) - before) == 1
+        cancelled = operator.post(f"/jobs/{queued['id']}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert _spooled(state_dir) <= before
+    finally:
+        for job_id in blocking:
+            operator.post(f"/jobs/{job_id}/cancel")
+        for job_id in blocking:
+            operator.wait_job(job_id)
+        for name in blockers:
+            with contextlib.suppress(docker.errors.NotFound):
+                engine.containers.get(name).remove(force=True)
+    assert operator.wait_job(queued["id"], timeout=5)["started_at"] is None
+    assert _absent_in(engine, managed_box, "/late.txt")
