@@ -16,6 +16,7 @@ from app.ids import new_id
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX, eventually
 from tests.integration.test_jobs import slow_spec
+from tests.integration.test_webhooks import Receiver, signed_payload
 
 GRANT_RULE = "grant-within-scope"
 
@@ -299,3 +300,30 @@ def test_upload_cancelled_while_queued_is_removed_from_the_spool(operator, manag
                 engine.containers.get(name).remove(force=True)
     assert operator.wait_job(queued["id"], timeout=5)["started_at"] is None
     assert _absent_in(engine, managed_box, "/late.txt")
+
+
+# -- 4. a delivery connects to the address that was checked -------------------------------------
+
+
+def test_callback_to_a_name_is_delivered_to_the_checked_address_with_its_host_header(
+        operator, engine, unique):
+    # The allow-list holds 127.0.0.1 only; `localhost` is allowed because it resolves there,
+    # and the receiver, listening on 127.0.0.1 only, gets the POST addressed to the name.
+    receiver = Receiver()
+    port = receiver.url.rsplit(":", 1)[1]
+    try:
+        response = operator.post(
+            "/hosts/local/containers",
+            headers={"Dockyard-Callback-URL": f"http://localhost:{port}/pinned"},
+            json={"image": BUSYBOX, "name": unique, "command": ["sleep", "60"]})
+        assert response.status_code == 202, response.text
+        eventually(lambda: receiver.to("/pinned"))
+        delivery = receiver.to("/pinned")[0]
+        assert delivery["headers"]["Host"] == f"localhost:{port}"
+        assert signed_payload(delivery)["data"]["id"] == response.json()["id"]
+        log = eventually(lambda: operator.get(f"/jobs/{response.json()['id']}/deliveries").json())
+        assert log[0]["outcome"] == "delivered"
+    finally:
+        receiver.close()
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.containers.get(unique).remove(force=True)
