@@ -13,6 +13,7 @@ from api.common import accepts, requires
 from app import jobs as jobstates
 from app.auth import Principal
 from app.chat import (
+    CHAT_ENVIRON,
     PLATFORMS,
     ChatUserStore,
     mattermost_token,
@@ -147,7 +148,14 @@ def run_chat_command(platform: str, form: dict[str, str]) -> dict[str, Any]:
         return message(f"`{command.name}` is destructive: repeat it with `--yes` to confirm.")
     logger.info("chat command platform=%s user=%s command=%s", platform, caller.name,
                 command.name)
-    status, payload = dispatch_as(caller, command)
+    status, payload = dispatch_as(caller, command, {"platform": platform,
+                                                    "user_id": form.get("user_id"),
+                                                    "user_name": form.get("user_name")})
+    if status == 429:
+        retry = payload.get("retry_after", 1) if isinstance(payload, dict) else 1
+        return message(f"Slow down: you sent more commands than your Dockyard limit allows "
+                       f"(the limit of {caller.name}). `{command.name}` did not run; try again "
+                       f"in {retry} s.")
     if status >= 400:
         return message(_problem_text(payload, command))
     if _is_job(payload) and command.name not in ("job", "cancel"):
@@ -181,28 +189,26 @@ def _problem_text(problem: Any, command: Command) -> str:
     return text
 
 
-def dispatch_as(caller: Principal, command: Command) -> tuple[int, Any]:
-    """Run ``command`` through the API's own view as ``caller``: same validation and policy.
+def dispatch_as(caller: Principal, command: Command,
+                sender: dict[str, Any]) -> tuple[int, Any]:
+    """Run ``command`` through the API as ``caller``, exactly as an HTTP call would run.
 
-    A request context for the command's route is pushed inside this one and its view
-    dispatched directly (the bearer-token check is the one step skipped: the caller was
-    authenticated by the chat platform), then the after-request hooks run, so the audit
-    log records it like any other request.
+    A request context for the command's route is pushed inside this one and fully
+    dispatched: every before-request hook (rate limits included) and after-request hook
+    (the audit record) runs. Authentication takes ``caller`` from the request's environ,
+    where only this function puts it (the chat platform authenticated the sender), and
+    the audit record names ``sender``, the chat user.
     """
     app = current_app._get_current_object()
     path = "/api/v1" + command.path
-    kwargs: dict[str, Any] = {"method": command.method, "query_string": command.query}
+    kwargs: dict[str, Any] = {"method": command.method, "query_string": command.query,
+                              "headers": {"X-Request-ID": g.get("request_id", "")},
+                              "environ_overrides": {CHAT_ENVIRON: {"principal": caller,
+                                                                   **sender}}}
     if command.body is not None:
         kwargs["json"] = command.body
     with app.test_request_context(path, **kwargs):
-        g.principal = caller
-        try:
-            if request.routing_exception is not None:
-                raise request.routing_exception
-            answer = app.dispatch_request()
-        except Exception as exc:
-            answer = app.handle_user_exception(exc)
-        response: Response = app.process_response(app.make_response(answer))
+        response: Response = app.make_response(app.full_dispatch_request())
         if response.is_json:
             return response.status_code, response.get_json()
         return response.status_code, response.get_data(as_text=True)

@@ -7,14 +7,17 @@ import io
 import json
 import shutil
 import tarfile
+import time
 import uuid
 
 import docker
 import pytest
 
 from app.ids import new_id
+from app.store import PREFIX
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX, eventually
+from tests.integration.test_chatops import slack_request
 from tests.integration.test_jobs import slow_spec
 from tests.integration.test_webhooks import Receiver, signed_payload
 
@@ -325,5 +328,65 @@ def test_callback_to_a_name_is_delivered_to_the_checked_address_with_its_host_he
         assert log[0]["outcome"] == "delivered"
     finally:
         receiver.close()
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.containers.get(unique).remove(force=True)
+
+
+# -- 6. chat commands pass the same rate limits and audit as HTTP calls --------------------------
+
+
+def _fill_rate_window(test_redis, token_id: str, route_class: str, count: int) -> None:
+    """Use up a token's per-second budget for the next few windows, as a burst would."""
+    now = int(time.time())
+    for window in range(now - 1, now + 30):
+        test_redis.set(f"{PREFIX}rl:{token_id}:{route_class}:{window}", count, ex=40)
+
+
+@pytest.fixture
+def chat_token_user(admin):
+    """A Slack user mapped to an operator token with its own small ops limit."""
+    token = admin.post("/tokens", json={"name": f"chat-{uuid.uuid4().hex[:6]}",
+                                        "role": "operator", "rate_limit": {"ops": 3}}).json()
+    user = "U" + uuid.uuid4().hex[:8].upper()
+    assert admin.post("/integrations/slack/users", json={
+        "user_id": user, "token_id": token["id"], "name": "limited"}).status_code == 201
+    yield token, user
+    admin.delete(f"/integrations/slack/users/{user}")
+    admin.delete(f"/tokens/{token['id']}")
+
+
+def test_chat_command_over_the_mapped_tokens_rate_limit_is_refused_in_chat_words_and_audited(
+        stack, admin, engine, test_redis, chat_token_user, unique):
+    token, user = chat_token_user
+    _fill_rate_window(test_redis, token["id"], "ops", 3)
+    reply = slack_request(stack, f"run local -d --name {unique} {BUSYBOX} sleep 60",
+                          user_id=user)
+    assert reply.status_code == 200
+    text = reply.json()["text"]
+    assert text.startswith("Slow down") and "did not run" in text and "try again in" in text
+    assert engine.containers.list(all=True, filters={"name": f"^/{unique}$"}) == []
+    entries = admin.get("/audit", params={"actor": "slack:limited", "limit": 20}).json()["items"]
+    refused = next(e for e in entries if e["status"] == 429)
+    assert refused["outcome"] == "denied" and refused["token_id"] == token["id"]
+    assert refused["route"] == "/api/v1/hosts/<string:host>/containers"
+    assert refused["chat"] == {"platform": "slack", "user_id": user, "user_name": "alice"}
+
+
+def test_chat_command_writes_the_audit_record_an_http_call_writes(stack, admin, engine,
+                                                                  chat_token_user, unique):
+    token, user = chat_token_user
+    try:
+        reply = slack_request(stack, f"run local -d --name {unique} {BUSYBOX} sleep 60",
+                              user_id=user)
+        assert reply.status_code == 200 and "Slow down" not in reply.json()["text"]
+        entries = admin.get("/audit", params={"actor": "slack:limited",
+                                              "limit": 20}).json()["items"]
+        made = next(e for e in entries if e["method"] == "POST" and e["status"] == 202)
+        assert made["outcome"] == "ok" and made["host"] == "local" and made["job_id"]
+        assert made["token_id"] == token["id"] and made["request_id"]
+        assert made["chat"] == {"platform": "slack", "user_id": user, "user_name": "alice"}
+        assert made["request"]["body"]["name"] == unique
+        admin.wait_job(made["job_id"])
+    finally:
         with contextlib.suppress(docker.errors.NotFound):
             engine.containers.get(unique).remove(force=True)
