@@ -16,11 +16,18 @@ def _consuming(task: JobTask, job_id: str, host: str, spool: str,
                operation: Callable[[JobContext, Path], dict[str, Any] | None]) -> None:
     """Run an operation on an uploaded file and delete the file once the job is final.
 
-    The file goes as well when the job does not run at all (cancelled while queued). A
-    worker killed mid-job never reaches the ``finally``: the redelivered job finds the file.
+    The file goes before the job's final state is written (whoever waits for the job then
+    finds it gone), and also when the job does not run at all (cancelled while queued). A
+    worker killed mid-job reaches neither: the redelivered job finds the file.
     """
+    def run(job: JobContext) -> dict[str, Any] | None:
+        try:
+            return operation(job, Path(spool))
+        finally:
+            Path(spool).unlink(missing_ok=True)
+
     try:
-        task.run_job(job_id, host, lambda job: operation(job, Path(spool)))
+        task.run_job(job_id, host, run)
     finally:
         Path(spool).unlink(missing_ok=True)
 
