@@ -121,7 +121,7 @@ def submit_build(spec: dict[str, Any], spool: Path | None) -> Any:
         spool.unlink(missing_ok=True)
     return start_job("builds.build", host_record=record,
                      target=spec["tags"][0] if spec["tags"] else None,
-                     args=[task_spec, context], body=body)
+                     args=[task_spec, context], body=body, spool=spool)
 
 
 def _sealed(arg: dict[str, Any]) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import g, request
@@ -86,14 +87,34 @@ def job_answer(record: dict[str, Any], wait: float | None = None) -> tuple[dict,
 
 def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | None,
               args: list[Any], body: Any = None,
-              precheck: Callable[[], None] | None = None) -> tuple[dict, int, dict]:
+              precheck: Callable[[], None] | None = None,
+              spool: Path | None = None) -> tuple[dict, int, dict]:
     """Record and enqueue a job for the current request, honouring Idempotency-Key.
+
+    ``spool`` is an upload already on disk that the job consumes: it is deleted when the job
+    is refused (any error here), when a replay answers with an earlier job, and, as the job
+    record names it, when the job is cancelled while queued.
 
     A repeated request answers with the original job before ``precheck`` runs, since the
     state it checks (a free container name, say) is what the first request changed.
     A ``Dockyard-Callback-URL`` header gets the job's outcome posted there (signed), and is
     refused with 422 before anything is recorded if its host is not allowed.
     """
+    try:
+        record, created = _record_job(kind, host_record, target, args, body, precheck, spool)
+    except BaseException:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+        raise
+    if spool is not None and not created:
+        spool.unlink(missing_ok=True)  # a replay: the earlier job had its own upload
+    return job_answer(record)
+
+
+def _record_job(kind: str, host_record: dict[str, Any] | None, target: str | None,
+                args: list[Any], body: Any, precheck: Callable[[], None] | None,
+                spool: Path | None) -> tuple[dict[str, Any], bool]:
+    """The job this request made now (True), or the one an Idempotency-Key replays (False)."""
     callback = request.headers.get(CALLBACK_HEADER) or g.get("callback_url")
     if callback is not None:
         check_callback_url(callback)
@@ -104,15 +125,16 @@ def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | No
         fingerprint = runtime().idempotency.fingerprint(request.method, request.path, body)
         earlier = runtime().idempotency.lookup(principal().token_id, key, fingerprint)
         if earlier is not None:
-            return job_answer(runtime().jobs.get(earlier))
+            return runtime().jobs.get(earlier), False
         idempotency = (key, fingerprint)
     if precheck is not None:
         precheck()
     record, created = submit_job(kind, principal(), host_record=host_record, target=target,
-                                 args=args, idempotency=idempotency)
+                                 args=args, idempotency=idempotency,
+                                 spool=str(spool) if spool is not None else None)
     if callback is not None and created:
         watch_job(record["id"], {"format": "dockyard", "url": callback})
-    return job_answer(record)
+    return record, created
 
 
 def require_json_object() -> dict:

@@ -13,6 +13,7 @@ from api.common import accepts, requires
 from app import jobs as jobstates
 from app.auth import Principal
 from app.chat import (
+    CHAT_ENVIRON,
     PLATFORMS,
     ChatUserStore,
     mattermost_token,
@@ -22,6 +23,7 @@ from app.chat import (
     verify_slack_request,
 )
 from app.grammar import Command, GrammarError, describe_job, parse, render
+from app.runtime import runtime
 from app.store import get_redis
 from app.webhooks import url_allowed, watch_job, webhook_settings
 from schemas.integrations import ChatReplySchema, ChatUserSchema, ChatUserSpecSchema
@@ -82,7 +84,9 @@ class ChatUsers(MethodView):
     @blp.response(200, ChatUserSchema(many=True))
     def get(self, platform: str) -> list[dict]:
         """Chat users mapped to Dockyard roles; anyone else is refused."""
-        return _users().list(platform)
+        caller = g.principal
+        return [u for u in _users().list(platform) if caller.hosts is None
+                or (u.get("hosts") is not None and set(u["hosts"]) <= caller.hosts)]
 
     @requires("admin")
     @blp.arguments(ChatUserSpecSchema)
@@ -90,8 +94,19 @@ class ChatUsers(MethodView):
     def post(self, spec: dict, platform: str) -> dict:
         """Map a chat user id to a token (its role and scope) or to a role and host scope.
 
-        Replaces an earlier mapping of the same user. Unmapped users are refused.
+        Replaces an earlier mapping of the same user. Unmapped users are refused. A host-scoped
+        admin maps users only within its own scope and role (403 `grant-within-scope`), and
+        cannot replace a mapping wider than that.
         """
+        caller = g.principal
+        if spec["token_id"] is not None:
+            token = runtime().tokens.get(spec["token_id"])
+            caller.require_grant_within_scope(token["role"], token.get("hosts"),
+                                              f"{platform} user '{spec['user_id']}'")
+        else:
+            caller.require_grant_within_scope(spec["role"], spec["hosts"],
+                                              f"{platform} user '{spec['user_id']}'")
+        _require_mapping_within(caller, platform, spec["user_id"])
         return _users().put(platform, spec["user_id"], role=spec["role"], hosts=spec["hosts"],
                             token_id=spec["token_id"], name=spec["name"],
                             created_by=g.principal.name)
@@ -103,7 +118,17 @@ class ChatUser(MethodView):
     @blp.response(204)
     def delete(self, platform: str, user_id: str) -> None:
         """Unmap a chat user: their commands are refused from now on."""
+        _require_mapping_within(g.principal, platform, user_id)
         _users().delete(platform, user_id)
+
+
+def _require_mapping_within(caller: Principal, platform: str, user_id: str) -> None:
+    """A host-scoped admin changes only mappings that act within its own scope."""
+    current = _users().principal_for(platform, user_id)
+    if current is not None:
+        caller.require_grant_within_scope(
+            current.role, None if current.hosts is None else sorted(current.hosts),
+            f"{platform} user '{user_id}' (mapped wider than this token)")
 
 
 def run_chat_command(platform: str, form: dict[str, str]) -> dict[str, Any]:
@@ -123,7 +148,14 @@ def run_chat_command(platform: str, form: dict[str, str]) -> dict[str, Any]:
         return message(f"`{command.name}` is destructive: repeat it with `--yes` to confirm.")
     logger.info("chat command platform=%s user=%s command=%s", platform, caller.name,
                 command.name)
-    status, payload = dispatch_as(caller, command)
+    status, payload = dispatch_as(caller, command, {"platform": platform,
+                                                    "user_id": form.get("user_id"),
+                                                    "user_name": form.get("user_name")})
+    if status == 429:
+        retry = payload.get("retry_after", 1) if isinstance(payload, dict) else 1
+        return message(f"Slow down: you sent more commands than your Dockyard limit allows "
+                       f"(the limit of {caller.name}). `{command.name}` did not run; try again "
+                       f"in {retry} s.")
     if status >= 400:
         return message(_problem_text(payload, command))
     if _is_job(payload) and command.name not in ("job", "cancel"):
@@ -157,28 +189,26 @@ def _problem_text(problem: Any, command: Command) -> str:
     return text
 
 
-def dispatch_as(caller: Principal, command: Command) -> tuple[int, Any]:
-    """Run ``command`` through the API's own view as ``caller``: same validation and policy.
+def dispatch_as(caller: Principal, command: Command,
+                sender: dict[str, Any]) -> tuple[int, Any]:
+    """Run ``command`` through the API as ``caller``, exactly as an HTTP call would run.
 
-    A request context for the command's route is pushed inside this one and its view
-    dispatched directly (the bearer-token check is the one step skipped: the caller was
-    authenticated by the chat platform), then the after-request hooks run, so the audit
-    log records it like any other request.
+    A request context for the command's route is pushed inside this one and fully
+    dispatched: every before-request hook (rate limits included) and after-request hook
+    (the audit record) runs. Authentication takes ``caller`` from the request's environ,
+    where only this function puts it (the chat platform authenticated the sender), and
+    the audit record names ``sender``, the chat user.
     """
     app = current_app._get_current_object()
     path = "/api/v1" + command.path
-    kwargs: dict[str, Any] = {"method": command.method, "query_string": command.query}
+    kwargs: dict[str, Any] = {"method": command.method, "query_string": command.query,
+                              "headers": {"X-Request-ID": g.get("request_id", "")},
+                              "environ_overrides": {CHAT_ENVIRON: {"principal": caller,
+                                                                   **sender}}}
     if command.body is not None:
         kwargs["json"] = command.body
     with app.test_request_context(path, **kwargs):
-        g.principal = caller
-        try:
-            if request.routing_exception is not None:
-                raise request.routing_exception
-            answer = app.dispatch_request()
-        except Exception as exc:
-            answer = app.handle_user_exception(exc)
-        response: Response = app.process_response(app.make_response(answer))
+        response: Response = app.make_response(app.full_dispatch_request())
         if response.is_json:
             return response.status_code, response.get_json()
         return response.status_code, response.get_data(as_text=True)

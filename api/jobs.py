@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from flask import Response, request, stream_with_context
@@ -20,10 +21,10 @@ blp = Blueprint("jobs", __name__, description="Jobs: the state of every operatio
 _SSE_IDLE_SECONDS = 15
 
 
-def _visible_job(job_id: str) -> dict:
+def visible_job(job_id: str) -> dict:
+    """The job, if the caller may see it (404 otherwise, as for a job that does not exist)."""
     record = runtime().jobs.get(job_id)
-    host = record.get("host")
-    if host and not principal().may_see_host(host):
+    if not jobstates.visible_to(record, principal()):
         raise NotFoundError(f"no job '{job_id}'")
     return record
 
@@ -37,7 +38,8 @@ class Jobs(MethodView):
         """List jobs, newest first."""
         items, next_cursor = runtime().jobs.list(
             state=args.get("state"), kind=args.get("kind"), host=args.get("host"),
-            hosts_allowed=principal().hosts, limit=args["limit"], cursor=args.get("cursor"))
+            visible=functools.partial(jobstates.visible_to, caller=principal()),
+            limit=args["limit"], cursor=args.get("cursor"))
         return {"items": [jobstates.public_view(r) for r in items], "next_cursor": next_cursor}
 
 
@@ -48,7 +50,7 @@ class Job(MethodView):
     @blp.response(200, JobSchema)
     def get(self, args: dict, job_id: str) -> dict:
         """Get one job; ``?wait=N`` long-polls until it finishes or N seconds pass."""
-        record = _visible_job(job_id)
+        record = visible_job(job_id)
         wait = min(args["wait"], runtime().settings.max_wait_seconds)
         if wait > 0:
             record = runtime().jobs.wait_final(job_id, wait)
@@ -61,7 +63,7 @@ class JobCancel(MethodView):
     @blp.response(200, JobSchema)
     def post(self, job_id: str) -> dict:
         """Cancel a job: a queued one at once, a running one at its next checkpoint."""
-        _visible_job(job_id)
+        visible_job(job_id)
         return jobstates.public_view(runtime().jobs.request_cancel(job_id))
 
 
@@ -71,7 +73,7 @@ class JobEvents(MethodView):
     @blp.response(200, description="text/event-stream of progress, log and state events")
     def get(self, job_id: str) -> Response:
         """Stream a job's events (SSE); resumes after ``Last-Event-ID``."""
-        _visible_job(job_id)
+        visible_job(job_id)
         after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0-0"
         return Response(stream_with_context(_sse(job_id, after)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

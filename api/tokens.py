@@ -8,7 +8,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, requires
-from app.errors import ForbiddenError, InvalidInputError
+from app.auth import BOOTSTRAP_ID, GRANT_RULE, Principal
+from app.errors import InvalidInputError, PolicyViolationError
 from app.runtime import runtime
 from schemas.tokens import TokenCreatedSchema, TokenCreateSchema, TokenSchema
 
@@ -21,18 +22,15 @@ class Tokens(MethodView):
     @blp.response(200, TokenSchema(many=True))
     def get(self) -> list[dict]:
         """List tokens (never their secrets)."""
-        return runtime().tokens.list()
+        caller = principal()
+        return [t for t in runtime().tokens.list() if _within(caller, t.get("hosts"))]
 
     @requires("admin")
     @blp.arguments(TokenCreateSchema)
     @blp.response(201, TokenCreatedSchema)
     def post(self, body: dict) -> dict:
         """Create a token; the answer holds the secret, which is not stored and not shown again."""
-        caller = principal()
-        if caller.hosts is not None and (body["hosts"] is None
-                                         or not set(body["hosts"]) <= caller.hosts):
-            raise ForbiddenError("a host-scoped token can only create tokens within its own "
-                                 f"hosts ({', '.join(sorted(caller.hosts))})")
+        principal().require_grant_within_scope(body["role"], body["hosts"], "a new token")
         expires = body["expires_at"]
         if expires is not None and expires <= datetime.now(UTC):
             raise InvalidInputError("expires_at is in the past",
@@ -49,5 +47,21 @@ class Token(MethodView):
     @requires("admin")
     @blp.response(204)
     def delete(self, token_id: str) -> None:
-        """Revoke a token."""
+        """Revoke a token; a host-scoped admin revokes only tokens inside its own scope.
+
+        The bootstrap admin token is configuration (DOCKYARD_ADMIN_TOKEN): 409.
+        """
+        caller = principal()
+        if token_id != BOOTSTRAP_ID and not _within(caller, runtime().tokens.get(token_id)
+                                                    .get("hosts")):
+            raise PolicyViolationError(GRANT_RULE, f"token '{caller.name}' is scoped to hosts "
+                                       f"({', '.join(sorted(caller.hosts or ()))}) and cannot "
+                                       f"revoke token '{token_id}', whose scope is wider")
         runtime().tokens.delete(token_id)
+
+
+def _within(caller: Principal, hosts: list[str] | None) -> bool:
+    """True if a token scoped to ``hosts`` (None: every host) lies inside ``caller``'s scope."""
+    if caller.hosts is None:
+        return True
+    return hosts is not None and set(hosts) <= caller.hosts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from flask import Response, request, stream_with_context
@@ -31,13 +32,16 @@ blp = Blueprint("transfers", __name__, description="Tar transfers and live strea
 TAR_TYPES = ("application/x-tar", "application/octet-stream", "application/gzip")
 
 
-def spooled_tar() -> str:
-    """Spool the request body (a tar) to shared disk and return its path."""
+def spooled_tar() -> Path:
+    """Spool the request body (a tar) to shared disk and return its path.
+
+    Hand the path to ``start_job(spool=…)``, which deletes it if the job is refused.
+    """
     request.max_content_length = runtime().settings.max_upload_bytes
     path = spool_upload(request.stream, spool_dir(runtime().settings.state_dir),
                         runtime().settings.max_upload_bytes)
     require_tar(path)
-    return str(path)
+    return path
 
 
 def relay(reader: PipeReader) -> Iterator[bytes]:
@@ -99,9 +103,10 @@ class ContainerArchive(MethodView):
         record = host_record(host)
         # Refused before a byte of the upload is spooled.
         run_query("containers.check_access", record, [caller_context(), ref, "archive", host])
+        spool = spooled_tar()
         return start_job("transfers.archive_in", host_record=record, target=ref,
-                         args=[ref, args["path"], spooled_tar(), caller_context()],
-                         body={"path": args["path"]})
+                         args=[ref, args["path"], str(spool), caller_context()],
+                         body={"path": args["path"]}, spool=spool)
 
 
 @blp.route("/hosts/<string:host>/images/save")
@@ -123,8 +128,9 @@ class ImageLoad(MethodView):
     def post(self, host: str) -> Any:
         """`docker load`: load images from an uploaded `docker save` tar (job)."""
         record = host_record(host)
+        spool = spooled_tar()
         return start_job("transfers.load", host_record=record, target=None,
-                         args=[spooled_tar()], body={})
+                         args=[str(spool)], body={}, spool=spool)
 
 
 @blp.route("/hosts/<string:host>/images/import")
@@ -137,9 +143,10 @@ class ImageImport(MethodView):
         """`docker import - [REPO[:TAG]] --change …`: a filesystem tar becomes an image (job)."""
         record = host_record(host)
         args.pop("wait")
+        spool = spooled_tar()
         return start_job("transfers.import", host_record=record, target=args["repository"],
-                         args=[spooled_tar(), args["repository"], args["tag"], args["change"]],
-                         body=args)
+                         args=[str(spool), args["repository"], args["tag"], args["change"]],
+                         body=args, spool=spool)
 
 
 @blp.route("/hosts/<string:host>/events/stream")

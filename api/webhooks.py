@@ -6,8 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, requires
-from app.errors import NotFoundError
-from app.runtime import runtime
+from api.jobs import visible_job
 from app.webhooks import envelope, job_log, public_subscription, subscription_log, webhooks
 from schemas.webhooks import (
     DeliveryAttemptSchema,
@@ -35,8 +34,11 @@ class Webhooks(MethodView):
 
         Filters: `job.succeeded`, `job.failed`, `job.cancelled`, `engine.<type>.<action>`
         (`engine.container.die`, `engine.container.health_status`), with `*` wildcards.
-        Every delivery is a `WebhookPayload`, signed with `secret`.
+        Every delivery is a `WebhookPayload`, signed with `secret`. A host-scoped admin must
+        name hosts inside its own scope (403 `grant-within-scope`): events are data.
         """
+        principal().require_grant_within_scope("viewer", spec["hosts"],
+                                               "a webhook subscription")
         return webhooks().create(spec["url"], spec["events"], spec["secret"], spec["hosts"],
                                  principal().name)
 
@@ -89,7 +91,5 @@ class JobDeliveries(MethodView):
     @blp.response(200, DeliveryAttemptSchema(many=True))
     def get(self, job_id: str) -> list[dict]:
         """Attempts to deliver this job's outcome to its callback URL or chat reply URL."""
-        record = runtime().jobs.get(job_id)
-        if record.get("host") and not principal().may_see_host(record["host"]):
-            raise NotFoundError(f"no job '{job_id}'")
+        visible_job(job_id)
         return webhooks().attempts(job_log(job_id))

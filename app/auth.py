@@ -13,7 +13,13 @@ from typing import Any
 
 import redis
 
-from app.errors import ForbiddenError, NotFoundError, UnauthorizedError
+from app.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PolicyViolationError,
+    UnauthorizedError,
+)
 from app.ids import new_id
 from app.store import PREFIX, utcnow
 
@@ -22,6 +28,7 @@ _RANK = {role: rank for rank, role in enumerate(ROLES)}
 _BY_HASH = PREFIX + "tokens:by-hash"
 _BY_ID = PREFIX + "tokens:by-id"
 BOOTSTRAP_ID = "bootstrap-admin"
+GRANT_RULE = "grant-within-scope"
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,30 @@ class Principal:
         return cls(caller.get("id", ""), caller.get("name", ""), caller["role"],
                    None if hosts is None else frozenset(hosts))
 
+    def require_grant_within_scope(self, role: str, hosts: list[str] | None, what: str) -> None:
+        """Refuse to hand anyone (a token, a chat user, a subscription) more than this caller has.
+
+        Raises:
+            PolicyViolationError: ``role`` outranks the caller's, or ``hosts`` (None: every
+                host) is not inside the caller's host scope (rule ``grant-within-scope``).
+        """
+        if _RANK[role] > _RANK[self.role]:
+            raise PolicyViolationError(
+                GRANT_RULE, f"token '{self.name}' is '{self.role}' and cannot grant {what} "
+                f"the '{role}' role", required_role=role)
+        if self.hosts is None:
+            return
+        if hosts is None:
+            raise PolicyViolationError(
+                GRANT_RULE, f"token '{self.name}' is scoped to hosts "
+                f"({', '.join(sorted(self.hosts))}) and cannot grant {what} every host")
+        outside = sorted(set(hosts) - self.hosts)
+        if outside:
+            raise PolicyViolationError(
+                GRANT_RULE, f"token '{self.name}' is scoped to hosts "
+                f"({', '.join(sorted(self.hosts))}) and cannot grant {what} host(s) "
+                f"{', '.join(outside)}", hosts=outside)
+
 
 def hash_token(secret: str) -> str:
     # Tokens carry 256 random bits, so a fast hash is enough; no salt is needed.
@@ -128,7 +159,31 @@ class TokenStore:
             record.pop("hash", None)
         return sorted(records, key=lambda r: r["created_at"])
 
+    def get(self, token_id: str) -> dict[str, Any]:
+        """One token's record (without its hash).
+
+        Raises:
+            NotFoundError: no such token.
+        """
+        raw = self.redis.hget(_BY_ID, token_id)
+        if raw is None:
+            raise NotFoundError(f"no token '{token_id}'")
+        record = json.loads(raw)
+        record.pop("hash", None)
+        return record
+
     def delete(self, token_id: str) -> None:
+        """Revoke a token.
+
+        Raises:
+            NotFoundError: no such token.
+            ConflictError: the bootstrap admin token, which is configuration
+                (DOCKYARD_ADMIN_TOKEN) and would come back at the next start.
+        """
+        if token_id == BOOTSTRAP_ID:
+            raise ConflictError(f"token '{BOOTSTRAP_ID}' is configuration, not data: change or "
+                                "unset DOCKYARD_ADMIN_TOKEN and restart to replace it",
+                                token=BOOTSTRAP_ID)
         raw = self.redis.hget(_BY_ID, token_id)
         if raw is None:
             raise NotFoundError(f"no token '{token_id}'")

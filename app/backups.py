@@ -248,8 +248,14 @@ class LocalBackupStorage:
             return None
 
     def manifest(self, backup_id: str) -> dict[str, Any]:
+        """The bundle's manifest.
+
+        Raises:
+            NotFoundError: no such bundle.
+            BackupCorruptError: the bundle folder or its manifest is a symlink.
+        """
         try:
-            return json.loads((self._dir(backup_id) / MANIFEST).read_bytes())
+            return json.loads(self.part_path(backup_id, MANIFEST).read_bytes())
         except FileNotFoundError:
             raise NotFoundError(f"no backup '{backup_id}'") from None
 
@@ -259,8 +265,13 @@ class LocalBackupStorage:
             return []
         found = []
         for entry in os.scandir(self.root):
-            if entry.is_dir() and _ID.match(entry.name):
-                manifest = self.find(entry.name)
+            if entry.is_dir(follow_symlinks=False) and _ID.match(entry.name):
+                try:
+                    manifest = self.find(entry.name)
+                except BackupCorruptError:
+                    logger.warning("backup %s skipped: its manifest escapes the bundle folder",
+                                   entry.name)
+                    continue
                 if manifest is not None:
                     found.append(manifest)
         return sorted(found, key=lambda m: m["id"], reverse=True)
@@ -275,15 +286,44 @@ class LocalBackupStorage:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def part_path(self, backup_id: str, relative: str) -> Path:
-        return self._dir(backup_id) / relative
+        """Where a part named by the manifest lies, once it is sure to lie inside the bundle.
+
+        Bundles are written by Dockyard, but a bundle folder can be tampered with or copied
+        in: a manifest could name ``/etc/shadow`` or ``../other/part``, or a part could be a
+        symlink pointing out of the folder.
+
+        Raises:
+            BackupCorruptError: the path is absolute, has an empty, ``.`` or ``..`` component,
+                or it (or the bundle folder) is or passes through a symlink.
+        """
+        folder = self._dir(backup_id)
+        components = relative.split("/") if isinstance(relative, str) else [""]
+        if not relative or relative.startswith("/") or "\\" in relative or "\0" in relative \
+                or any(c in ("", ".", "..") for c in components):
+            raise _escaping_part(backup_id, relative)
+        current = folder
+        for component in ["", *components]:
+            current = current / component if component else current
+            if current.is_symlink():
+                raise _escaping_part(backup_id, relative)
+        if not current.resolve().is_relative_to(self.root.resolve() / backup_id):
+            raise _escaping_part(backup_id, relative)
+        return current
 
     def container_config(self, backup_id: str) -> dict[str, Any]:
         """The container's saved ``docker inspect`` document."""
         return json.loads(self.part_path(backup_id, "config.json").read_bytes())
 
     def archive(self, backup_id: str) -> BundleArchive:
+        """The bundle as a tar stream, every part checked to lie inside the bundle first.
+
+        Raises:
+            BackupCorruptError: a part path escapes the bundle folder.
+        """
         manifest = self.manifest(backup_id)
-        return BundleArchive(self._dir(backup_id), manifest)
+        paths = [self.part_path(backup_id, relative)
+                 for relative in [MANIFEST, *(p["path"] for p in manifest["parts"])]]
+        return BundleArchive(manifest, paths)
 
     def verify(self, backup_id: str, on_part: Any = None) -> dict[str, Any]:
         """The manifest, once every part's size and sha256 match it.
@@ -306,6 +346,12 @@ class LocalBackupStorage:
                     f"the manifest recorded {part['sha256']}; nothing was restored",
                     part=part["path"])
         return manifest
+
+
+def _escaping_part(backup_id: str, relative: Any) -> BackupCorruptError:
+    return BackupCorruptError(
+        f"backup '{backup_id}' is corrupt: part path '{relative}' escapes the bundle folder "
+        "(absolute, '..' or a symlink); nothing was read from it", part=str(relative))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -337,12 +383,13 @@ class BundleArchive:
     always gives the same bytes and a ``Range`` can be served without building the tar.
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, manifest: dict[str, Any], paths: list[Path]) -> None:
+        """``paths``: the manifest's file, then each part's, in the manifest's order."""
         self.manifest = manifest
         mtime = _epoch(manifest["created_at"])
         segments: list[_Segment] = []
-        for relative in [MANIFEST, *(p["path"] for p in manifest["parts"])]:
-            path = folder / relative
+        relatives = [MANIFEST, *(p["path"] for p in manifest["parts"])]
+        for relative, path in zip(relatives, paths, strict=True):
             size = path.stat().st_size
             info = tarfile.TarInfo(f"{manifest['id']}/{relative}")
             info.size, info.mtime, info.mode = size, mtime, 0o644
@@ -356,7 +403,7 @@ class BundleArchive:
         segments.append(_Segment(2 * tarfile.BLOCKSIZE, data=bytes(2 * tarfile.BLOCKSIZE)))
         self._segments = segments
         self.size = sum(s.length for s in segments)
-        self.etag = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+        self.etag = hashlib.sha256(paths[0].read_bytes()).hexdigest()
 
     def read(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes ``start`` to ``end`` inclusive (default: to the last), in chunks from disk."""

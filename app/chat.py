@@ -20,6 +20,9 @@ PLATFORMS = ("slack", "mattermost")
 SLACK_WINDOW_SECONDS = 300
 MESSAGE_LIMIT = 3500
 _USERS = PREFIX + "chat:users"
+# WSGI environ key of a chat command's request: the principal it acts as and who sent it.
+# Only dispatch_as sets it; a client's headers only ever reach the environ as HTTP_* keys.
+CHAT_ENVIRON = "dockyard.chat"
 
 
 def slack_signing_secret() -> str:
@@ -119,19 +122,26 @@ class ChatUserStore:
             raise NotFoundError(f"no {platform} user '{user_id}'")
 
     def principal_for(self, platform: str, user_id: str) -> Principal | None:
-        """The principal a chat user acts as, or None for a user nobody mapped."""
+        """The principal a chat user acts as, or None for a user nobody mapped.
+
+        A user mapped to a token acts as that token: its role, scope and rate limits, and
+        its id, so the user's commands count against the token's limits.
+        """
         raw = self.redis.hget(_USERS, self._key(platform, user_id)) if user_id else None
         if raw is None:
             return None
         record = json.loads(raw)
+        name = f"{platform}:{record['name']}"
         if record.get("token_id"):
             # Read the token on every command, so revoking or expiring it refuses the user.
             token = self._token(record["token_id"])
             if token is None or _expired(token.get("expires_at")):
                 return None
-            record = {**record, "role": token["role"], "hosts": token.get("hosts")}
+            hosts = token.get("hosts")
+            return Principal(token["id"], name, token["role"],
+                             None if hosts is None else frozenset(hosts), token.get("rate_limit"))
         hosts = record.get("hosts")
-        return Principal(f"{platform}:{user_id}", f"{platform}:{record['name']}", record["role"],
+        return Principal(f"{platform}:{user_id}", name, record["role"],
                          None if hosts is None else frozenset(hosts))
 
     def _token(self, token_id: str) -> dict[str, Any] | None:

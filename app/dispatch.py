@@ -66,7 +66,8 @@ def require_lane(queue: str, host: str | None) -> None:
 
 def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] | None,
                target: str | None, args: list[Any], idempotency: tuple[str, str] | None,
-               queue: str | None = None, parent: str | None = None) -> tuple[dict[str, Any], bool]:
+               queue: str | None = None, parent: str | None = None,
+               spool: str | None = None) -> tuple[dict[str, Any], bool]:
     """Record a job and enqueue its task.
 
     Args:
@@ -75,6 +76,7 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
         args: JSON-ready task arguments after the job id.
         idempotency: (key, request fingerprint) from an ``Idempotency-Key`` header.
         queue: explicit queue for host-less jobs.
+        spool: the uploaded file the job consumes (deleted if it is cancelled while queued).
 
     Returns:
         The job record and whether it was created now (False: an idempotent replay).
@@ -84,7 +86,7 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     queue = queue or (queues_for(host_record)[0] if host_record else "engine.ops")
     require_lane(queue, host)
     record = rt.jobs.new_record(kind, host, target, principal.name, principal.token_id, queue,
-                                parent=parent)
+                                parent=parent, spool=spool)
     if idempotency is not None:
         earlier = rt.idempotency.claim(principal.token_id, idempotency[0], idempotency[1],
                                        record["id"])

@@ -14,6 +14,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from app import __version__, metrics
+from app.chat import CHAT_ENVIRON
 from app.errors import (
     DockyardError,
     UnavailableError,
@@ -281,7 +282,16 @@ def _audit_entry(response: Response) -> dict[str, Any]:
         "outcome": "denied" if status in _DENIED else "error" if status >= 400 else "ok",
         "status": status,
         "job_id": answer.get("id") if answer.get("links", {}).get("events") else None,
+        "chat": _chat_sender(),
     }
+
+
+def _chat_sender() -> dict[str, Any] | None:
+    """Who sent a chat command (platform, user id and name), for its audit record."""
+    chat = request.environ.get(CHAT_ENVIRON)
+    if chat is None:
+        return None
+    return {key: chat.get(key) for key in ("platform", "user_id", "user_name")}
 
 
 def _authenticate() -> None:
@@ -290,6 +300,10 @@ def _authenticate() -> None:
         return
     if request.url_rule is None:
         return  # unknown route: let routing answer 404/405 without revealing anything
+    chat = request.environ.get(CHAT_ENVIRON)
+    if chat is not None:  # a chat command re-entering the API (api/integrations.dispatch_as)
+        g.principal = chat["principal"]
+        return
     g.principal = runtime().tokens.authenticate(request.headers.get("Authorization"))
 
 

@@ -6,11 +6,14 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
 
+from app.auth import Principal
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.ids import new_id
 from app.store import PREFIX, utcnow
@@ -70,13 +73,14 @@ class JobStore:
 
     def new_record(self, kind: str, host: str | None, target: str | None,
                    requested_by: str, token_id: str, queue: str,
-                   parent: str | None = None) -> dict[str, Any]:
+                   parent: str | None = None, spool: str | None = None) -> dict[str, Any]:
+        """A queued job's record; ``spool`` is the upload it consumes, if any."""
         return {
             "id": new_id(), "kind": kind, "state": QUEUED, "host": host or "",
             "target": target or "", "progress": None, "result": None, "error": None,
             "created_at": utcnow(), "started_at": "", "finished_at": "",
             "requested_by": requested_by, "token_id": token_id, "queue": queue,
-            "cancel_requested": "0", "parent": parent or "",
+            "cancel_requested": "0", "parent": parent or "", "spool": spool or "",
         }
 
     def add_to_pipeline(self, pipe: redis.client.Pipeline, record: dict[str, Any]) -> None:
@@ -98,9 +102,12 @@ class JobStore:
         return _decode(raw)
 
     def list(self, *, state: str | None = None, kind: str | None = None,
-             host: str | None = None, hosts_allowed: frozenset[str] | None = None,
+             host: str | None = None, visible: Callable[[dict], bool] | None = None,
              limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
-        """Newest first. Returns the page and the cursor of the next page (or None)."""
+        """Newest first. Returns the page and the cursor of the next page (or None).
+
+        ``visible`` keeps only the records it is true for (the caller's view, say).
+        """
         found: list[dict] = []
         upper = f"({cursor}" if cursor else "+"
         scanned = 0
@@ -118,7 +125,7 @@ class JobStore:
                     gone.append(job_id)
                     continue
                 record = _decode(raw)
-                if _matches(record, state, kind, host, hosts_allowed):
+                if _matches(record, state, kind, host) and (visible is None or visible(record)):
                     found.append(record)
                     if len(found) == limit:
                         return found, job_id
@@ -262,6 +269,7 @@ class JobStore:
             self.redis.hset(job_key(job_id), "cancel_requested", "1")
             self.add_event(job_id, "log", {"message": "cancellation requested"})
         else:
+            discard_spool(self.get(job_id))
             self.notify_parent(job_id)
         return self.get(job_id)
 
@@ -335,15 +343,40 @@ def public_view(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _matches(record: dict, state: str | None, kind: str | None, host: str | None,
-             hosts_allowed: frozenset[str] | None) -> bool:
+def discard_spool(record: dict[str, Any]) -> None:
+    """Delete the upload a job was given, once it is sure never to run (cancelled while queued).
+
+    Only a file named like ``spool_upload`` names them, in a ``spool`` folder, is removed.
+    """
+    spool = record.get("spool")
+    if not spool:
+        return
+    path = Path(spool)
+    if path.is_absolute() and path.parent.name == "spool" and path.suffix == ".tar":
+        path.unlink(missing_ok=True)
+
+
+def visible_to(record: dict[str, Any], caller: Principal) -> bool:
+    """Whether ``caller`` may see (read, stream, cancel) a job.
+
+    A job on a host is visible to every token that may see that host. A job without one
+    (registry work, a fan-out parent, anything with ``host: null``) may concern any host,
+    so only unscoped admins and the token that created it see it.
+    """
+    host = record.get("host")
+    if host:
+        return caller.may_see_host(host)
+    if caller.role == "admin" and caller.hosts is None:
+        return True
+    return bool(record.get("token_id")) and record.get("token_id") == caller.token_id
+
+
+def _matches(record: dict, state: str | None, kind: str | None, host: str | None) -> bool:
     if state and record["state"] != state:
         return False
     if kind and record["kind"] != kind:
         return False
-    if host and record.get("host") != host:
-        return False
-    return not (hosts_allowed is not None and record.get("host") not in hosts_allowed)
+    return not (host and record.get("host") != host)
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, str]:

@@ -11,13 +11,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-import requests
+import urllib3
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from app import jobs as jobstates
 from app.crypto import seal, unseal
@@ -132,22 +134,25 @@ def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]
     return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
 
 
-def url_allowed(url: str, allowed: tuple[str, ...]) -> bool:
-    """True if ``url`` is http(s) without credentials and its host is on the allow-list.
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-    An entry naming a host matches that name; an entry that is an IP or a CIDR network
-    matches a URL whose host is, or resolves only to, addresses inside it. An entry with a
-    port matches only that port.
-    """
+
+def _split_url(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, lower-case host, port, path with query) of an http(s) URL without credentials."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        return False
+        return None
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
-        return False
-    resolved: list | None = None
+        return None
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, host, port, path
+
+
+def _entry_allows(allowed: tuple[str, ...], host: str, port: int,
+                  addresses: Callable[[], list[Address]]) -> bool:
     for entry in allowed:
         try:
             entry_host, entry_port = _split_entry(entry)
@@ -160,10 +165,94 @@ def url_allowed(url: str, allowed: tuple[str, ...]) -> bool:
         network = _network(entry_host)
         if network is None:
             continue
-        resolved = _addresses(host) if resolved is None else resolved
+        resolved = addresses()
         if resolved and all(address in network for address in resolved):
             return True
     return False
+
+
+def url_allowed(url: str, allowed: tuple[str, ...]) -> bool:
+    """True if ``url`` is http(s) without credentials and its host is on the allow-list.
+
+    An entry naming a host matches that name; an entry that is an IP or a CIDR network
+    matches a URL whose host is, or resolves only to, addresses inside it. An entry with a
+    port matches only that port. This is the check made when a URL is accepted; a delivery
+    connects through ``resolve_target``, which resolves once and pins the address it checked.
+    """
+    split = _split_url(url)
+    if split is None:
+        return False
+    _scheme, host, port, _path = split
+    cache: list[list[Address]] = []
+
+    def addresses() -> list[Address]:
+        if not cache:
+            cache.append(_addresses(host))
+        return cache[0]
+
+    return _entry_allows(allowed, host, port, addresses)
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """Where a delivery goes: the URL's name (Host header, TLS SNI and certificate check)
+    and the one address, checked against the allow-list, that the connection is made to."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    address: str
+
+    @property
+    def host_header(self) -> str:
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return name if self.port == default else f"{name}:{self.port}"
+
+
+def resolve_target(url: str, allowed: tuple[str, ...],
+                   resolve: Callable[[str], list[Address]] | None = None
+                   ) -> DeliveryTarget | None:
+    """Resolve ``url``'s host once, check it against the allow-list, pin the checked address.
+
+    Resolving again to connect would let a name answer an allowed address to the check and
+    another one to the connection (DNS rebinding); the caller connects to ``address``.
+    None: off the allow-list or not resolvable.
+    """
+    split = _split_url(url)
+    if split is None:
+        return None
+    scheme, host, port, path = split
+    resolved = (resolve or _addresses)(host)
+    if not resolved or not _entry_allows(allowed, host, port, lambda: resolved):
+        return None
+    return DeliveryTarget(scheme, host, port, path, str(resolved[0]))
+
+
+def post_to(target: DeliveryTarget, body: bytes, headers: dict[str, str], timeout: float,
+            ca_certs: str | None = None) -> int:
+    """POST ``body`` to the pinned address of ``target``; the HTTP status (redirects not followed).
+
+    HTTPS sends the URL's name as SNI and verifies the certificate against that name.
+
+    Raises:
+        urllib3.exceptions.HTTPError: the connection, TLS or the exchange failed.
+    """
+    pool: urllib3.HTTPConnectionPool
+    if target.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            target.address, target.port, timeout=timeout, retries=False,
+            cert_reqs="CERT_REQUIRED", ca_certs=ca_certs or DEFAULT_CA_BUNDLE_PATH,
+            server_hostname=target.host, assert_hostname=target.host)
+    else:
+        pool = urllib3.HTTPConnectionPool(target.address, target.port, timeout=timeout,
+                                          retries=False)
+    with pool:
+        response = pool.urlopen("POST", target.path, body=body,
+                                headers={**headers, "Host": target.host_header},
+                                redirect=False, retries=False, preload_content=True)
+        return response.status
 
 
 def check_url(url: str, field: str = "url") -> None:
@@ -329,19 +418,20 @@ def attempt_delivery(delivery_id: str, attempt: int) -> Attempt:
                              "status": None, "error": None}
     started = time.monotonic()
     delivered = False
-    if not url_allowed(record["url"], settings.allowed_hosts):
-        entry["error"] = "the target host is no longer on the allow-list"
+    target = resolve_target(record["url"], settings.allowed_hosts)
+    if target is None:
+        entry["error"] = "the target host is no longer on the allow-list (or does not resolve)"
         attempt = settings.max_attempts
     else:
         try:
-            response = _post(record, delivery_id, settings)
-            entry["status"] = response.status_code
-            delivered = 200 <= response.status_code < 300
-            if 300 <= response.status_code < 400:
+            status = _post(target, record, delivery_id, settings)
+            entry["status"] = status
+            delivered = 200 <= status < 300
+            if 300 <= status < 400:
                 entry["error"] = "redirect not followed"
             elif not delivered:
-                entry["error"] = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
+                entry["error"] = f"HTTP {status}"
+        except urllib3.exceptions.HTTPError as exc:
             entry["error"] = type(exc).__name__
         except NotFoundError:
             entry["error"] = "the subscription was deleted"
@@ -361,8 +451,8 @@ def attempt_delivery(delivery_id: str, attempt: int) -> Attempt:
     return Attempt(done, delivered)
 
 
-def _post(record: dict[str, Any], delivery_id: str, settings: WebhookSettings
-          ) -> requests.Response:
+def _post(target: DeliveryTarget, record: dict[str, Any], delivery_id: str,
+          settings: WebhookSettings) -> int:
     body = record["body"].encode()
     headers = {"Content-Type": "application/json", "User-Agent": "Dockyard-Webhooks/1",
                "Dockyard-Event": record["event"], "Dockyard-Delivery": delivery_id}
@@ -370,10 +460,8 @@ def _post(record: dict[str, Any], delivery_id: str, settings: WebhookSettings
         else settings.callback_secret
     if record["signed"] and secret:
         headers[SIGNATURE_HEADER] = sign(secret, body, int(time.time()))
-    with requests.Session() as session:
-        session.trust_env = False  # no proxy variables: the allow-list names the real target
-        return session.post(record["url"], data=body, headers=headers,
-                            timeout=settings.timeout_seconds, allow_redirects=False)
+    # No proxy variables either: the allow-list names the real target.
+    return post_to(target, body, headers, settings.timeout_seconds)
 
 
 def retry_delay(attempt: int) -> float:

@@ -33,6 +33,9 @@ class AuditEntrySchema(Schema):
     outcome = fields.String()
     status = fields.Integer()
     job_id = fields.String(allow_none=True)
+    chat = fields.Dict(allow_none=True, metadata={
+        "description": "a chat command: the platform and the user who sent it "
+                       "(actor is the principal that user is mapped to)"})
 
 
 class AuditPageSchema(Schema):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,24 @@ from tasks.base import JobContext, JobTask, StreamTask
 from tasks.containers import guarded, host_policy
 
 
-def _consuming(spool: str, operation):
+def _consuming(task: JobTask, job_id: str, host: str, spool: str,
+               operation: Callable[[JobContext, Path], dict[str, Any] | None]) -> None:
     """Run an operation on an uploaded file and delete the file once the job is final.
 
-    A worker killed mid-job leaves the file for the redelivered job.
+    The file goes before the job's final state is written (whoever waits for the job then
+    finds it gone), and also when the job does not run at all (cancelled while queued). A
+    worker killed mid-job reaches neither: the redelivered job finds the file.
     """
-    def run(job: JobContext) -> dict[str, Any]:
+    def run(job: JobContext) -> dict[str, Any] | None:
         try:
             return operation(job, Path(spool))
         finally:
             Path(spool).unlink(missing_ok=True)
 
-    return run
+    try:
+        task.run_job(job_id, host, run)
+    finally:
+        Path(spool).unlink(missing_ok=True)
 
 
 # -- downloads ----------------------------------------------------------------------------
@@ -66,19 +73,19 @@ def follow_events(self: StreamTask, pipe_id: str, host: str, revision: int,
 @shared_task(bind=True, base=JobTask, name="transfers.archive_in")
 def archive_in(self: JobTask, job_id: str, host: str, ref: str, path: str, spool: str,
                caller: dict[str, Any]) -> None:
-    self.run_job(job_id, host, _consuming(spool, lambda job, file: transfers.archive_in(
-        job.client, guarded(job, ref, caller, "archive"), path, file)))
+    _consuming(self, job_id, host, spool, lambda job, file: transfers.archive_in(
+        job.client, guarded(job, ref, caller, "archive"), path, file))
 
 
 @shared_task(bind=True, base=JobTask, name="transfers.load")
 def load(self: JobTask, job_id: str, host: str, spool: str) -> None:
-    self.run_job(job_id, host, _consuming(
-        spool, lambda job, file: transfers.load_images(job.client, file, on_line=job.log)))
+    _consuming(self, job_id, host, spool,
+               lambda job, file: transfers.load_images(job.client, file, on_line=job.log))
 
 
 @shared_task(bind=True, base=JobTask, name="transfers.import")
 def import_(self: JobTask, job_id: str, host: str, spool: str, repository: str | None,
             tag: str | None, changes: list[str]) -> None:
-    self.run_job(job_id, host, _consuming(
-        spool, lambda job, file: transfers.import_image(job.client, file, repository, tag,
-                                                        changes)))
+    _consuming(self, job_id, host, spool,
+               lambda job, file: transfers.import_image(job.client, file, repository, tag,
+                                                        changes))
