@@ -51,6 +51,9 @@ class Settings:
     allowed_registries: tuple[str, ...] = field(
         default_factory=lambda: _env_list("DOCKYARD_ALLOWED_REGISTRIES", "")
     )
+    git_allowed_hosts: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_GIT_ALLOWED_HOSTS", "")
+    )
     admin_policy_exceptions: tuple[str, ...] = field(
         default_factory=lambda: _env_list("DOCKYARD_ADMIN_POLICY_EXCEPTIONS", "")
     )

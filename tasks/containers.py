@@ -9,8 +9,8 @@ from celery import shared_task
 from app import jobs as jobstates
 from app.engine import containers
 from app.errors import ConflictError, PolicyViolationError
-from app.policy import image_registry, policy_from_settings
-from app.registries import registry_address
+from app.policy import image_registry, policy_from_settings, registry_host
+from app.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
 from tasks.base import JobContext, JobTask, engine_read
 
@@ -18,13 +18,21 @@ from tasks.base import JobContext, JobTask, engine_read
 
 
 def registry_auth(image: str, registry_name: str | None) -> dict[str, str] | None:
-    """Credentials for pulling ``image``: the named registry's, or the one whose address matches."""
+    """Credentials for pulling or pushing ``image``: the named registry's, or the one whose
+    address matches.
+
+    Raises:
+        InvalidInputError: the named registry is not where ``image`` lives (422 on field
+            ``registry``): stored credentials are only ever offered to their own registry.
+    """
     store = runtime().registries
     if registry_name:
-        return store.auth_config(store.get(registry_name))
-    domain = image_registry(image)
+        record = store.get(registry_name)
+        require_reference_in_registry(image, record)
+        return store.auth_config(record)
+    domain = registry_host(image_registry(image))
     for record in store.list():
-        if registry_address(record["url"]) == domain:
+        if registry_host(registry_address(record["url"])) == domain:
             return store.auth_config(record)
     return None
 
