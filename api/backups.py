@@ -21,7 +21,7 @@ from app.backups import (
 from app.dispatch import run_query
 from app.errors import ConflictError, ForbiddenError, problem_from_http
 from app.factory import problem_response
-from app.policy import policy_from_settings
+from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime
 from app.store import get_redis
 from schemas.backups import (
@@ -177,7 +177,11 @@ class BackupRestore(MethodView):
         config = _storage().container_config(backup_id)
         spec = restore_spec(manifest, config, body, default_image(manifest, body["image_repository"]))
         is_admin = caller.role == "admin"
-        policy_from_settings(runtime().settings).enforce(spec, is_admin)
+        policy = policy_from_settings(runtime().settings)
+        # The bundle's filesystem is imported under spec["image"]: it never passes as an
+        # image of an allowed registry.
+        enforce_local_name(policy, spec["image"], False, is_admin, "restore")
+        policy.enforce(spec, is_admin)
 
         def name_is_free() -> None:
             if not spec["replace"] and run_query("containers.exists", record, [spec["name"]]):

@@ -11,12 +11,12 @@ from marshmallow import ValidationError
 
 from api.common import caller_context, principal, redacted, requires, start_job
 from api.hosts import host_record
-from api.images import stored_registry_address
+from api.images import caller_policy, check_registry_credentials, stored_registry_address
 from api.transfers import sse_response
 from app.dispatch import open_stream, run_query
 from app.engine.images import resolve_in_registry
 from app.errors import ConflictError, ForbiddenError, InvalidInputError, NotImplementedYetError
-from app.policy import policy_from_settings
+from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime
 from schemas.common import JobSchema
 from schemas.containers import (
@@ -72,6 +72,7 @@ class Containers(MethodView):
         """`docker run -d`: provision a container (job)."""
         record = host_record(host)
         check_spec_policy(spec)
+        check_registry_credentials(spec["image"], spec.get("registry"))
 
         def name_is_free() -> None:
             if spec["name"] and not spec["replace"] and \
@@ -332,5 +333,9 @@ class ContainerCommit(MethodView):
         if spec["push"]:
             push_repository = resolve_in_registry(
                 spec["repository"], stored_registry_address(spec["push"]["registry"]))
+        # A container's filesystem may hold anything: it never passes as an allowed image.
+        policy, is_admin = caller_policy()
+        for name in filter(None, (spec["repository"], push_repository)):
+            enforce_local_name(policy, name, False, is_admin, "commit")
         return start_job("containers.commit", host_record=host_record(host), target=ref,
                          args=[ref, spec, push_repository, caller_context()])

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import job_answer, principal, requires
+from api.images import check_registry_credentials
 from app.dispatch import run_queries, submit_fanout, submit_job
 from app.errors import ConflictError
 from app.placement import select_hosts
@@ -30,6 +31,7 @@ class PlacedContainers(MethodView):
         placement = body.pop("placement")
         caller = principal()
         policy_from_settings(runtime().settings).enforce(body, caller.role == "admin")
+        check_registry_credentials(body["image"], body.get("registry"))
         targets = select_hosts(runtime().hosts.list(), placement["labels"], placement["mode"],
                                caller)
         if body["name"] and not body["replace"]:

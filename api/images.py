@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import redacted, requires, start_job
+from api.common import principal, redacted, requires, start_job
 from api.hosts import host_record
 from app.dispatch import run_query
 from app.engine.images import resolve_in_registry, split_reference
 from app.errors import InvalidInputError, NotFoundError
-from app.registries import registry_address
+from app.policy import (
+    Policy,
+    enforce_image_source,
+    enforce_local_name,
+    image_allowed,
+    policy_from_settings,
+)
+from app.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
 from schemas.common import JobSchema
 from schemas.images import (
@@ -35,14 +43,46 @@ from schemas.images import (
 
 blp = Blueprint("images", __name__, description="Images on a host")
 
+_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
 
-def stored_registry_address(name: str) -> str:
-    """The ``host:port`` of a stored registry; an unknown name is a bad field (422)."""
+
+def stored_registry(name: str) -> dict[str, Any]:
+    """A stored registry's record; an unknown name is a bad field (422)."""
     try:
-        return registry_address(runtime().registries.get(name)["url"])
+        return runtime().registries.get(name)
     except NotFoundError:
         raise InvalidInputError(f"no registry '{name}'",
                                 errors={"registry": [f"no registry '{name}'"]}) from None
+
+
+def stored_registry_address(name: str) -> str:
+    """The ``host:port`` of a stored registry; an unknown name is a bad field (422)."""
+    return registry_address(stored_registry(name)["url"])
+
+
+def check_registry_credentials(reference: str, name: str | None) -> None:
+    """Refuse (422 on ``registry``) naming a stored registry for an image that lives elsewhere:
+    its credentials would be offered to that other registry."""
+    if name:
+        require_reference_in_registry(reference, stored_registry(name))
+
+
+def caller_policy() -> tuple[Policy, bool]:
+    """The settings' policy and whether the caller is an admin."""
+    return policy_from_settings(runtime().settings), principal().role == "admin"
+
+
+def check_local_name(source: str, target: str, doing: str) -> None:
+    """403 ``allowed-registries`` when ``target`` would make ``source`` look like an image of
+    an allowed registry although ``source`` names none (an id, or another registry's name).
+
+    Names in an allowed namespace are only ever made from images that already carry one (or
+    pulled from there), so a source *named* in an allowed registry is of allowed origin.
+    """
+    policy, is_admin = caller_policy()
+    # An id or id prefix says nothing of where the image came from (``cafe`` may be either).
+    source_allowed = not _IMAGE_ID.fullmatch(source) and image_allowed(policy, source)
+    enforce_local_name(policy, target, source_allowed, is_admin, doing)
 
 
 @blp.route("/hosts/<string:host>/images")
@@ -87,6 +127,8 @@ class ImagePull(MethodView):
         reference = spec["image"]
         if spec["registry"]:
             reference = resolve_in_registry(reference, stored_registry_address(spec["registry"]))
+        policy, is_admin = caller_policy()
+        enforce_image_source(policy, reference, is_admin, "pull")
         return start_job("images.pull", host_record=record, target=reference,
                          args=[reference, spec["registry"]])
 
@@ -153,7 +195,12 @@ class ImageTag(MethodView):
     @blp.arguments(TagSpecSchema)
     @blp.response(202, JobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
-        """`docker tag REF REPOSITORY[:TAG]` (job)."""
+        """`docker tag REF REPOSITORY[:TAG]` (job).
+
+        With an allow-list of registries, a name in an allowed registry's namespace is only
+        given to an image REF names in an allowed registry (403 `allowed-registries`).
+        """
+        check_local_name(ref, spec["repository"], "tag")
         return start_job("images.tag", host_record=host_record(host), target=ref,
                          args=[ref, spec["repository"], spec["tag"]])
 
@@ -183,5 +230,6 @@ class ImagePush(MethodView):
             raise InvalidInputError(f"cannot push '{repository}': {REPOSITORY_ERROR}",
                                     errors={"ref": [REPOSITORY_ERROR]})
         tag = spec["tag"] or current_tag
+        check_local_name(ref, repository, "push")
         return start_job("images.push", host_record=record, target=f"{repository}:{tag}",
                          args=[ref, repository, tag, spec["registry"]])

@@ -15,10 +15,12 @@ from marshmallow import RAISE
 
 from api.common import accepts, caller_context, redacted, requires, start_job
 from api.hosts import host_record
+from api.images import caller_policy
 from app.dispatch import open_stream, run_query
 from app.pipes import PipeReader
+from app.policy import enforce_local_name
 from app.runtime import runtime
-from app.spool import require_tar, spool_dir, spool_upload
+from app.spool import require_tar, saved_image_names, spool_dir, spool_upload
 from schemas.common import JobSchema
 from schemas.transfers import (
     ArchivePathSchema,
@@ -42,6 +44,16 @@ def spooled_tar() -> Path:
                         runtime().settings.max_upload_bytes)
     require_tar(path)
     return path
+
+
+def check_loaded_names(spool: str) -> None:
+    """403 ``allowed-registries`` if a ``docker save`` tar names an image in an allowed
+    registry's namespace (``manifest.json`` RepoTags, ``repositories``, OCI ``index.json``)."""
+    policy, is_admin = caller_policy()
+    if not policy.allowed_registries:
+        return
+    for name in saved_image_names(Path(spool)):
+        enforce_local_name(policy, name, False, is_admin, "load")
 
 
 def relay(reader: PipeReader) -> Iterator[bytes]:
@@ -126,9 +138,18 @@ class ImageLoad(MethodView):
     @accepts(*TAR_TYPES)
     @blp.response(202, JobSchema)
     def post(self, host: str) -> Any:
-        """`docker load`: load images from an uploaded `docker save` tar (job)."""
+        """`docker load`: load images from an uploaded `docker save` tar (job).
+
+        With an allow-list of registries, a tar naming an image in an allowed registry's
+        namespace is refused (403 `allowed-registries`): a loaded image is of unknown origin.
+        """
         record = host_record(host)
         spool = spooled_tar()
+        try:
+            check_loaded_names(str(spool))
+        except BaseException:
+            Path(spool).unlink(missing_ok=True)
+            raise
         return start_job("transfers.load", host_record=record, target=None,
                          args=[str(spool)], body={}, spool=spool)
 
@@ -143,6 +164,9 @@ class ImageImport(MethodView):
         """`docker import - [REPO[:TAG]] --change …`: a filesystem tar becomes an image (job)."""
         record = host_record(host)
         args.pop("wait")
+        if args["repository"]:
+            policy, is_admin = caller_policy()
+            enforce_local_name(policy, args["repository"], False, is_admin, "import")
         spool = spooled_tar()
         return start_job("transfers.import", host_record=record, target=args["repository"],
                          args=[str(spool), args["repository"], args["tag"], args["change"]],

@@ -117,6 +117,9 @@ class Settings:
     allowed_volumes: tuple[str, ...] = field(
         default_factory=lambda: _env_list("DOCKYARD_ALLOWED_VOLUMES", "")
     )
+    git_allowed_hosts: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_GIT_ALLOWED_HOSTS", "")
+    )
     admin_policy_exceptions: tuple[str, ...] = field(
         default_factory=lambda: _env_list("DOCKYARD_ADMIN_POLICY_EXCEPTIONS", "")
     )

@@ -278,3 +278,58 @@ def policy_from_settings(settings: Any, engine_socket: str | None = None) -> Pol
                   engine_sockets=sockets,
                   allowed_networks=tuple(settings.allowed_networks),
                   allowed_volumes=tuple(settings.allowed_volumes))
+
+
+# -- where images come from, and which local names look as if they came from there ---------
+
+_DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+def registry_host(address: str) -> str:
+    """A registry address compared the way docker resolves it: lower case, Hub aliases merged."""
+    address = address.lower()
+    return "docker.io" if address in _DOCKER_HUB_ALIASES else address
+
+
+def _bound(policy: Policy, rule: str, is_admin: bool) -> bool:
+    return not (is_admin and rule in policy.admin_exceptions)
+
+
+def image_allowed(policy: Policy, reference: str) -> bool:
+    """True when the allow-list is empty or names the registry ``reference`` lives in."""
+    if not policy.allowed_registries:
+        return True
+    allowed = {registry_host(r) for r in policy.allowed_registries}
+    return registry_host(image_registry(reference)) in allowed
+
+
+def enforce_image_source(policy: Policy, reference: str, is_admin: bool, doing: str) -> None:
+    """Refuse (403 ``allowed-registries``) an image from a registry off the allow-list.
+
+    Args:
+        doing: what the image is for, for the message (``pull``, ``FROM`` …).
+    """
+    if image_allowed(policy, reference) or not _bound(policy, "allowed-registries", is_admin):
+        return
+    raise_for([Violation("allowed-registries",
+                          f"{doing} '{reference}': images from "
+                          f"'{registry_host(image_registry(reference))}' are not allowed; "
+                          f"allowed: {', '.join(policy.allowed_registries)}")])
+
+
+def enforce_local_name(policy: Policy, target: str, source_allowed: bool, is_admin: bool,
+                       doing: str) -> None:
+    """Refuse to give an image a local name in an allowed registry's namespace unless the
+    image itself comes from an allowed registry (403 ``allowed-registries``).
+
+    With an allow-list, provision runs a local image by name (``pull: never``/``missing``);
+    a name such as ``allowed:5000/team/web`` made by tag, load, import, commit or a build from
+    ``scratch`` would let any filesystem pass as an allowed image.
+    """
+    if not policy.allowed_registries or source_allowed or not image_allowed(policy, target) \
+            or not _bound(policy, "allowed-registries", is_admin):
+        return
+    raise_for([Violation("allowed-registries",
+                          f"{doing} may not name '{target}': that is the namespace of allowed "
+                          f"registry '{registry_host(image_registry(target))}', and the image "
+                          "does not come from an allowed registry")])

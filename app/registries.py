@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +15,7 @@ from cryptography import x509
 from app import crypto
 from app.config import Settings
 from app.errors import ConflictError, InvalidInputError, NotFoundError
+from app.policy import image_registry, registry_host
 from app.registry_client import RegistryEndpoint, base_url
 from app.store import PREFIX, utcnow
 
@@ -23,13 +26,88 @@ _REGISTRIES = PREFIX + "registries"
 MUTABLE_FIELDS = ("url", "username", "password", "insecure", "ca_cert")
 
 
+_URL_ERROR = "must be http(s)://host[:port]: no user info, path, query or fragment"
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def parse_registry_url(url: str) -> str:
+    """``url`` as ``scheme://host[:port]`` (scheme and host lower-cased, an IDN host in ASCII).
+
+    Raises:
+        InvalidInputError: anything else: another scheme, user info, a path other than ``/``,
+            a query or fragment, a host that is not a hostname or IP, a port outside 1-65535.
+    """
+    def refuse(reason: str) -> InvalidInputError:
+        return InvalidInputError(f"registry url {reason}", errors={"url": [_URL_ERROR]})
+
+    if not url.isprintable() or any(ch.isspace() for ch in url):
+        raise refuse("holds whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise refuse("does not parse") from None
+    if parts.scheme.lower() not in ("http", "https") or "://" not in url:
+        raise refuse("needs the scheme http:// or https://")
+    if "@" in parts.netloc:
+        raise refuse("must not carry user info; give username and password as fields")
+    if parts.path not in ("", "/") or "?" in url or "#" in url:
+        raise refuse("must not have a path, query or fragment")
+    host = _ascii_host(parts.hostname or "")
+    if host is None:
+        raise refuse("has no valid host name or IP address")
+    if (port is not None and not 1 <= port <= 65535) or parts.netloc.endswith(":"):
+        raise refuse("has a port outside 1-65535")
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _ascii_host(host: str) -> str | None:
+    """The host as it prefixes image references, or None when it is neither a name nor an IP."""
+    if not host:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+        return f"[{address.compressed}]" if address.version == 6 else address.compressed
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+    labels = ascii_host.split(".")
+    if len(ascii_host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    return ascii_host
+
+
 def registry_address(url: str) -> str:
-    """The ``host:port`` part that prefixes image references (``127.0.0.1:5000/team/web``)."""
+    """The ``host:port`` part that prefixes image references (``127.0.0.1:5000/team/web``).
+
+    A record stored before URLs were checked strictly may lack the scheme (docker reads that
+    as https).
+    """
     parts = urlsplit(url if "://" in url else f"https://{url}")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidInputError("registry url must be http(s)://host[:port]",
                                 errors={"url": ["must be http(s)://host[:port]"]})
-    return parts.netloc
+    return parts.netloc.lower()
+
+
+def require_reference_in_registry(reference: str, record: dict[str, Any]) -> None:
+    """Stored credentials go only to the registry they belong to.
+
+    Raises:
+        InvalidInputError: ``reference`` lives in another registry than ``record`` (422 on
+            field ``registry``); a reference naming no registry lives on Docker Hub.
+    """
+    named = registry_host(image_registry(reference))
+    address = registry_host(registry_address(record["url"]))
+    if named != address:
+        raise InvalidInputError(
+            f"'{reference}' is in registry '{named}'; the credentials of registry "
+            f"'{record['name']}' ({address}) are only sent to {address}",
+            errors={"registry": [f"registry '{record['name']}' is {address}, the image is "
+                                 f"in '{named}'"]})
 
 
 def validate_ca_cert(pem: str) -> None:
@@ -61,11 +139,11 @@ class RegistryStore:
     def upsert(self, name: str, url: str, username: str | None = None,
                password: str | None = None, insecure: bool = False,
                ca_cert: str | None = None) -> dict[str, Any]:
-        registry_address(url)
+        url = parse_registry_url(url)
         _validate_credentials(username, password)
         if ca_cert:
             validate_ca_cert(ca_cert)
-        record = {"name": name, "url": url.rstrip("/"), "username": username,
+        record = {"name": name, "url": url, "username": username,
                   "password": self._seal(password), "insecure": insecure,
                   "ca_cert": ca_cert or None, "created_at": utcnow(), "updated_at": None}
         self.redis.hset(_REGISTRIES, name, json.dumps(record))
@@ -86,8 +164,7 @@ class RegistryStore:
         """
         record = self.get(name)
         if "url" in changes:
-            registry_address(changes["url"])
-            record["url"] = changes["url"].rstrip("/")
+            record["url"] = parse_registry_url(changes["url"])
         if "insecure" in changes:
             record["insecure"] = bool(changes["insecure"])
         if "ca_cert" in changes:

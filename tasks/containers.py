@@ -12,8 +12,8 @@ from app import jobs as jobstates
 from app.auth import Principal
 from app.engine import containers, guard
 from app.errors import ConflictError, DockyardError
-from app.policy import Policy, image_registry, policy_from_settings
-from app.registries import registry_address
+from app.policy import Policy, image_registry, policy_from_settings, registry_host
+from app.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
 from tasks.base import JobContext, JobTask, QueryTask, engine_read
 
@@ -21,13 +21,21 @@ from tasks.base import JobContext, JobTask, QueryTask, engine_read
 
 
 def registry_auth(image: str, registry_name: str | None) -> dict[str, str] | None:
-    """Credentials for pulling ``image``: the named registry's, or the one whose address matches."""
+    """Credentials for pulling or pushing ``image``: the named registry's, or the one whose
+    address matches.
+
+    Raises:
+        InvalidInputError: the named registry is not where ``image`` lives (422 on field
+            ``registry``): stored credentials are only ever offered to their own registry.
+    """
     store = runtime().registries
     if registry_name:
-        return store.auth_config(store.get(registry_name))
-    domain = image_registry(image)
+        record = store.get(registry_name)
+        require_reference_in_registry(image, record)
+        return store.auth_config(record)
+    domain = registry_host(image_registry(image))
     for record in store.list():
-        if registry_address(record["url"]) == domain:
+        if registry_host(registry_address(record["url"])) == domain:
             return store.auth_config(record)
     return None
 

@@ -69,6 +69,8 @@ def stack_env(state_dir: Path, bind_root: Path) -> dict[str, str]:
         "DOCKYARD_TOKEN_CACHE_SECONDS": "0",
         # Chat and webhooks: the suite's receivers listen on loopback; retries back off fast.
         "DOCKYARD_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        # Git build contexts: the suite's git daemon listens on loopback.
+        "DOCKYARD_GIT_ALLOWED_HOSTS": "127.0.0.1",
         "DOCKYARD_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "DOCKYARD_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
         "DOCKYARD_SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
