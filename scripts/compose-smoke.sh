@@ -201,7 +201,7 @@ code=$(curl -s -o "$WORK/job.json" -w '%{http_code}' -X POST \
   -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
   -H "X-Request-ID: $request_id" \
   -d "{\"image\": \"dockyard-test/busybox:latest\", \"name\": \"$container\",
-       \"command\": [\"sleep\", \"600\"], \"labels\": {\"dockyard.smoke\": \"$PROJECT\"}}")
+       \"command\": [\"sleep\", \"600\"], \"labels\": {\"smoke.project\": \"$PROJECT\"}}")
 state=$("$VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("state"))' \
   "$WORK/job.json" 2>/dev/null || true)
 [ "$code" = 200 ] && [ "$state" = succeeded ] \
@@ -209,6 +209,21 @@ state=$("$VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]
 [ "$(docker inspect -f '{{.State.Running}}' "$container")" = true ] \
   || { log "$container is not running"; exit 1; }
 log "docker inspect: $container is running"
+
+# Dockyard's own containers (labelled dockyard.system) are out of reach even of the admin
+# token: no exec, and their environment is redacted in inspect.
+api_id=$(compose ps -q api)
+code=$(curl -s -o "$WORK/exec.json" -w '%{http_code}' -X POST \
+  "http://$API_ADDR/api/v1/hosts/local/containers/$api_id/exec" \
+  -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d '{"cmd": ["true"]}')
+grep -q '"rule": *"dockyard-system"' "$WORK/exec.json" && [ "$code" = 403 ] \
+  || { log "exec into the api container answered $code: $(cat "$WORK/exec.json")"; exit 1; }
+curl -s "http://$API_ADDR/api/v1/hosts/local/containers/$api_id" \
+  -H "Authorization: Bearer $token" > "$WORK/api-inspect.json"
+if grep -q "$token" "$WORK/api-inspect.json"; then
+  log "the api container's inspect shows the admin token"; exit 1
+fi
+log "OK: the api container is out of reach (exec 403 dockyard-system, inspect redacted)"
 
 # The request id reached the worker's JSON log, and /metrics counted the job.
 compose logs --no-color worker-ops > "$WORK/worker-ops.log"
