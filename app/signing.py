@@ -30,6 +30,9 @@ SERIALIZER = "dockyard-signed"
 CONTENT_TYPE = "application/x-dockyard-signed"
 SIGNATURE_HEADER = "dockyard_signature"
 SIGNED_AT_HEADER = "dockyard_signed_at"
+# The Redis transport marks a message it restores for redelivery (worker lost, visibility
+# timeout) with this header; it says nothing about what runs, so it is left out.
+_UNSIGNED_HEADERS = frozenset({SIGNATURE_HEADER, "redelivered"})
 _HKDF_INFO = b"dockyard task signing"
 _DOMAIN = b"dockyard-task-v1\n"
 # Clocks of the API and of agent hosts differ a little; a message from further ahead is forged.
@@ -92,12 +95,12 @@ def verify_key(settings: Settings) -> Ed25519PublicKey:
 
 
 def signed_bytes(headers: dict[str, Any], routing_key: str, body: bytes) -> bytes:
-    """The exact bytes a signature covers: every header but the signature, the route, the body.
+    """The exact bytes a signature covers: headers (bar two), routing key and body.
 
     Headers are canonical JSON (sorted keys) so a transport's round trip (tuples become
     lists) changes nothing; the body is the serialized bytes as they travel.
     """
-    covered = {key: value for key, value in headers.items() if key != SIGNATURE_HEADER}
+    covered = {key: value for key, value in headers.items() if key not in _UNSIGNED_HEADERS}
     envelope = kombu_json.dumps({"headers": covered, "routing_key": routing_key},
                                 sort_keys=True, separators=(",", ":"))
     return _DOMAIN + envelope.encode() + b"\n" + body

@@ -32,6 +32,10 @@ def test_a_signed_message_verifies_after_a_json_round_trip_of_its_headers() -> N
     signing.verify(public(), travelled, "engine.ops", BODY, max_age=60)
 
 
+def test_the_brokers_redelivery_mark_does_not_break_the_signature() -> None:
+    signing.verify(public(), {**signed(), "redelivered": True}, "engine.ops", BODY, max_age=60)
+
+
 @pytest.mark.parametrize("tamper", [
     lambda h, rk, b: ({**h, "task": "containers.remove"}, rk, b),
     lambda h, rk, b: ({**h, "id": "job-2"}, rk, b),
