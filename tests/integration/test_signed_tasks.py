@@ -205,3 +205,40 @@ def test_a_replayed_message_of_a_finished_job_does_not_run_again(
                (stack.log_dir / "worker-ops.log").read_text(errors="replace"))
     assert [c.id for c in containers_of_job(engine, record["id"])] == [first[0].id]
     assert jobs.get(record["id"]) == done
+
+
+@pytest.fixture(scope="module")
+def verify_only_worker(stack: Stack) -> Iterator[str]:
+    """An agent-like worker that holds the public key and no secret key; its queue's name."""
+    queue = "host.dyt-verify-only.ops"
+    public = signing.encode_verify_key(signing.signing_key(SECRET_KEY).public_key())
+    stack.start_worker("worker-verify-only", queue, "solo", 1,
+                       extra_env={"DOCKYARD_SECRET_KEY": "", "DOCKYARD_TASK_VERIFY_KEY": public})
+    eventually(lambda: "ready." in (stack.log_dir / "worker-verify-only.log").read_text(
+        errors="replace"), timeout=60)
+    yield queue
+    stack.stop_process("worker-verify-only")
+
+
+def test_a_worker_with_only_the_public_key_runs_signed_jobs_and_refuses_others(
+        stack, jobs, broker, capturing_api, verify_only_worker):
+    host = "dyt-verify-only"
+    genuine = queued_job(jobs, kind="containers.action", host=host)
+    capturing_api.send_task("containers.action", args=[genuine["id"], host, "gone", "stop", {}],
+                            queue=verify_only_worker, task_id=genuine["id"])
+    broker.lpush(verify_only_worker, broker.rpop(CAPTURE + verify_only_worker))
+    # It ran: the job left 'queued' (it fails, as no such host is registered).
+    assert eventually(lambda: jobs.get(genuine["id"])["state"] == "failed")
+
+    other_key = make_celery(Settings(redis_url=TEST_REDIS_URL, secret_key="not-the-secret"))
+    other_key.conf.broker_transport_options = {"global_keyprefix": CAPTURE}
+    forged_job = queued_job(jobs, kind="containers.action", host=host)
+    other_key.send_task("containers.action", args=[forged_job["id"], host, "gone", "stop", {}],
+                        queue=verify_only_worker, task_id=forged_job["id"])
+    broker.lpush(verify_only_worker, broker.rpop(CAPTURE + verify_only_worker))
+    line = eventually(lambda: next((row for row in (stack.log_dir / "worker-verify-only.log")
+                                    .read_text(errors="replace").splitlines()
+                                    if f"id={forged_job['id']}" in row), None))
+    assert "refused task message" in line and "bad signature" in line
+    assert jobs.get(forged_job["id"]) == forged_job
+    other_key.close()
