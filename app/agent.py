@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if "DOCKYARD_REDIS_URL" not in os.environ:
         parser.error("set DOCKYARD_REDIS_URL to the shared Redis (and DOCKYARD_SECRET_KEY)")
+    if not (os.environ.get("DOCKYARD_TASK_VERIFY_KEY") or os.environ.get("DOCKYARD_SECRET_KEY")):
+        # Without a key the workers could verify nothing, and refuse to start.
+        parser.error("set DOCKYARD_TASK_VERIFY_KEY (printed by `dockyard-admin task-verify-key`) "
+                     "or DOCKYARD_SECRET_KEY")
     env = {**os.environ, "DOCKYARD_AGENT_HOST": args.host, "DOCKYARD_AGENT_ENGINE_URL": args.engine,
            "DOCKYARD_ENGINE_POOL_SIZE": str(max(args.query_concurrency, 2))}
     children = [subprocess.Popen(cmd, cwd=ROOT, env=env)

@@ -1,4 +1,4 @@
-"""`dockyard-admin`: register the local engine and registry and the bootstrap admin token."""
+"""`dockyard-admin`: register the local engine, registry and admin token; print the task key."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from app import signing
 from app.runtime import runtime
 
 
@@ -24,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--engine", default=os.environ.get("DOCKYARD_LOCAL_ENGINE",
                                                           "unix:///var/run/docker.sock"))
     local.add_argument("--registry", default=os.environ.get("DOCKYARD_LOCAL_REGISTRY"))
+    sub.add_parser("task-verify-key",
+                   help="print the public key agents verify task messages with "
+                        "(their DOCKYARD_TASK_VERIFY_KEY)")
     args = parser.parse_args(argv)
+    if args.command == "task-verify-key":
+        print(signing.encode_verify_key(signing.verify_key(runtime().settings)))
     if args.command == "register-local":
         settings = runtime().settings
         if settings.admin_token:

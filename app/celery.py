@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery, signals
 from celery.schedules import crontab
 
-from app import logs
+from app import logs, signing
 from app.config import Settings
 
 
@@ -32,8 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_pool_limit=64,
         task_default_queue="engine.ops",
-        task_serializer="json",
-        accept_content=["json"],
+        # Task messages are signed JSON; workers accept nothing else (see app/signing.py).
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
@@ -49,6 +48,8 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     _wire_logging()
+    # After the logging receivers: the signature covers every header they add.
+    signing.install(celery, settings)
     return celery
 
 

@@ -153,6 +153,11 @@ class Settings:
         default_factory=lambda: _env_float("DOCKYARD_TOKEN_CACHE_SECONDS", 2.0)
     )
     public_metrics: bool = field(default_factory=lambda: _env_bool("DOCKYARD_PUBLIC_METRICS", True))
+    # Workers and agents verify task messages with this public key (base64 Ed25519); when
+    # empty it is derived from secret_key, which also derives the signing key.
+    task_verify_key: str = field(default_factory=lambda: _env("DOCKYARD_TASK_VERIFY_KEY", ""))
+    task_signature_max_age_seconds: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_TASK_SIGNATURE_MAX_AGE_SECONDS", 24 * 3600))
 
     def __post_init__(self) -> None:
         if self.visibility_timeout_seconds and \

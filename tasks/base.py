@@ -19,7 +19,7 @@ from app import logs, metrics
 from app.dispatch import REPLY_TTL_SECONDS, reply_key
 from app.engine.client import EngineClients
 from app.engine.errors import translate_engine_error
-from app.errors import DockyardError, JobCancelledError, QueryTimeoutError
+from app.errors import DockyardError, JobCancelledError, NotFoundError, QueryTimeoutError
 from app.pipes import PipeClosedError, PipeWriter
 from app.runtime import runtime
 from app.store import get_redis, utcnow
@@ -131,6 +131,24 @@ class JobTask(Task):
     abstract = True
     acks_late = True
     reject_on_worker_lost = True
+
+    def check_task_message(self, task_id: str, args: list[Any]) -> str | None:
+        """Why a signed message may not run this job (None: it may); called before it runs.
+
+        A job's message carries its job id first and, for a host's job, the host second;
+        they must be those of the job record the API wrote for this task id and kind.
+        """
+        if not args or args[0] != task_id:
+            return "the job id argument is not the task id"
+        try:
+            record = runtime().jobs.get(task_id)
+        except NotFoundError:
+            return f"no job record '{task_id}'"
+        if record["kind"] != self.name:
+            return f"job '{task_id}' is a {record['kind']} job, not {self.name}"
+        if record["host"] and (len(args) < 2 or args[1] != record["host"]):
+            return f"job '{task_id}' runs on host '{record['host']}', not the one in the message"
+        return None
 
     def run_job(self, job_id: str, host: str | None,
                 operation: Callable[[JobContext], dict[str, Any] | None]) -> None:

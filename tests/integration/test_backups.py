@@ -14,9 +14,10 @@ import uuid
 import docker
 import pytest
 import requests
-from celery import Celery
 
-from tests.integration.conftest import TEST_REDIS_URL
+from app.celery import make_celery
+from app.config import Settings
+from tests.integration.conftest import SECRET_KEY, TEST_REDIS_URL
 from tests.integration.helpers import BUSYBOX, eventually, free_port
 
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -302,7 +303,8 @@ def test_a_due_schedule_runs_a_backup_when_beat_ticks(operator, engine, unique, 
     schedule = created.json()
     assert schedule in operator.get("/backup-schedules").json()
     try:
-        beat = Celery(broker=TEST_REDIS_URL)
+        # Like beat, which holds the secret key: workers refuse unsigned task messages.
+        beat = make_celery(Settings(redis_url=TEST_REDIS_URL, secret_key=SECRET_KEY))
         beat.send_task("backups.run_schedules", queue="engine.ops")
 
         def scheduled() -> list:
