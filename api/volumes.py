@@ -7,10 +7,11 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import requires, start_job
+from api.common import principal, requires, start_job
 from api.hosts import host_record
 from app.dispatch import run_query
 from app.errors import ConflictError
+from app.policy import Violation, raise_for
 from schemas.common import JobSchema
 from schemas.volumes import (
     VolumeCreateSchema,
@@ -45,6 +46,7 @@ class Volumes(MethodView):
         another driver it is a 409.
         """
         record = host_record(host)
+        _check_volume_spec(spec)
 
         def driver_matches() -> None:
             existing = run_query("volumes.find", record, [spec["name"]]) if spec["name"] else None
@@ -55,6 +57,20 @@ class Volumes(MethodView):
         return start_job("volumes.create", host_record=record, target=spec["name"],
                          args=[spec["name"], spec["driver"], spec["labels"]],
                          precheck=driver_matches)
+
+
+def _check_volume_spec(spec: dict) -> None:
+    """Non-admins make plain local volumes only (another driver may mount anything), and
+    no label under Dockyard's reserved prefix (403 naming the rule)."""
+    if principal().is_admin:
+        return  # admins make what they vouch for (DOCKYARD_ALLOWED_VOLUMES lets others mount it)
+    found = []
+    if spec["driver"] != "local":
+        found.append(Violation("volume-drivers", f"driver '{spec['driver']}' is not allowed; "
+                                                 "only 'local' volumes may be created"))
+    found += [Violation("reserved-labels", f"label '{key}' is reserved for Dockyard")
+              for key in spec["labels"] if key.startswith("dockyard.")]
+    raise_for(found)
 
 
 @blp.route("/hosts/<string:host>/volumes/prune")

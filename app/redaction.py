@@ -68,10 +68,14 @@ def redact_inspect(doc: dict[str, Any], viewer: bool) -> dict[str, Any]:
 
 
 def redact_summary(row: dict[str, Any]) -> dict[str, Any]:
-    """A ``docker ps`` row (labels) or any record with a ``labels`` map."""
-    if "labels" not in row:
-        return row
-    return {**row, "labels": redact_labels(row.get("labels"))}
+    """A ``docker ps`` row (labels, command) or any record with a ``labels`` map."""
+    out = dict(row)
+    if "labels" in row:
+        out["labels"] = redact_labels(row.get("labels"))
+    if isinstance(row.get("command"), str):
+        program, _, rest = row["command"].partition(" ")
+        out["command"] = f"{program} {REDACTED}" if rest else program
+    return out
 
 
 def redact_top(top: dict[str, Any]) -> dict[str, Any]:

@@ -44,8 +44,13 @@ def leftovers(engine):
             engine.images.remove(ref, force=True)
 
 
+# What Dockyard labels the containers it makes with: operators back up only those.
+MANAGED = {"dockyard.managed": "true", "dockyard.scope": "*"}
+
+
 def run_container(engine, leftovers, name, command, **kwargs):
     leftovers["containers"].append(name)
+    kwargs["labels"] = {**MANAGED, **kwargs.get("labels", {})}
     container = engine.containers.run(BUSYBOX, command, name=name, detach=True, **kwargs)
     eventually(lambda: engine.containers.get(name).status == "running")
     return container

@@ -43,8 +43,8 @@ def box(operator, unique, cleanup):
     return unique
 
 
-def test_cp_out_streams_the_same_tar_docker_cp_gives(viewer, box):
-    response = viewer.get(f"/hosts/local/containers/{box}/archive", params={"path": "/data"},
+def test_cp_out_streams_the_same_tar_docker_cp_gives(operator, box):
+    response = operator.get(f"/hosts/local/containers/{box}/archive", params={"path": "/data"},
                           stream=True)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/x-tar"
@@ -60,8 +60,11 @@ def test_cp_out_streams_the_same_tar_docker_cp_gives(viewer, box):
     assert ours == theirs
 
 
-def test_cp_out_of_a_missing_path_is_404(viewer, box):
-    response = viewer.get(f"/hosts/local/containers/{box}/archive", params={"path": "/nope"})
+def test_cp_out_of_a_missing_path_is_404(operator, viewer, box):
+    # docker cp out needs the operator role: a container's files hold what its env holds.
+    assert viewer.get(f"/hosts/local/containers/{box}/archive",
+                      params={"path": "/data"}).status_code == 403
+    response = operator.get(f"/hosts/local/containers/{box}/archive", params={"path": "/nope"})
     assert response.status_code == 404
     assert response.headers["Content-Type"] == "application/problem+json"
 
