@@ -8,7 +8,7 @@ from app import metrics
 from app.dispatch import lane_alive
 from app.hosts import queues_for
 from app.runtime import runtime
-from app.store import get_redis
+from app.store import get_redis, is_loopback_url, redis_is_open
 
 blp = Blueprint("health", __name__)
 
@@ -23,12 +23,22 @@ def healthz():
 def readyz():
     """Readiness: Redis answers and every route has a live worker on both lanes."""
     checks: dict[str, object] = {}
+    settings = runtime().settings
     try:
         get_redis().ping()
         checks["redis"] = True
+        open_redis = redis_is_open(settings.redis_url)
     except Exception:
         checks["redis"] = False
         return jsonify({"status": "unavailable", "checks": checks}), 503
+    # Redis holds the tokens, the queues and the job records: one that answers anybody is
+    # a control plane open to anybody on its network.
+    checks["redis_auth"] = not open_redis
+    if open_redis and not (settings.dev_open_redis and is_loopback_url(settings.redis_url)):
+        return jsonify({"status": "unavailable", "checks": checks,
+                        "reason": "Redis answers without authentication: give it a password "
+                                  "(requirepass or ACL users) and set DOCKYARD_REDIS_PASSWORD"
+                                  "[_FILE]"}), 503
     routes = {}
     for queue in ("engine.ops", "engine.query"):
         routes[queue] = lane_alive(queue)

@@ -36,6 +36,9 @@ def _env_secret(name: str) -> str:
         raise SettingsError(f"{name}_FILE: cannot read {path}: {reason}") from None
 
 
+secret_from_env = _env_secret  # for tools and tests that need one secret the way Settings reads it
+
+
 def _with_password(url: str, password: str) -> str:
     """``url`` with ``password`` as its Redis AUTH password (``unix://`` takes it as a query).
 
@@ -100,6 +103,9 @@ class Settings:
     # (store, Celery broker, health checks) connects with settings.redis_url.
     redis_url: str = field(default_factory=lambda: _env("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/0"))
     redis_password: str = field(default_factory=lambda: _env_secret("DOCKYARD_REDIS_PASSWORD"))
+    # `make run` on a machine whose loopback Redis already runs without a password: readyz
+    # accepts that Redis (only if it is on loopback); everywhere else an open Redis is unready.
+    dev_open_redis: bool = field(default_factory=lambda: _env_bool("DOCKYARD_DEV_OPEN_REDIS", False))
     secret_key: str = field(default_factory=lambda: _env_secret("DOCKYARD_SECRET_KEY"))
     admin_token: str = field(default_factory=lambda: _env_secret("DOCKYARD_ADMIN_TOKEN"))
     state_dir: Path = field(

@@ -47,6 +47,34 @@ def get_redis_bytes() -> redis.Redis:
     return _redis_bytes
 
 
+def redis_is_open(url: str) -> bool:
+    """Whether the Redis at ``url`` answers a client that brings no credentials.
+
+    Raises:
+        redis.ConnectionError: it does not answer at all.
+    """
+    kwargs = redis.connection.parse_url(url)
+    kwargs.pop("username", None)
+    kwargs.pop("password", None)
+    client = redis.Redis(**kwargs, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+        return True
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc):
+            return False
+        raise
+    finally:
+        client.close()
+
+
+def is_loopback_url(url: str) -> bool:
+    """A unix socket, or a TCP Redis on a loopback address."""
+    kwargs = redis.connection.parse_url(url)
+    host = kwargs.get("host")
+    return "path" in kwargs or host in ("localhost", "::1") or str(host).startswith("127.")
+
+
 def _reset_after_fork() -> None:
     global _redis, _redis_bytes
     _redis = None

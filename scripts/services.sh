@@ -7,27 +7,52 @@ source "$(dirname "$0")/lib.sh"
 
 PRIVATE_SOCK="$RUN_DIR/docker.sock"
 
-# PING over bash's /dev/tcp, so an existing Redis is found even without redis-cli.
-redis_ping() {
-  local reply
+# A RESP command over bash's /dev/tcp, so Redis is probed even without redis-cli.
+# redis_says [PASSWORD]: the reply to PING (after AUTH PASSWORD when given).
+redis_says() {
+  local reply=""
   { exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT"; } 2>/dev/null || return 1
+  if [ -n "${1:-}" ]; then
+    printf '*2\r\n$4\r\nAUTH\r\n$%s\r\n%s\r\n' "${#1}" "$1" >&3
+    read -r -t 2 reply <&3 || true
+  fi
   printf 'PING\r\n' >&3
   read -r -t 2 reply <&3 || true
   exec 3>&-
-  [[ "$reply" == +PONG* ]]
+  printf '%s' "$reply"
 }
+redis_ping() { [[ "$(redis_says "$(redis_password)")" == +PONG* ]]; }
 sock_ping() { curl -sf --max-time 3 --unix-socket "$1" http://d/_ping >/dev/null 2>&1; }
 registry_ping() { curl -s --max-time 3 -o /dev/null "http://$REGISTRY_ADDR/v2/"; }
+redis_password() { secret_file redis-password; }
 
 up_redis() {
-  if redis_ping; then log "redis: using the one on 127.0.0.1:$REDIS_PORT"; return; fi
+  REDIS_OPEN=0
+  local reply
+  if reply=$(redis_says); then
+    if [[ "$reply" == +PONG* ]]; then
+      # Somebody's Redis without a password on loopback: usable for local development only
+      # (readyz accepts it because make run says so, and only on loopback).
+      REDIS_OPEN=1
+      log "redis: using the one on 127.0.0.1:$REDIS_PORT (it has no password: dev mode only)"
+      return
+    fi
+    if redis_ping; then log "redis: using ours on 127.0.0.1:$REDIS_PORT"; return; fi
+    log "redis on 127.0.0.1:$REDIS_PORT wants a password that is not $STATE_DIR/redis-password;"
+    log "stop it, or set DOCKYARD_REDIS_PORT to another port"
+    exit 1
+  fi
   mkdir -p "$STATE_DIR/redis"
   # AOF keeps queued jobs across a Redis restart; noeviction never drops a queued job.
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE_DIR/redis" \
-    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save "" \
-    --daemonize yes --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log"
+  # The password comes on stdin (a config read from '-'), so no argument list shows it.
+  redis-server - --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
+    --dir "$STATE_DIR/redis" --appendonly yes --appendfsync everysec \
+    --maxmemory-policy noeviction --save "" --daemonize yes \
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" <<CONF
+requirepass "$(redis_password)"
+CONF
   wait_for 15 redis_ping || { log "redis did not start; see $LOG_DIR/redis.log"; exit 1; }
-  log "redis: started on 127.0.0.1:$REDIS_PORT"
+  log "redis: started on 127.0.0.1:$REDIS_PORT (password in $STATE_DIR/redis-password)"
 }
 
 engine_url() {
@@ -96,6 +121,8 @@ write_env() {
   (umask 077; cat > "$RUN_DIR/env" <<ENV
 export DOCKYARD_STATE_DIR="$STATE_DIR"
 export DOCKYARD_REDIS_URL="${DOCKYARD_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
+$(if [ "$REDIS_OPEN" = 1 ]; then echo 'export DOCKYARD_DEV_OPEN_REDIS=1'; \
+  else echo "export DOCKYARD_REDIS_PASSWORD_FILE=\"$STATE_DIR/redis-password\""; fi)
 export DOCKYARD_SECRET_KEY="$secret"
 export DOCKYARD_ADMIN_TOKEN="$token"
 export DOCKYARD_LOCAL_ENGINE="$ENGINE_URL"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -17,10 +18,18 @@ import pytest
 import redis
 import requests
 
+from app.config import Settings, secret_from_env
 from tests.integration.helpers import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 from tests.support.stack import ROOT, Stack
 
-TEST_REDIS_URL = os.environ.get("DOCKYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The suite's Redis database: DOCKYARD_TEST_REDIS_URL, or database 15 of `make test`'s Redis.
+# STACK_REDIS_URL is what the suite's processes get (they read the password from
+# DOCKYARD_REDIS_PASSWORD_FILE like any Dockyard process); TEST_REDIS_URL carries the
+# password for the suite's own clients.
+STACK_REDIS_URL = os.environ.get("DOCKYARD_TEST_REDIS_URL") or re.sub(
+    r"/\d*$", "/15", os.environ.get("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/15"))
+TEST_REDIS_URL = Settings(redis_url=STACK_REDIS_URL,
+                          redis_password=secret_from_env("DOCKYARD_REDIS_PASSWORD")).redis_url
 ADMIN_TOKEN = "dy_test-admin-" + uuid.uuid4().hex
 SECRET_KEY = "test-secret-" + uuid.uuid4().hex
 BUSYBOX = "dockyard-test/busybox:latest"
@@ -58,7 +67,7 @@ def stack_env(state_dir: Path, bind_root: Path) -> dict[str, str]:
         pytest.fail("DOCKER_HOST is not set: run the suite with `make test`")
     return {
         **os.environ,
-        "DOCKYARD_REDIS_URL": TEST_REDIS_URL,
+        "DOCKYARD_REDIS_URL": STACK_REDIS_URL,
         "DOCKYARD_STATE_DIR": str(state_dir),
         "DOCKYARD_SECRET_KEY": SECRET_KEY,
         "DOCKYARD_ADMIN_TOKEN": ADMIN_TOKEN,

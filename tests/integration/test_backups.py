@@ -17,7 +17,7 @@ import requests
 
 from app.celery import make_celery
 from app.config import Settings
-from tests.integration.conftest import SECRET_KEY, TEST_REDIS_URL
+from tests.integration.conftest import SECRET_KEY, STACK_REDIS_URL
 from tests.integration.helpers import BUSYBOX, eventually, free_port
 
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -275,9 +275,13 @@ def test_viewer_may_not_back_up_or_delete(viewer, operator, engine, unique, left
     assert operator.get(f"/backups/{backup_id}").status_code == 404
 
 
-def test_restore_applies_the_policy_to_the_restored_spec(operator, engine, unique, leftovers):
+def test_restore_applies_the_policy_to_the_restored_spec(operator, admin, engine, unique,
+                                                        leftovers):
     run_container(engine, leftovers, unique, ["sleep", "300"], cap_add=["NET_ADMIN"])
-    backup_id = back_up(operator, unique)["result"]["id"]
+    # An operator may not even back it up: its live configuration breaks the policy.
+    refused = operator.post(f"/hosts/local/containers/{unique}/backups", json={})
+    assert refused.status_code == 403 and refused.json()["rule"] == "no-cap-add", refused.text
+    backup_id = back_up(admin, unique)["result"]["id"]
     response = operator.post(f"/backups/{backup_id}/restore", json={"name": f"{unique}-r"})
     assert response.status_code == 403, response.text
     assert response.json()["rule"] == "no-cap-add"
@@ -309,7 +313,7 @@ def test_a_due_schedule_runs_a_backup_when_beat_ticks(operator, engine, unique, 
     assert schedule in operator.get("/backup-schedules").json()
     try:
         # Like beat, which holds the secret key: workers refuse unsigned task messages.
-        beat = make_celery(Settings(redis_url=TEST_REDIS_URL, secret_key=SECRET_KEY))
+        beat = make_celery(Settings(redis_url=STACK_REDIS_URL, secret_key=SECRET_KEY))
         beat.send_task("backups.run_schedules", queue="engine.ops")
 
         def scheduled() -> list:
@@ -348,7 +352,8 @@ def test_consistency_stop_stops_the_container_for_the_backup_and_starts_it_again
 
 
 def test_include_binds_archives_binds_under_the_allowed_roots_only(
-        operator, engine, unique, leftovers, bind_root, state_dir):
+        admin, engine, unique, leftovers, bind_root, state_dir):
+    # A bind outside the roots: only an admin may back such a container up at all.
     inside, outside = bind_root / unique, state_dir / f"outside-{unique}"
     inside.mkdir()
     outside.mkdir()
@@ -357,9 +362,9 @@ def test_include_binds_archives_binds_under_the_allowed_roots_only(
     run_container(engine, leftovers, unique, ["sleep", "300"],
                   volumes={str(inside): {"bind": "/site", "mode": "rw"},
                            str(outside): {"bind": "/secret", "mode": "ro"}})
-    without = back_up(operator, unique)["result"]
+    without = back_up(admin, unique)["result"]
     assert [p["kind"] for p in without["parts"]] == ["config", "rootfs"]
-    manifest = back_up(operator, unique, include_binds=True)["result"]
+    manifest = back_up(admin, unique, include_binds=True)["result"]
     binds = [p for p in manifest["parts"] if p["kind"] == "bind"]
     assert [(b["source"], b["target"]) for b in binds] == [(str(inside), "/site")]
     assert manifest["skipped_binds"] == [str(outside)]

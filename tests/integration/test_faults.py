@@ -42,20 +42,31 @@ FINAL = ("succeeded", "failed", "cancelled")
 class PrivateRedis:
     """A redis-server of our own on a free port, appending every write to its AOF."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, password: bool = True) -> None:
         self.folder = folder
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = uuid.uuid4().hex if password else ""
+        self.password_file = folder / "password"
+        # ``stack_url`` for Dockyard's processes (the password comes from the file, as in
+        # `make run`); ``url`` carries it, for the test's own clients.
+        self.stack_url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0" if password \
+            else self.stack_url
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.password_file.write_text(self.password)
+        self.password_file.chmod(0o600)
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+            ["redis-server", "-", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
              str(self.folder), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--maxmemory-policy", "noeviction", "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--maxmemory-policy", "noeviction", "--protected-mode", "yes"],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.password:
+            self.proc.stdin.write(f'requirepass "{self.password}"\n'.encode())
+        self.proc.stdin.close()
         client = redis.Redis.from_url(self.url)
         eventually(lambda: _pings(client), timeout=20)
 
@@ -78,16 +89,21 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-def private_stack_env(stack_env: dict[str, str], redis_url: str, folder: Path,
+def private_stack_env(stack_env: dict[str, str], store: PrivateRedis, folder: Path,
                       local_engine: str, **extra: str) -> dict[str, str]:
     """The suite's environment, re-pointed at a private Redis and state dir.
 
     Host ``local`` of that stack is ``local_engine``; no registry is registered.
     """
-    env = {**stack_env, "DOCKYARD_REDIS_URL": redis_url, "DOCKYARD_STATE_DIR": str(folder),
+    env = {**stack_env, "DOCKYARD_REDIS_URL": store.stack_url,
+           "DOCKYARD_STATE_DIR": str(folder),
            "DOCKYARD_LOCAL_ENGINE": local_engine, "DOCKYARD_BIND_ROOTS": str(folder / "binds"),
            **extra}
     env.pop("DOCKYARD_LOCAL_REGISTRY", None)
+    env.pop("DOCKYARD_DEV_OPEN_REDIS", None)
+    env.pop("DOCKYARD_REDIS_PASSWORD_FILE", None)
+    if store.password:
+        env["DOCKYARD_REDIS_PASSWORD_FILE"] = str(store.password_file)
     (folder / "binds").mkdir(parents=True, exist_ok=True)
     return env
 
@@ -97,7 +113,7 @@ def private_stack(stack_env: dict[str, str], folder: Path, local_engine: str,
                   **extra: str) -> Iterator[tuple[Stack, PrivateRedis]]:
     store = PrivateRedis(folder / "redis")
     store.start()
-    running = Stack(private_stack_env(stack_env, store.url, folder, local_engine, **extra),
+    running = Stack(private_stack_env(stack_env, store, folder, local_engine, **extra),
                     folder / "log")
     try:
         running.start()
@@ -425,3 +441,42 @@ def test_registry_stopped_mid_push_fails_the_job_with_the_reason(
     assert job["error"]["status"] in (502, 503), job["error"]
     assert f"127.0.0.1:{relay.port}" in job["error"]["detail"], job["error"]
     assert job["result"] is None
+
+
+# -- Redis is never open --------------------------------------------------------------------
+
+
+def test_readyz_fails_while_redis_answers_without_a_password(stack_env, state_dir):
+    folder = state_dir / f"open-redis-{uuid.uuid4().hex[:6]}"
+    store = PrivateRedis(folder / "redis", password=False)
+    store.start()
+    running = Stack(private_stack_env(stack_env, store, folder, stack_env["DOCKER_HOST"]),
+                    folder / "log")
+    try:
+        with pytest.raises(RuntimeError, match="stack not ready"):
+            running.start()  # it waits for readyz, which never says ready
+        answer = requests.get(f"{running.url}/readyz", timeout=10)
+        assert answer.status_code == 503
+        assert answer.json()["checks"]["redis_auth"] is False
+        assert "without authentication" in answer.json()["reason"]
+        # `make run` reusing a loopback Redis without a password says so: then it is ready.
+        running.stop()
+        dev = Stack(private_stack_env(stack_env, store, folder, stack_env["DOCKER_HOST"],
+                                      DOCKYARD_DEV_OPEN_REDIS="1"), folder / "log-dev")
+        try:
+            dev.start()
+            assert requests.get(f"{dev.url}/readyz", timeout=10).json()["checks"][
+                "redis_auth"] is False
+        finally:
+            dev.stop()
+    finally:
+        running.stop()
+        store.stop()
+
+
+def test_readyz_is_ready_with_a_password_protected_redis(fadmin, faults):
+    running, store = faults
+    answer = requests.get(f"{running.url}/readyz", timeout=10)
+    assert answer.status_code == 200 and answer.json()["checks"]["redis_auth"] is True
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(store.stack_url).ping()

@@ -19,7 +19,7 @@ import docker
 import pytest
 import requests
 
-from tests.integration.conftest import TEST_REDIS_URL, Api
+from tests.integration.conftest import STACK_REDIS_URL, Api
 from tests.integration.helpers import BUSYBOX, eventually
 from tests.support.forward import Forwarder
 from tests.support.remote_engine import RemoteEngine
@@ -80,7 +80,7 @@ class Agent:
 
     def __init__(self, remote: RemoteEngine, host: str, stack_env: dict[str, str],
                  log_dir) -> None:
-        db = urlsplit(TEST_REDIS_URL).path or "/0"
+        db = urlsplit(STACK_REDIS_URL).path or "/0"
         self.env = {**stack_env,
                     "DOCKYARD_REDIS_URL": f"redis://{remote.host_ip}:{REDIS_RELAY_PORT}{db}"}
         self.args = ["nsenter", f"--net={remote.netns_path}", str(VENV_BIN / "dockyard-agent"),
@@ -106,7 +106,8 @@ class Agent:
 
 @pytest.fixture(scope="module")
 def relay(agent_engine: RemoteEngine) -> Iterator[None]:
-    with Forwarder((agent_engine.host_ip, REDIS_RELAY_PORT), ("127.0.0.1", 6379)):
+    with Forwarder((agent_engine.host_ip, REDIS_RELAY_PORT),
+                   ("127.0.0.1", urlsplit(STACK_REDIS_URL).port or 6379)):
         yield
 
 

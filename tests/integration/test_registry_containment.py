@@ -23,7 +23,7 @@ from app.errors import InvalidInputError
 from app.registries import RegistryStore
 from app.runtime import runtime
 from tasks.containers import registry_auth
-from tests.integration.conftest import ADMIN_TOKEN, SECRET_KEY, TEST_REDIS_URL, Api
+from tests.integration.conftest import ADMIN_TOKEN, SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL, Api
 from tests.integration.helpers import BUSYBOX, REGISTRY_PASSWORD, REGISTRY_USER
 from tests.integration.test_builds import tar_context, upload
 from tests.integration.test_faults import PrivateRedis, private_stack_env
@@ -140,7 +140,7 @@ def test_the_worker_refuses_credentials_for_an_image_in_another_registry(
     # What the worker runs before every pull or push with auth (provision, restore, pull,
     # push, commit+push, build+push), here against the suite's real Redis and sealed record.
     store = RegistryStore(redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True),
-                          Settings(redis_url=TEST_REDIS_URL, secret_key=SECRET_KEY))
+                          Settings(redis_url=STACK_REDIS_URL, secret_key=SECRET_KEY))
     rt = runtime()
     saved = rt.__dict__.get("registries")
     rt.__dict__["registries"] = store
@@ -245,7 +245,7 @@ def allowing(stack_env: dict[str, str], state_dir: Path) -> Iterator[tuple[Api, 
     folder = state_dir / f"allowing-{uuid.uuid4().hex[:6]}"
     store = PrivateRedis(folder / "redis")
     store.start()
-    env = private_stack_env(stack_env, store.url, folder, os.environ["DOCKER_HOST"],
+    env = private_stack_env(stack_env, store, folder, os.environ["DOCKER_HOST"],
                             DOCKYARD_ALLOWED_REGISTRIES=LOCAL_REGISTRY)
     env["DOCKYARD_LOCAL_REGISTRY"] = f"http://{LOCAL_REGISTRY}"
     running = Stack(env, folder / "log")

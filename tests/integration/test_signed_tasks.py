@@ -17,11 +17,14 @@ from app import signing
 from app.celery import make_celery
 from app.config import Settings
 from app.jobs import JobStore
-from tests.integration.conftest import SECRET_KEY, TEST_REDIS_URL
+from tests.integration.conftest import SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually
 from tests.support.stack import Stack
 
 CAPTURE = "dyt-capture:"
+# The caller a job's message carries (role and host scope, as the API sends it).
+OPERATOR = {"id": "t-operator", "name": "test-operator", "role": "operator", "hosts": None}
+ADMIN = {"id": "t-admin", "name": "test-admin", "role": "admin", "hosts": None}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def capturing_api(stack: Stack) -> Iterator[Celery]:
     The messages it sends are byte for byte what the API sends (their routing key is the
     real queue's); the test takes them from ``dyt-capture:<queue>`` and pushes them by hand.
     """
-    app = make_celery(Settings(redis_url=TEST_REDIS_URL, secret_key=SECRET_KEY))
+    app = make_celery(Settings(redis_url=STACK_REDIS_URL, secret_key=SECRET_KEY))
     app.conf.broker_transport_options = {**app.conf.broker_transport_options,
                                          "global_keyprefix": CAPTURE}
     yield app
@@ -127,7 +130,7 @@ def test_a_message_pushed_into_the_queue_by_hand_with_a_made_up_spec_is_refused(
     record = queued_job(jobs)
     spec = {**provision_spec(unique), "env": {"MADE_UP": "yes"}}
     broker.lpush("engine.ops", forged("containers.provision", record["id"],
-                                      [record["id"], "local", spec, True]))
+                                      [record["id"], "local", spec, ADMIN]))
     refusal_logged(stack, record["id"], "unsigned")
     assert_untouched(engine, jobs, broker, record, record["id"], unique)
 
@@ -136,7 +139,7 @@ def test_a_message_with_a_made_up_signature_is_refused(stack, engine, jobs, brok
     record = queued_job(jobs)
     fake = base64.b64encode(b"\x00" * 64).decode()
     broker.lpush("engine.ops", forged(
-        "containers.provision", record["id"], [record["id"], "local", provision_spec(unique), True],
+        "containers.provision", record["id"], [record["id"], "local", provision_spec(unique), ADMIN],
         dockyard_signature=fake, dockyard_signed_at=2_000_000_000))
     refusal_logged(stack, record["id"], "bad signature")
     assert_untouched(engine, jobs, broker, record, record["id"], unique)
@@ -146,10 +149,10 @@ def test_a_signed_message_whose_body_was_altered_is_refused(
         stack, engine, jobs, broker, capturing_api, unique):
     record = queued_job(jobs)
     raw = captured(capturing_api, broker, "containers.provision",
-                   [record["id"], "local", provision_spec(unique), False], record["id"])
+                   [record["id"], "local", provision_spec(unique), OPERATOR], record["id"])
 
     def escalate(body: list) -> None:
-        body[0][3] = True  # is_admin
+        body[0][3] = ADMIN  # the caller's role
         body[0][2]["command"] = ["sh", "-c", "echo altered; sleep 300"]
 
     broker.lpush("engine.ops", with_body(raw, escalate))
@@ -161,7 +164,7 @@ def test_a_signed_message_for_a_task_id_without_a_job_record_is_refused(
         stack, engine, jobs, broker, capturing_api, unique):
     task_id = "01" + uuid.uuid4().hex[:24].upper()
     raw = captured(capturing_api, broker, "containers.provision",
-                   [task_id, "local", provision_spec(unique), False], task_id)
+                   [task_id, "local", provision_spec(unique), OPERATOR], task_id)
     broker.lpush("engine.ops", raw)
     refusal_logged(stack, task_id, f"no job record '{task_id}'")
     assert_untouched(engine, jobs, broker, None, task_id, unique)
@@ -171,7 +174,7 @@ def test_a_signed_message_of_another_kind_than_its_job_record_is_refused(
         stack, engine, jobs, broker, capturing_api, unique):
     record = queued_job(jobs, kind="containers.stop")
     raw = captured(capturing_api, broker, "containers.provision",
-                   [record["id"], "local", provision_spec(unique), False], record["id"])
+                   [record["id"], "local", provision_spec(unique), OPERATOR], record["id"])
     broker.lpush("engine.ops", raw)
     refusal_logged(stack, record["id"], "is a containers.stop job")
     assert_untouched(engine, jobs, broker, record, record["id"], unique)
@@ -181,7 +184,7 @@ def test_a_message_signed_for_another_queue_is_refused_on_this_one(
         stack, engine, jobs, broker, capturing_api, unique):
     record = queued_job(jobs, host="elsewhere")
     raw = captured(capturing_api, broker, "containers.provision",
-                   [record["id"], "elsewhere", provision_spec(unique), False], record["id"],
+                   [record["id"], "elsewhere", provision_spec(unique), OPERATOR], record["id"],
                    queue="host.elsewhere.ops")
     broker.lpush("engine.ops", raw)
     refusal_logged(stack, record["id"], "signed for queue 'host.elsewhere.ops'")
@@ -192,7 +195,7 @@ def test_a_replayed_message_of_a_finished_job_does_not_run_again(
         stack, engine, jobs, broker, capturing_api, unique, cleanup):
     record = queued_job(jobs)
     raw = captured(capturing_api, broker, "containers.provision",
-                   [record["id"], "local", provision_spec(unique), False], record["id"])
+                   [record["id"], "local", provision_spec(unique), OPERATOR], record["id"])
     cleanup.append(unique)
     broker.lpush("engine.ops", raw)  # the genuine message runs
     done = eventually(lambda: (job := jobs.get(record["id"]))["state"] == "succeeded" and job,
@@ -224,16 +227,17 @@ def test_a_worker_with_only_the_public_key_runs_signed_jobs_and_refuses_others(
         stack, jobs, broker, capturing_api, verify_only_worker):
     host = "dyt-verify-only"
     genuine = queued_job(jobs, kind="containers.action", host=host)
-    capturing_api.send_task("containers.action", args=[genuine["id"], host, "gone", "stop", {}],
+    capturing_api.send_task("containers.action", args=[genuine["id"], host, "gone", "stop", {}, OPERATOR],
                             queue=verify_only_worker, task_id=genuine["id"])
     broker.lpush(verify_only_worker, broker.rpop(CAPTURE + verify_only_worker))
     # It ran: the job left 'queued' (it fails, as no such host is registered).
     assert eventually(lambda: jobs.get(genuine["id"])["state"] == "failed")
 
-    other_key = make_celery(Settings(redis_url=TEST_REDIS_URL, secret_key="not-the-secret"))
+    other_key = make_celery(Settings(redis_url=STACK_REDIS_URL, secret_key="not-the-secret"))
     other_key.conf.broker_transport_options = {"global_keyprefix": CAPTURE}
     forged_job = queued_job(jobs, kind="containers.action", host=host)
-    other_key.send_task("containers.action", args=[forged_job["id"], host, "gone", "stop", {}],
+    other_key.send_task("containers.action", args=[forged_job["id"], host, "gone", "stop", {},
+                                                   OPERATOR],
                         queue=verify_only_worker, task_id=forged_job["id"])
     broker.lpush(verify_only_worker, broker.rpop(CAPTURE + verify_only_worker))
     line = eventually(lambda: next((row for row in (stack.log_dir / "worker-verify-only.log")

@@ -23,8 +23,8 @@ def docker_cli(*args: str) -> str:
 
 @pytest.fixture
 def label(engine, unique) -> Iterator[str]:
-    """``dockyard.test=<unique>``: every volume a test makes carries it and is removed after."""
-    value = f"dockyard.test={unique}"
+    """``dyt.test=<unique>``: every volume a test makes carries it and is removed after."""
+    value = f"dyt.test={unique}"
     yield value
     for volume in engine.volumes.list(filters={"label": value}):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
@@ -38,7 +38,7 @@ def create(api, **body) -> dict:
 
 
 def test_create_inspect_and_ls_match_docker_volume(operator, viewer, unique, label):
-    job = create(operator, name=unique, labels={"dockyard.test": unique, "team": "a"})
+    job = create(operator, name=unique, labels={"dyt.test": unique, "team": "a"})
     assert job["state"] == "succeeded", job
     assert job["result"]["name"] == unique and job["result"]["created"] is True
     cli = json.loads(docker_cli("volume", "inspect", unique))[0]
@@ -60,7 +60,7 @@ def test_create_inspect_and_ls_match_docker_volume(operator, viewer, unique, lab
 
 
 def test_create_is_idempotent_for_the_same_driver_and_409_for_another(operator, unique, label):
-    assert create(operator, name=unique, labels={"dockyard.test": unique})["state"] == "succeeded"
+    assert create(operator, name=unique, labels={"dyt.test": unique})["state"] == "succeeded"
     again = create(operator, name=unique)
     assert again["state"] == "succeeded" and again["result"]["created"] is False
     other = operator.post("/hosts/local/volumes", json={"name": unique, "driver": "other-driver"})
@@ -70,14 +70,14 @@ def test_create_is_idempotent_for_the_same_driver_and_409_for_another(operator, 
 
 
 def test_a_nameless_volume_gets_a_generated_name(operator, unique, label):
-    job = create(operator, labels={"dockyard.test": unique})
+    job = create(operator, labels={"dyt.test": unique})
     assert job["state"] == "succeeded", job
     assert docker_cli("volume", "ls", "-q", "-f", f"label={label}").split() == \
         [job["result"]["name"]]
 
 
 def test_rm_refuses_a_volume_in_use_then_removes_it(operator, engine, unique, label, cleanup):
-    create(operator, name=unique, labels={"dockyard.test": unique})
+    create(operator, name=unique, labels={"dyt.test": unique})
     cleanup.append(unique)
     engine.containers.create(BUSYBOX, command=["true"], name=unique,
                              volumes={unique: {"bind": "/data", "mode": "rw"}})
@@ -94,7 +94,7 @@ def test_dangling_filter_and_prune_touch_only_unused_labelled_volumes(operator, 
                                                                        unique, label, cleanup):
     used, unused = f"{unique}-used", f"{unique}-unused"
     for name in (used, unused):
-        create(operator, name=name, labels={"dockyard.test": unique})
+        create(operator, name=name, labels={"dyt.test": unique})
     cleanup.append(unique)
     engine.containers.create(BUSYBOX, command=["true"], name=unique,
                              volumes={used: {"bind": "/data", "mode": "rw"}})
