@@ -11,7 +11,7 @@ from api.common import principal, requires, start_job
 from api.hosts import host_record
 from app.dispatch import run_query
 from app.errors import ConflictError
-from app.policy import Violation, raise_for
+from app.policy import SCOPE_LABEL, Violation, raise_for
 from schemas.common import JobSchema
 from schemas.volumes import (
     VolumeCreateSchema,
@@ -55,7 +55,8 @@ class Volumes(MethodView):
                                     f"with driver '{existing['driver']}'", name=spec["name"])
 
         return start_job("volumes.create", host_record=record, target=spec["name"],
-                         args=[spec["name"], spec["driver"], spec["labels"]],
+                         args=[spec["name"], spec["driver"],
+                               {**spec["labels"], SCOPE_LABEL: principal().scope}],
                          precheck=driver_matches)
 
 
@@ -81,7 +82,7 @@ class VolumePrune(MethodView):
     def post(self, spec: dict, host: str) -> Any:
         """`docker volume prune [--filter label=…]` (job): volumes no container uses."""
         return start_job("volumes.prune", host_record=host_record(host), target=None,
-                         args=[volume_prune_filters(spec["filters"])])
+                         args=[volume_prune_filters(spec["filters"]), principal().as_caller()])
 
 
 @blp.route("/hosts/<string:host>/volumes/<string:name>")
@@ -98,4 +99,4 @@ class Volume(MethodView):
     def delete(self, args: dict, host: str, name: str) -> Any:
         """`docker volume rm [-f] NAME` (job); a volume a container uses is a 409."""
         return start_job("volumes.remove", host_record=host_record(host), target=name,
-                         args=[name, args["force"]], body=args)
+                         args=[name, args["force"], principal().as_caller()], body=args)

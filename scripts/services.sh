@@ -48,7 +48,7 @@ up_redis() {
   redis-server - --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
     --dir "$STATE_DIR/redis" --appendonly yes --appendfsync everysec \
     --maxmemory-policy noeviction --save "" --daemonize yes \
-    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" <<CONF
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" >>"$LOG_DIR/redis.log" 2>&1 <<CONF
 requirepass "$(redis_password)"
 CONF
   wait_for 15 redis_ping || { log "redis did not start; see $LOG_DIR/redis.log"; exit 1; }

@@ -6,8 +6,9 @@ from typing import Any
 
 from celery import shared_task
 
-from app.engine import volumes
-from tasks.base import JobTask, engine_read
+from app.auth import Principal
+from app.engine import guard, volumes
+from tasks.base import JobContext, JobTask, engine_read
 
 # -- jobs ---------------------------------------------------------------------------------
 
@@ -20,13 +21,20 @@ def create(self: JobTask, job_id: str, host: str, name: str | None, driver: str,
 
 
 @shared_task(bind=True, base=JobTask, name="volumes.remove")
-def remove(self: JobTask, job_id: str, host: str, name: str, force: bool) -> None:
-    self.run_job(job_id, host, lambda job: volumes.remove_volume(job.client, name, force))
+def remove(self: JobTask, job_id: str, host: str, name: str, force: bool,
+           caller: dict[str, Any]) -> None:
+    def operation(job: JobContext) -> dict[str, Any]:
+        guard.require_volume_access(job.client, name, Principal.from_caller(caller), "remove")
+        return volumes.remove_volume(job.client, name, force)
+
+    self.run_job(job_id, host, operation)
 
 
 @shared_task(bind=True, base=JobTask, name="volumes.prune")
-def prune(self: JobTask, job_id: str, host: str, filters: dict[str, Any]) -> None:
-    self.run_job(job_id, host, lambda job: volumes.prune_volumes(job.client, filters))
+def prune(self: JobTask, job_id: str, host: str, filters: dict[str, Any],
+          caller: dict[str, Any]) -> None:
+    self.run_job(job_id, host, lambda job: volumes.prune_volumes(
+        job.client, guard.prune_filters(filters, Principal.from_caller(caller))))
 
 
 # -- reads --------------------------------------------------------------------------------

@@ -85,14 +85,20 @@ def require_access(client: docker.DockerClient, ref: str, caller: Principal, act
                              f"{action} it", rule="dockyard-system")
     if caller.is_admin:
         return info
-    if labels.get(MANAGED_LABEL) != "true":
-        raise ForbiddenError(f"container '{name}' is not managed by Dockyard; only admins may "
-                             f"act on it (others see it in listings only)", rule="managed-only")
-    if not caller.within_scope(labels.get(SCOPE_LABEL)):
-        raise ForbiddenError(f"container '{name}' was created outside the scope of token "
-                             f"'{caller.name}'", rule="owner-scope")
+    _require_owned(labels, f"container '{name}'", caller,
+                   "only admins may act on it (others see it in listings only)")
     raise_for(container_violations(client, info, caller, policy))
     return info
+
+
+def _require_owned(labels: dict[str, str], what: str, caller: Principal, otherwise: str) -> None:
+    """Non-admins: made by Dockyard (``dockyard.managed``) within the caller's scope."""
+    if labels.get(MANAGED_LABEL) != "true":
+        raise ForbiddenError(f"{what} was not made by Dockyard; {otherwise}",
+                             rule="managed-only")
+    if not caller.within_scope(labels.get(SCOPE_LABEL)):
+        raise ForbiddenError(f"{what} was made outside the scope of token '{caller.name}'",
+                             rule="owner-scope")
 
 
 def container_violations(client: docker.DockerClient, info: dict[str, Any], caller: Principal,
@@ -110,6 +116,42 @@ def _volume_violations(client: docker.DockerClient, name: str, policy: Policy) -
     except docker.errors.NotFound:
         return []  # the engine creates a plain local volume under that name
     return policy.volume_violations(volume)
+
+
+def require_volume_access(client: docker.DockerClient, name: str, caller: Principal,
+                          action: str) -> dict[str, Any]:
+    """The volume's ``docker volume inspect`` if ``caller`` may ``action`` it.
+
+    Dockyard's own volumes are nobody's to remove; non-admins remove only volumes Dockyard
+    made within their scope.
+
+    Raises:
+        NotFoundError: no such volume.
+        ForbiddenError: ``dockyard-system``, ``managed-only`` or ``owner-scope``.
+    """
+    try:
+        volume = client.api.inspect_volume(name)
+    except docker.errors.NotFound:
+        raise NotFoundError(f"no such volume: {name}") from None
+    labels = volume.get("Labels") or {}
+    if labels.get(SYSTEM_LABEL) == "true":
+        raise ForbiddenError(f"volume '{name}' is part of Dockyard itself; no token may "
+                             f"{action} it", rule="dockyard-system")
+    if not caller.is_admin:
+        _require_owned(labels, f"volume '{name}'", caller, f"only admins may {action} it")
+    return volume
+
+
+def prune_filters(filters: dict[str, Any], caller: Principal) -> dict[str, Any]:
+    """Volume prune filters that never reach Dockyard's own volumes, nor (for non-admins)
+    volumes Dockyard did not make in exactly the caller's scope."""
+    out = {key: list(value) for key, value in filters.items()}
+    out.setdefault("label!", []).append(f"{SYSTEM_LABEL}=true")
+    if not caller.is_admin:
+        out.setdefault("label", []).append(f"{MANAGED_LABEL}=true")
+        if caller.hosts is not None:
+            out["label"].append(f"{SCOPE_LABEL}={caller.scope}")
+    return out
 
 
 # -- what a provision spec refers to ------------------------------------------------------

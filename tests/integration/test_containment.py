@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.conftest import Api
 from tests.integration.helpers import BUSYBOX
-from tests.support.remote_engine import RemoteEngine
+from tests.support.remote_engine import RemoteEngine, start_on_a_free_subnet
 
 LOCAL = "/hosts/local/containers"
 SLEEP = ["sleep", "300"]
@@ -154,11 +154,20 @@ def test_a_named_volume_that_binds_a_host_folder_is_refused(operator, engine, un
     assert no_container(engine, unique)
 
 
-def test_operators_create_only_local_volumes(operator, engine, unique):
+def test_operators_create_only_local_volumes(operator, make_token, engine, unique, volumes):
     response = operator.post("/hosts/local/volumes", json={"name": unique, "driver": "rexray"})
     assert response.status_code == 403 and response.json()["rule"] == "volume-drivers"
+    reserved = operator.post("/hosts/local/volumes", json={
+        "name": unique, "labels": {"dockyard.system": "true"}})
+    assert reserved.status_code == 403 and reserved.json()["rule"] == "reserved-labels"
     with pytest.raises(docker.errors.NotFound):
         engine.volumes.get(unique)
+    # A plain local volume is made, labelled with its creator's scope.
+    volumes.append(unique)
+    scoped = make_token("operator", hosts=["local"])
+    made = scoped.post("/hosts/local/volumes", params={"wait": 30}, json={"name": unique})
+    assert outcome(made)[0] == 200, made.text
+    assert engine.volumes.get(unique).attrs["Labels"]["dockyard.scope"] == "local"
 
 
 # -- bind roots: symlinks planted inside a root ---------------------------------------------------
@@ -359,17 +368,7 @@ def test_viewers_cannot_download_backup_content(operator, viewer, unique, cleanu
 
 @pytest.fixture(scope="module")
 def tls_engine(state_dir: Path) -> Iterator[RemoteEngine]:
-    name = f"cnt{os.getpid() % 100000}"
-    for index in range(40, 50):
-        remote = RemoteEngine(name, state_dir, subnet_index=index)
-        try:
-            remote.start()
-            break
-        except RuntimeError as exc:
-            if "already used" not in str(exc):
-                raise
-    else:
-        pytest.fail("no free subnet for the TLS engine")
+    remote = start_on_a_free_subnet(f"cnt{os.getpid() % 100000}", state_dir, range(40, 50))
     try:
         yield remote
     finally:
@@ -415,3 +414,21 @@ def test_side_doors_stay_shut_on_a_tls_host(operator, tls_engine, tls_host, bind
             with contextlib.suppress(docker.errors.NotFound):
                 remote.containers.get(name).remove(force=True, v=True)
         remote.close()
+
+
+def test_volumes_made_elsewhere_or_by_dockyard_itself_are_not_removed(operator, admin, engine,
+                                                                      unique, volumes):
+    theirs, system = f"{unique}-theirs", f"{unique}-system"
+    volumes.extend([theirs, system])
+    engine.volumes.create(theirs, labels={"dyt.case": unique})
+    engine.volumes.create(system, labels={"dyt.case": unique, "dockyard.system": "true"})
+    refused(operator.delete(f"/hosts/local/volumes/{theirs}", params={"wait": 30}),
+            "managed-only")
+    refused(admin.delete(f"/hosts/local/volumes/{system}", params={"wait": 30}),
+            "dockyard-system")
+    for api in (operator, admin):
+        pruned = api.post("/hosts/local/volumes/prune", params={"wait": 30},
+                          json={"filters": {"label": [f"dyt.case={unique}"]}})
+        assert outcome(pruned)[0] == 200, pruned.text
+    left = {v.name for v in engine.volumes.list(filters={"label": f"dyt.case={unique}"})}
+    assert left == {system}  # the admin's prune took the unmanaged one, nobody the system one

@@ -32,7 +32,7 @@ from app.dispatch import lane_key
 from app.jobs import events_key, job_key
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually, free_port
-from tests.support.remote_engine import RemoteEngine
+from tests.support.remote_engine import RemoteEngine, start_on_a_free_subnet
 from tests.support.stack import Stack
 
 UNREACHABLE_ENGINE = "tcp://127.0.0.1:1"
@@ -95,15 +95,13 @@ def private_stack_env(stack_env: dict[str, str], store: PrivateRedis, folder: Pa
 
     Host ``local`` of that stack is ``local_engine``; no registry is registered.
     """
-    env = {**stack_env, "DOCKYARD_REDIS_URL": store.stack_url,
-           "DOCKYARD_STATE_DIR": str(folder),
-           "DOCKYARD_LOCAL_ENGINE": local_engine, "DOCKYARD_BIND_ROOTS": str(folder / "binds"),
-           **extra}
-    env.pop("DOCKYARD_LOCAL_REGISTRY", None)
-    env.pop("DOCKYARD_DEV_OPEN_REDIS", None)
-    env.pop("DOCKYARD_REDIS_PASSWORD_FILE", None)
+    env = {key: value for key, value in stack_env.items() if key not in (
+        "DOCKYARD_LOCAL_REGISTRY", "DOCKYARD_DEV_OPEN_REDIS", "DOCKYARD_REDIS_PASSWORD_FILE")}
     if store.password:
         env["DOCKYARD_REDIS_PASSWORD_FILE"] = str(store.password_file)
+    env.update({"DOCKYARD_REDIS_URL": store.stack_url, "DOCKYARD_STATE_DIR": str(folder),
+                "DOCKYARD_LOCAL_ENGINE": local_engine,
+                "DOCKYARD_BIND_ROOTS": str(folder / "binds"), **extra})
     (folder / "binds").mkdir(parents=True, exist_ok=True)
     return env
 
@@ -301,17 +299,7 @@ def test_burst_of_2000_jobs_all_reach_a_final_state_once(faults, fadmin: Api,
 def stoppable_engine(state_dir: Path, engine: docker.DockerClient) -> Iterator[RemoteEngine]:
     # Another session may run this module at the same time: a namespace name of our own and
     # the first free /30 of 10.213.30-39.
-    name = f"flt{os.getpid() % 100000}"
-    for index in range(30, 40):
-        remote = RemoteEngine(name, state_dir, subnet_index=index)
-        try:
-            remote.start()
-            break
-        except RuntimeError as exc:
-            if "already used" not in str(exc):
-                raise
-    else:
-        pytest.fail("no free subnet in 10.213.30.0-10.213.39.255")
+    remote = start_on_a_free_subnet(f"flt{os.getpid() % 100000}", state_dir, range(30, 40))
     try:
         remote.load_image_from(engine, BUSYBOX)
         yield remote

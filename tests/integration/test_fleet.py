@@ -132,15 +132,17 @@ def test_agent_serves_its_host_from_inside_the_namespace(admin: Api, operator: A
     agent = Agent(agent_engine, agent_host, stack_env, state_dir / "log")
     agent.start()
     try:
-        eventually(lambda: viewer.get(f"/hosts/{agent_host}/info").status_code == 200,
-                   timeout=60, interval=0.5)
+        # The agent's two lanes come up one after the other: a provision sent while only the
+        # query lane beats is refused with 503 (no live worker for the ops lane).
+        eventually(lambda: viewer.get(f"/hosts/{agent_host}").json().get("lanes_alive")
+                   == {"ops": True, "query": True}, timeout=60, interval=0.5)
         info = viewer.get(f"/hosts/{agent_host}/info").json()
         assert info["ID"] == agent_engine.client().info()["ID"]
         name = f"agt-{uuid.uuid4().hex[:6]}"
         job = operator.post(f"/hosts/{agent_host}/containers", params={"wait": 60}, json={
             "image": BUSYBOX, "name": name, "ports": ["18081:8080"],
             "command": ["httpd", "-f", "-p", "8080", "-h", "/etc"]}).json()
-        assert job["state"] == "succeeded", job
+        assert job.get("state") == "succeeded", job
         ps = subprocess.run(["docker", "ps", "--filter", f"name=^/{name}$", "--format",
                              "{{.Names}} {{.Ports}}"], env=agent_engine.cli_env(),
                             capture_output=True, text=True, check=True).stdout

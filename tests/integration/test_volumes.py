@@ -59,11 +59,13 @@ def test_create_inspect_and_ls_match_docker_volume(operator, viewer, unique, lab
                == set(docker_cli("volume", "ls", "-q").split()), timeout=10)
 
 
-def test_create_is_idempotent_for_the_same_driver_and_409_for_another(operator, unique, label):
+def test_create_is_idempotent_for_the_same_driver_and_409_for_another(operator, admin, unique,
+                                                                      label):
     assert create(operator, name=unique, labels={"dyt.test": unique})["state"] == "succeeded"
     again = create(operator, name=unique)
     assert again["state"] == "succeeded" and again["result"]["created"] is False
-    other = operator.post("/hosts/local/volumes", json={"name": unique, "driver": "other-driver"})
+    # Another driver: only admins may ask for one (operators get 403 volume-drivers).
+    other = admin.post("/hosts/local/volumes", json={"name": unique, "driver": "other-driver"})
     assert other.status_code == 409, other.text
     assert other.headers["Content-Type"] == "application/problem+json"
     assert json.loads(docker_cli("volume", "inspect", unique))[0]["Driver"] == "local"

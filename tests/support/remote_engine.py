@@ -925,3 +925,23 @@ def tcp_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def start_on_a_free_subnet(name: str, state_dir: Path, indices: range) -> RemoteEngine:
+    """Start an engine on the first /30 of ``indices`` no other session holds.
+
+    Sessions may run side by side, each with a namespace name of its own; a subnet already
+    in use is skipped.
+
+    Raises:
+        RuntimeError: every subnet in ``indices`` is taken.
+    """
+    for index in indices:
+        remote = RemoteEngine(name, state_dir, subnet_index=index)
+        try:
+            remote.start()
+            return remote
+        except RuntimeError as exc:
+            if "already used" not in str(exc):
+                raise
+    raise RuntimeError(f"no free subnet among 10.213.{indices.start}-{indices.stop - 1}.0/30")

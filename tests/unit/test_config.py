@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ ALL_VARS = [
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Each test starts from an environment without any DOCKYARD_* variable."""
-    for name in ALL_VARS:
+    for name in {*ALL_VARS, *(n for n in os.environ if n.startswith("DOCKYARD_"))}:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
