@@ -25,7 +25,9 @@ def register_blueprints(app: Flask, api) -> None:
         volumes,
         webhooks,
     )
+    from api.operations import OperationIdPlugin
 
+    api.spec.plugins.append(OperationIdPlugin())
     for module in (jobs, hosts, fleet, containers, images, volumes, transfers, builds, registries,
                    backups, tokens, audit, webhooks, events, integrations):
         api.register_blueprint(module.blp, url_prefix="/api/v1")

@@ -7,7 +7,6 @@ from typing import Any
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import ValidationError
 
 from api.common import caller_context, principal, redacted, requires, start_job
 from api.hosts import host_record
@@ -28,6 +27,7 @@ from schemas.containers import (
     ExecSpecSchema,
     KillArgsSchema,
     LogsArgsSchema,
+    NoArgsSchema,
     PortArgsSchema,
     ProvisionSpecSchema,
     PruneSpecSchema,
@@ -44,8 +44,6 @@ from schemas.images import CommitSpecSchema
 
 blp = Blueprint("containers", __name__, description="Containers on a host")
 
-_ACTION_SCHEMAS = {"start": None, "stop": StopArgsSchema, "restart": StopArgsSchema,
-                   "kill": KillArgsSchema, "pause": None, "unpause": None}
 
 
 def check_spec_policy(spec: dict[str, Any]) -> None:
@@ -152,25 +150,32 @@ class Container(MethodView):
                          args=[ref, args["force"], args["volumes"], caller_context()])
 
 
-@blp.route("/hosts/<string:host>/containers/<string:ref>/<any(start,stop,restart,kill,pause,unpause):verb>")
-class ContainerAction(MethodView):
-    @requires("operator")
-    @blp.response(202, JobSchema)
-    def post(self, host: str, ref: str, verb: str) -> Any:
-        """`docker start|stop|restart|kill|pause|unpause` (job); `{timeout}` or `{signal}`."""
-        schema = _ACTION_SCHEMAS[verb]
-        body = request.get_json(silent=True) if request.content_length else {}
-        if body is None or not isinstance(body, dict):
-            raise InvalidInputError("the body must be a JSON object")
-        if schema is None and body:
-            raise InvalidInputError(f"{verb} takes no arguments",
-                                    errors={k: ["Unknown field."] for k in body})
-        try:
-            args = schema().load(body) if schema else {}
-        except ValidationError as exc:
-            raise InvalidInputError("the request has invalid fields", errors=exc.messages) from None
-        return start_job("containers.action", host_record=host_record(host), target=ref,
-                         args=[ref, verb, args, caller_context()], body=body)
+def _lifecycle(verb: str, schema: type, summary: str) -> None:
+    """One path per lifecycle verb, each with its own body schema and operation."""
+
+    class Lifecycle(MethodView):
+        @requires("operator")
+        @blp.arguments(schema, required=False)
+        @blp.response(202, JobSchema)
+        def post(self, args: dict, host: str, ref: str) -> Any:
+            return start_job("containers.action", host_record=host_record(host), target=ref,
+                             args=[ref, verb, args, caller_context()],
+                             body=request.get_json(silent=True) or {})
+
+    Lifecycle.post.__doc__ = summary
+    Lifecycle.__name__ = Lifecycle.__qualname__ = f"Container{verb.capitalize()}"
+    blp.route(f"/hosts/<string:host>/containers/<string:ref>/{verb}",
+              endpoint=f"container_{verb}")(Lifecycle)
+
+
+for _verb, _schema, _summary in (
+        ("start", NoArgsSchema, "`docker start` (job)."),
+        ("stop", StopArgsSchema, "`docker stop [-t TIMEOUT]` (job); `{timeout}` in seconds."),
+        ("restart", StopArgsSchema, "`docker restart [-t TIMEOUT]` (job); `{timeout}` in seconds."),
+        ("kill", KillArgsSchema, "`docker kill [-s SIGNAL]` (job); `{signal}`, SIGKILL by default."),
+        ("pause", NoArgsSchema, "`docker pause` (job)."),
+        ("unpause", NoArgsSchema, "`docker unpause` (job).")):
+    _lifecycle(_verb, _schema, _summary)
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/logs")

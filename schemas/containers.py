@@ -8,7 +8,6 @@ import signal as signals
 from typing import Any
 
 from marshmallow import (
-    EXCLUDE,
     Schema,
     ValidationError,
     fields,
@@ -322,10 +321,11 @@ class ProvisionResultSchema(Schema):
     adopted = fields.Boolean()
 
 
-class StopArgsSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
+class NoArgsSchema(Schema):
+    """A lifecycle verb that takes no arguments (an empty body, or none)."""
 
+
+class StopArgsSchema(Schema):
     timeout = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0, max=3600))
 
 
