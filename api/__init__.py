@@ -20,13 +20,15 @@ def register_blueprints(app: Flask, api) -> None:
         integrations,
         jobs,
         registries,
+        sessions,
         tokens,
         transfers,
         volumes,
         webhooks,
     )
 
-    for module in (jobs, hosts, fleet, containers, images, volumes, transfers, builds, registries,
-                   backups, tokens, audit, webhooks, events, integrations):
+    for module in (jobs, hosts, fleet, containers, sessions, images, volumes, transfers, builds,
+                   registries, backups, tokens, audit, webhooks, events, integrations):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     app.register_blueprint(health.blp)
+    app.register_blueprint(sessions.pages)

@@ -1,0 +1,133 @@
+"""The engine's side of an interactive session: a hijacked exec or attach socket."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from typing import Any
+
+import docker
+
+from app.engine.containers import EXEC_MARKER_ENV, exec_exit_code, kill_marked
+
+logger = logging.getLogger(__name__)
+
+_READ_BYTES = 1 << 20
+_FRAME_HEADER = 8
+
+
+class Demultiplexer:
+    """Turns docker's multiplexed stream (non-tty) into the bytes a terminal would show."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self._pending += data
+        out = bytearray()
+        while len(self._pending) >= _FRAME_HEADER:
+            size = int.from_bytes(self._pending[4:_FRAME_HEADER], "big")
+            if len(self._pending) < _FRAME_HEADER + size:
+                break
+            out += self._pending[_FRAME_HEADER:_FRAME_HEADER + size]
+            self._pending = self._pending[_FRAME_HEADER + size:]
+        return bytes(out)
+
+
+class EngineSession:
+    """One hijacked engine connection: an exec's (``exec_id`` set) or an attach's.
+
+    The socket is whatever the transport gives (a unix or TCP socket, a TLS socket, an SSH
+    channel); one thread reads it while another writes, and ``close`` ends both.
+    """
+
+    def __init__(self, client: docker.DockerClient, container_id: str, sock: Any,
+                 exec_id: str | None, marker: str | None, tty: bool) -> None:
+        self.client = client
+        self.container_id = container_id
+        self.exec_id = exec_id
+        self.marker = marker
+        self.sock = getattr(sock, "_sock", sock)  # SocketIO wraps the socket on unix/tcp
+        self.sock.settimeout(None)  # a session may be quiet for as long as its idle limit
+        self._demux = None if tty else Demultiplexer()
+
+    def read(self) -> bytes:
+        """The next bytes the process wrote (b"" once its stream ended)."""
+        while True:
+            try:
+                data = self.sock.recv(_READ_BYTES)
+            except OSError:
+                return b""
+            if not data or self._demux is None:
+                return data
+            shown = self._demux.feed(data)
+            if shown:
+                return shown
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        try:
+            if self.exec_id is not None:
+                self.client.api.exec_resize(self.exec_id, height=rows, width=cols)
+            else:
+                self.client.api.resize(self.container_id, rows, cols)
+        except docker.errors.APIError as exc:
+            # The process may have just exited, or (non-tty) have no terminal to size.
+            logger.info("session resize refused by the engine: %s", exc.explanation)
+
+    def exit_code(self) -> int | None:
+        """The exec's exit code, or the container's once it stopped (attach)."""
+        if self.exec_id is not None:
+            return exec_exit_code(self.client, self.exec_id)
+        state = self.client.api.inspect_container(self.container_id)["State"]
+        return None if state.get("Running") else state.get("ExitCode")
+
+    def container_running(self) -> bool:
+        try:
+            state = self.client.api.inspect_container(self.container_id)["State"]
+        except docker.errors.NotFound:
+            return False
+        return bool(state.get("Running"))
+
+    def kill(self) -> None:
+        """End the process (an exec): the engine cannot, so a second exec kills it by marker.
+
+        An attach leaves the container running, like detaching from ``docker attach``.
+        """
+        if self.exec_id is not None and self.marker is not None and self.container_running():
+            kill_marked(self.client, self.container_id, self.marker)
+
+    def close(self) -> None:
+        # Shutdown first: it wakes the thread blocked in recv (close alone may not).
+        with contextlib.suppress(OSError, AttributeError):  # closed, or a channel without it
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def open_exec(client: docker.DockerClient, container_id: str, spec: dict[str, Any],
+              marker: str) -> EngineSession:
+    """``docker exec -i [-t]``: start ``spec['cmd']`` with stdin and hijack its stream.
+
+    The process carries ``marker`` in its environment so that it can be killed when the
+    session ends before it does (see ``kill_marked``).
+    """
+    tty = bool(spec.get("tty", True))
+    env = {**(spec.get("env") or {}), EXEC_MARKER_ENV: marker}
+    created = client.api.exec_create(container_id, spec["cmd"], stdin=True, stdout=True,
+                                     stderr=True, tty=tty, environment=env,
+                                     workdir=spec.get("workdir"), user=spec.get("user") or "",
+                                     privileged=bool(spec.get("privileged")))
+    sock = client.api.exec_start(created["Id"], tty=tty, socket=True)
+    return EngineSession(client, container_id, sock, created["Id"], marker, tty)
+
+
+def open_attach(client: docker.DockerClient, info: dict[str, Any]) -> EngineSession:
+    """``docker attach``: the container's own stdin/stdout/stderr."""
+    sock = client.api.attach_socket(info["Id"], params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                        "stream": 1})
+    tty = bool((info.get("Config") or {}).get("Tty"))
+    return EngineSession(client, info["Id"], sock, None, None, tty)
