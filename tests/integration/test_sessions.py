@@ -1,0 +1,279 @@
+"""Interactive sessions (exec -it, attach) over WebSocket, through the real API, Redis and worker."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+from simple_websocket import Client, ConnectionClosed
+from simple_websocket import ConnectionError as WebSocketRefused
+
+from tests.integration.helpers import BUSYBOX, eventually
+
+BASE = "/hosts/local/containers"
+
+
+def provision(api, name: str, command: list[str] | None = None, **extra) -> dict:
+    spec = {"image": BUSYBOX, "name": name, "labels": {"dyt.case": name},
+            "command": command or ["sh", "-c", "exec sleep 600"], **extra}
+    job = api.post(BASE, params={"wait": 60}, json=spec).json()
+    assert job["state"] == "succeeded", job
+    return job["result"]
+
+
+@pytest.fixture
+def running(operator, unique, cleanup):
+    cleanup.append(unique)
+    return provision(operator, unique)
+
+
+def ws_url(api, url: str) -> str:
+    return api.base.removesuffix("/api/v1").replace("http://", "ws://") + url
+
+
+class Terminal:
+    """A WebSocket client that collects what the session shows and how it ended."""
+
+    def __init__(self, api, session: dict) -> None:
+        self.ws = Client.connect(ws_url(api, session["url"]))
+        self.shown = b""
+        self.controls: list[dict] = []
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    def send(self, data: bytes | str) -> None:
+        self.ws.send(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.ws.send(json.dumps({"resize": [cols, rows]}))
+
+    def pump(self, timeout: float = 0.5) -> bool:
+        """Read what arrived within ``timeout``; False once the server closed."""
+        try:
+            message = self.ws.receive(timeout=timeout)
+        except ConnectionClosed as closed:
+            self.close_code, self.close_reason = closed.reason, closed.message
+            return False
+        if isinstance(message, bytes):
+            self.shown += message
+        elif message is not None:
+            self.controls.append(json.loads(message))
+        return True
+
+    def wait_for(self, text: bytes, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.shown:
+            assert time.monotonic() < deadline, f"{text!r} never shown; got {self.shown[-500:]!r}"
+            assert self.pump(), f"closed {self.close_code} {self.close_reason} before {text!r}"
+
+    def wait_closed(self, timeout: float = 30) -> tuple[int | None, str]:
+        deadline = time.monotonic() + timeout
+        while self.pump():
+            assert time.monotonic() < deadline, "the session never closed"
+        return self.close_code, self.close_reason
+
+    def abandon(self) -> None:
+        """Drop the connection without a close frame, as a crashed client would."""
+        self.ws.sock.shutdown(socket.SHUT_RDWR)
+        self.ws.sock.close()
+
+
+def open_session(api, ref: str, **body) -> dict:
+    response = api.post(f"{BASE}/{ref}/sessions", json=body or {"cmd": ["sh"]})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def processes(engine, ref: str) -> str:
+    return "\n".join(" ".join(row) for row in engine.api.top(ref)["Processes"])
+
+
+def exec_ids(engine, ref: str) -> list:
+    return engine.api.inspect_container(ref)["ExecIDs"] or []
+
+
+# -- the protocol --------------------------------------------------------------------------
+
+def test_exec_session_runs_a_shell_with_resize_and_ends_with_its_exit_code(operator, running,
+                                                                          unique):
+    session = open_session(operator, unique, cmd=["sh"], tty=True)
+    assert session["url"].startswith(f"/api/v1/sessions/{session['id']}/socket?ticket=")
+    term = Terminal(operator, session)
+    term.resize(100, 30)
+    term.send(b"stty size\n")
+    term.wait_for(b"30 100")
+    term.send(b"echo $((6*7))\n")
+    term.wait_for(b"42")
+    term.resize(120, 40)
+    term.send(b"stty size; exit 7\n")
+    code, _ = term.wait_closed()
+    assert b"40 120" in term.shown
+    assert term.controls == [{"exit": 7}]
+    assert code == 1000
+
+
+def test_session_is_audited_with_counts_and_never_its_content(operator, admin, running, unique):
+    session = open_session(operator, unique, cmd=["sh"])
+    term = Terminal(operator, session)
+    term.send(b"echo typed-$((40+2))-secret; exit 3\n")
+    term.wait_for(b"typed-42-secret")
+    assert term.wait_closed()[0] == 1000
+
+    def audited() -> dict:
+        entries = admin.get("/audit", params={"host": "local", "limit": 50}).json()["items"]
+        return next((e for e in entries if (e.get("session") or {}).get("id") == session["id"]),
+                    None)
+
+    entry = eventually(audited)
+    assert entry["method"] == "SESSION" and entry["target"] == unique
+    assert entry["actor"].startswith("t-operator-")
+    assert entry["request"]["body"]["cmd"] == ["sh"]
+    record = entry["session"]
+    assert record["exit_code"] == 3 and record["close_code"] == 1000
+    assert record["bytes_in"] == len(b"echo typed-$((40+2))-secret; exit 3\n")
+    assert record["bytes_out"] >= len(b"typed-42-secret")
+    assert record["started_at"] <= record["ended_at"]
+    assert "typed" not in json.dumps(entry)
+
+
+def test_attach_shows_the_container_output_and_detaches_without_stopping_it(
+        operator, engine, unique, cleanup):
+    cleanup.append(unique)
+    provision(operator, unique, ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); "
+                                             "sleep 0.2; done"])
+    term = Terminal(operator, open_session(operator, unique, attach=True))
+    term.wait_for(b"tick-")
+    term.ws.close()
+    assert engine.api.inspect_container(unique)["State"]["Running"]
+    term = Terminal(operator, open_session(operator, unique, attach=True))
+    term.wait_for(b"tick-")
+    engine.api.kill(unique, "SIGKILL")
+    code, _ = term.wait_closed()
+    assert (code, term.controls) == (1000, [{"exit": 137}])
+
+
+# -- the ticket ----------------------------------------------------------------------------
+
+def test_ticket_works_once_and_a_wrong_one_is_refused_before_the_upgrade(operator, running,
+                                                                       unique):
+    session = open_session(operator, unique, cmd=["sh"])
+    wrong = session["url"].split("?")[0] + "?ticket=not-the-ticket"
+    refused = requests.get(ws_url(operator, wrong).replace("ws://", "http://"),
+                           headers=UPGRADE, timeout=10)
+    assert refused.status_code == 401
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    term = Terminal(operator, session)  # the wrong ticket did not spend the right one
+    term.send(b"exit 0\n")
+    assert term.wait_closed()[0] == 1000
+    again = requests.get(ws_url(operator, session["url"]).replace("ws://", "http://"),
+                         headers=UPGRADE, timeout=10)
+    assert again.status_code == 401
+    with pytest.raises(WebSocketRefused):
+        Client.connect(ws_url(operator, session["url"]))
+
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+# -- refusals: before any ticket, nothing run ----------------------------------------------
+
+def test_refusals_come_before_any_ticket_and_run_nothing(operator, viewer, make_token, engine,
+                                                          running, unique, cleanup):
+    base = f"{BASE}/{unique}/sessions"
+    assert viewer.post(base, json={"cmd": ["sh"]}).status_code == 403
+    elsewhere = make_token("operator", hosts=["some-other-host"])
+    assert elsewhere.post(base, json={"cmd": ["sh"]}).status_code == 403
+    privileged = operator.post(base, json={"cmd": ["sh"], "privileged": True})
+    assert privileged.status_code == 403 and privileged.json()["rule"] == "no-privileged"
+    bad = operator.post(base, json={"attach": True, "cmd": ["sh"]})
+    assert bad.status_code == 422 and "cmd" in bad.json()["errors"]
+    assert operator.post(base, json={}).status_code == 422
+    assert exec_ids(engine, unique) == []
+
+    unmanaged = unique + "-raw"
+    cleanup.append(unmanaged)
+    engine.containers.run(BUSYBOX, ["sleep", "600"], name=unmanaged, detach=True)
+    refused = operator.post(f"{BASE}/{unmanaged}/sessions", json={"cmd": ["sh"]})
+    assert refused.status_code == 403 and refused.json()["rule"] == "managed-only"
+    assert exec_ids(engine, unmanaged) == []
+
+    engine.api.stop(unique, timeout=0)
+    stopped = operator.post(base, json={"cmd": ["sh"]})
+    assert stopped.status_code == 409
+    assert operator.post(base, json={"attach": True}).status_code == 409
+    assert exec_ids(engine, unique) == []
+
+
+def test_a_container_changed_after_creation_is_refused_on_the_worker(operator, engine, running,
+                                                                     unique):
+    session = open_session(operator, unique, cmd=["sh"])
+    engine.api.stop(unique, timeout=0)
+    term = Terminal(operator, session)
+    code, reason = term.wait_closed()
+    assert code == 4409 and "not running" in reason
+    assert exec_ids(engine, unique) == []
+
+
+# -- endings: nothing left running -----------------------------------------------------------
+
+def test_a_client_that_disconnects_leaves_no_process_behind(operator, engine, running, unique):
+    term = Terminal(operator, open_session(operator, unique, cmd=["sh"]))
+    term.send(b"sleep 4321\n")
+    eventually(lambda: "4321" in processes(engine, unique) or None)
+    term.abandon()
+    eventually(lambda: "4321" not in processes(engine, unique) or None, timeout=30)
+    assert "sh" not in processes(engine, unique).replace("sleep 600", "").split()
+
+
+def test_the_session_ends_when_its_container_stops(operator, engine, running, unique):
+    term = Terminal(operator, open_session(operator, unique, cmd=["sh"]))
+    term.send(b"echo ready\n")
+    term.wait_for(b"ready")
+    engine.api.kill(unique, "SIGKILL")
+    code, reason = term.wait_closed()
+    assert (code, reason) == (4409, "the container stopped")
+
+
+def test_a_bad_control_message_closes_with_1007_and_kills_the_process(operator, engine, running,
+                                                                       unique):
+    term = Terminal(operator, open_session(operator, unique, cmd=["sh"]))
+    term.send(b"sleep 4322\n")
+    eventually(lambda: "4322" in processes(engine, unique) or None)
+    term.send(json.dumps({"resize": "big"}))
+    assert term.wait_closed()[0] == 1007
+    eventually(lambda: "4322" not in processes(engine, unique) or None, timeout=30)
+
+
+def raw_upgrade(api, url: str) -> socket.socket:
+    """A WebSocket opened by hand that will never read again (a stuck client)."""
+    address = api.base.removeprefix("http://").split("/")[0]
+    host, port = address.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    headers = "".join(f"{k}: {v}\r\n" for k, v in UPGRADE.items())
+    sock.sendall(f"GET {url} HTTP/1.1\r\nHost: {address}\r\n{headers}\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+def test_a_client_that_stops_reading_gets_backpressure_not_unbounded_memory(
+        operator, engine, test_redis, running, unique):
+    session = open_session(operator, unique, cmd=["sh", "-c", "exec yes session-flood"])
+    sock = raw_upgrade(operator, session["url"])
+    pipe = f"dy:pipe:session-{session['id']}-out"
+    eventually(lambda: test_redis.llen(pipe) >= 8 or None)
+    # The worker stops at the credit limit (8 chunks queued in Redis) while nobody reads.
+    samples = []
+    for _ in range(20):
+        samples.append(test_redis.llen(pipe))
+        time.sleep(0.1)
+    assert max(samples) <= 8 + 1
+    assert "yes" in processes(engine, unique)
+    sock.close()
+    eventually(lambda: "yes" not in processes(engine, unique) or None, timeout=60)
