@@ -47,6 +47,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "app" / "static" / "consol
 _MAX_MESSAGE_BYTES = 1 << 20
 # Messages the API holds for the worker before it stops reading the client's socket.
 _MAX_PENDING_MESSAGES = 64
+# How long a lost session's process may wait for a worker of its host to kill it.
+_REAP_WITHIN_SECONDS = 600
 
 
 def sessions() -> SessionStore:
@@ -135,7 +137,8 @@ def session_socket(session_id: str) -> Response:
     settings = runtime().settings
     ws = SessionSocket(request.environ, max_message_size=_MAX_MESSAGE_BYTES)
     relay = Relay(ws, record, get_redis(), start_timeout=settings.query_timeout_seconds,
-                  idle_seconds=settings.session_idle_seconds)
+                  idle_seconds=settings.session_idle_seconds,
+                  reap=lambda: _reap_on_worker(record))
     outcome = relay.run(lambda: _start_on_worker(record))
     try:
         runtime().audit.record(audit_entry(record, outcome))
@@ -162,6 +165,16 @@ def _start_on_worker(record: dict[str, Any]) -> None:
               record["container"], record["spec"],
               {"idle_seconds": settings.session_idle_seconds,
                "max_seconds": settings.session_max_seconds}])
+
+
+def _reap_on_worker(record: dict[str, Any]) -> None:
+    """The worker holding the session died: have the host's next worker kill its process."""
+    if record["spec"].get("attach"):
+        return  # an attach runs nothing of its own
+    host = runtime().hosts.get(record["host"])
+    runtime().celery.send_task(
+        "sessions.reap", queue=queues_for(host)[1], expires=_REAP_WITHIN_SECONDS,
+        args=[record["id"], host["name"], host.get("revision", 1), record["container"]])
 
 
 @pages.get("/console/<string:host>/<string:container>")

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -164,8 +165,10 @@ class Relay:
     """
 
     def __init__(self, ws: WebSocket, record: dict[str, Any], redis_client: redis.Redis,
-                 start_timeout: float, idle_seconds: float) -> None:
+                 start_timeout: float, idle_seconds: float,
+                 reap: Callable[[], None] = lambda: None) -> None:
         self.ws = ws
+        self.reap = reap
         self.record = record
         self.redis = redis_client
         self.start_timeout = start_timeout
@@ -248,6 +251,7 @@ class Relay:
             if item is None:
                 if not self.redis.exists(worker_beat_key(self.record["id"])):
                     self._close(CLOSE_WORKER_LOST, "the worker holding the session was lost")
+                    self.reap()  # its process may still run: another worker kills it
                     return
                 continue
             kind, payload = item

@@ -21,7 +21,7 @@ from celery.signals import worker_shutting_down
 
 from app.auth import Principal
 from app.engine import guard
-from app.engine.containers import require_running
+from app.engine.containers import kill_marked, require_running
 from app.engine.sessions import EngineSession, open_attach, open_exec
 from app.pipes import CONTROL, DATA, END, PipeClosedError, PipeReader, PipeWriter
 from app.policy import policy_from_settings
@@ -200,6 +200,13 @@ def run(self: Task, session_id: str, host: str, revision: int, caller: dict[str,
         writer.fail(to_problem(exc, host))
         return
     SessionPump(session_id, host, engine, limits["idle_seconds"], limits["max_seconds"]).start()
+
+
+@shared_task(bind=True, name="sessions.reap", acks_late=False)
+def reap(self: Task, session_id: str, host: str, revision: int, container_id: str) -> None:
+    """Kill the process of a session whose worker died (it carries the session's marker)."""
+    kill_marked(client_for(host, revision), container_id, session_id)  # best effort
+    logger.info("session %s: reaped its process host=%s", session_id, host)
 
 
 @worker_shutting_down.connect

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -11,7 +14,9 @@ import requests
 from simple_websocket import Client, ConnectionClosed
 from simple_websocket import ConnectionError as WebSocketRefused
 
+from tests.integration.conftest import Api
 from tests.integration.helpers import BUSYBOX, eventually
+from tests.support.stack import ROOT, VENV_BIN, Stack
 
 BASE = "/hosts/local/containers"
 
@@ -277,3 +282,85 @@ def test_a_client_that_stops_reading_gets_backpressure_not_unbounded_memory(
     assert "yes" in processes(engine, unique)
     sock.close()
     eventually(lambda: "yes" not in processes(engine, unique) or None, timeout=60)
+
+
+# -- limits: a second API on the same Redis and workers, with short limits -----------------
+
+@pytest.fixture(scope="module")
+def short_limits(stack, stack_env, state_dir, operator):
+    """``operator``'s token on an API whose sessions idle out after 3 s and last at most 8 s,
+    with tickets good for 1 s (the limits travel in the task, so the workers are shared)."""
+    env = {**stack_env, "DOCKYARD_SESSION_IDLE_SECONDS": "3",
+           "DOCKYARD_SESSION_MAX_SECONDS": "8", "DOCKYARD_SESSION_TICKET_SECONDS": "1"}
+    api = Stack(env, state_dir / "log")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--bind",
+         f"127.0.0.1:{api.port}", "--workers", "1", "wsgi:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        api.wait_ready()
+        yield Api(api.url, operator.session.headers["Authorization"].removeprefix("Bearer "))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_a_client_that_never_sends_is_closed_at_the_idle_timeout(short_limits, engine, running,
+                                                                  unique):
+    term = Terminal(short_limits, open_session(short_limits, unique, cmd=["sleep", "4323"]))
+    eventually(lambda: "4323" in processes(engine, unique) or None)
+    code, reason = term.wait_closed()
+    assert (code, reason) == (4408, "idle for 3s")
+    eventually(lambda: "4323" not in processes(engine, unique) or None, timeout=30)
+
+
+def test_a_busy_session_is_closed_at_the_maximum_duration(short_limits, engine, running, unique):
+    term = Terminal(short_limits, open_session(
+        short_limits, unique, cmd=["sh", "-c", "while true; do echo busy-4324; sleep 0.5; done"]))
+    code, reason = term.wait_closed()
+    assert code == 4410 and "maximum session duration" in reason
+    assert term.shown.count(b"busy-4324") >= 8  # it was never idle
+    eventually(lambda: "busy-4324" not in processes(engine, unique) or None, timeout=30)
+
+
+def test_an_expired_ticket_is_refused_before_the_upgrade(short_limits, engine, running, unique):
+    session = open_session(short_limits, unique, cmd=["sh"])
+    time.sleep(1.5)  # the ticket lives 1 s
+    refused = requests.get(ws_url(short_limits, session["url"]).replace("ws://", "http://"),
+                           headers=UPGRADE, timeout=10)
+    assert refused.status_code == 401
+    assert exec_ids(engine, unique) == []
+
+
+# -- the worker holding the session goes away (last: they restart the query worker) --------
+
+def restart_query_worker(stack, sig: int) -> None:
+    stack.stop_process("worker-query", sig)
+    stack.start_worker("worker-query", "engine.query", "threads", 8,
+                       extra_env={"DOCKYARD_ENGINE_POOL_SIZE": "8"})
+
+
+def test_a_worker_restart_closes_the_session_with_1012_and_kills_the_process(
+        stack, operator, engine, running, unique):
+    term = Terminal(operator, open_session(operator, unique, cmd=["sleep", "4325"]))
+    eventually(lambda: "4325" in processes(engine, unique) or None)
+    restart_query_worker(stack, signal.SIGTERM)
+    code, reason = term.wait_closed()
+    assert code == 1012 and "restarting" in reason
+    eventually(lambda: "4325" not in processes(engine, unique) or None, timeout=30)
+    stack.wait_ready()
+
+
+def test_a_lost_worker_closes_the_session_with_1011_never_a_hang(stack, operator, engine,
+                                                                  running, unique):
+    stack.wait_ready()
+    term = Terminal(operator, open_session(operator, unique, cmd=["sh"]))
+    term.send(b"sleep 4326\n")
+    eventually(lambda: "4326" in processes(engine, unique) or None)
+    restart_query_worker(stack, signal.SIGKILL)
+    code, reason = term.wait_closed()
+    assert code == 1011 and "lost" in reason
+    # The restarted worker kills what the lost one left running.
+    eventually(lambda: "4326" not in processes(engine, unique) or None, timeout=60)
+    stack.wait_ready()
