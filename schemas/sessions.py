@@ -11,7 +11,7 @@ from schemas.containers import _Argv, _StringMap
 
 
 class SessionSpecSchema(Schema):
-    """``{cmd, tty, user, workdir, env}`` for ``exec -it``, or ``{attach: true}``."""
+    """``{cmd, tty, user, workdir, env, size}`` for ``exec -it``, or ``{attach: true, size}``."""
 
     cmd = _Argv(load_default=None, allow_none=True, validate=validate.Length(min=1, max=4096))
     tty = fields.Boolean(load_default=True)
@@ -22,6 +22,10 @@ class SessionSpecSchema(Schema):
     # Accepted so that asking for it is the policy's 403 (no-privileged), not a 422.
     privileged = fields.Boolean(load_default=False)
     attach = fields.Boolean(load_default=False)
+    size = fields.List(fields.Integer(validate=validate.Range(min=1, max=10_000)),
+                       load_default=None, allow_none=True, validate=validate.Length(equal=2),
+                       metadata={"description": "[cols, rows]: the terminal's size from the "
+                                 "start (a resize right after would race the shell's start-up)"})
 
     @validates_schema
     def _exec_or_attach(self, data: dict[str, Any], **kwargs: Any) -> None:

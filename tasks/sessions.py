@@ -192,7 +192,7 @@ def run(self: Task, session_id: str, host: str, revision: int, caller: dict[str,
                                     "session", host_policy(host))
         policy_from_settings(runtime().settings).enforce_exec(spec, caller["role"] == "admin")
         require_running(client, info["Id"], "open a session in")
-        engine = open_attach(client, info) if spec.get("attach") else \
+        engine = open_attach(client, info, spec.get("size")) if spec.get("attach") else \
             open_exec(client, info["Id"], spec, marker=session_id)
     except Exception as exc:
         if isinstance(exc, docker.errors.DockerException | OSError):

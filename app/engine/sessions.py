@@ -122,12 +122,20 @@ def open_exec(client: docker.DockerClient, container_id: str, spec: dict[str, An
                                      workdir=spec.get("workdir"), user=spec.get("user") or "",
                                      privileged=bool(spec.get("privileged")))
     sock = client.api.exec_start(created["Id"], tty=tty, socket=True)
-    return EngineSession(client, container_id, sock, created["Id"], marker, tty)
+    session = EngineSession(client, container_id, sock, created["Id"], marker, tty)
+    if tty and spec.get("size"):
+        # At once, as docker's CLI does: before the shell reads the terminal's size.
+        session.resize(*spec["size"])
+    return session
 
 
-def open_attach(client: docker.DockerClient, info: dict[str, Any]) -> EngineSession:
+def open_attach(client: docker.DockerClient, info: dict[str, Any],
+                size: list[int] | None = None) -> EngineSession:
     """``docker attach``: the container's own stdin/stdout/stderr."""
     sock = client.api.attach_socket(info["Id"], params={"stdin": 1, "stdout": 1, "stderr": 1,
                                                         "stream": 1})
     tty = bool((info.get("Config") or {}).get("Tty"))
-    return EngineSession(client, info["Id"], sock, None, None, tty)
+    session = EngineSession(client, info["Id"], sock, None, None, tty)
+    if tty and size:
+        session.resize(*size)
+    return session

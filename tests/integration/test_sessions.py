@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pty
+import select
 import signal
 import socket
+import struct
 import subprocess
+import termios
 import time
 
 import pytest
@@ -104,10 +110,9 @@ def exec_ids(engine, ref: str) -> list:
 
 def test_exec_session_runs_a_shell_with_resize_and_ends_with_its_exit_code(operator, running,
                                                                           unique):
-    session = open_session(operator, unique, cmd=["sh"], tty=True)
+    session = open_session(operator, unique, cmd=["sh"], tty=True, size=[100, 30])
     assert session["url"].startswith(f"/api/v1/sessions/{session['id']}/socket?ticket=")
     term = Terminal(operator, session)
-    term.resize(100, 30)
     term.send(b"stty size\n")
     term.wait_for(b"30 100")
     term.send(b"echo $((6*7))\n")
@@ -364,3 +369,85 @@ def test_a_lost_worker_closes_the_session_with_1011_never_a_hang(stack, operator
     # The restarted worker kills what the lost one left running.
     eventually(lambda: "4326" not in processes(engine, unique) or None, timeout=60)
     stack.wait_ready()
+
+
+# -- the CLI under a pseudo-terminal ---------------------------------------------------------
+
+def read_some(fd: int, seen: bytearray) -> None:
+    """Read what the pty shows into ``seen`` (for half a second at most)."""
+    ready, _, _ = select.select([fd], [], [], 0.5)
+    if ready:
+        with contextlib.suppress(OSError):  # EIO: the child side closed
+            seen += os.read(fd, 4096)
+
+
+def read_until(fd: int, text: bytes, seen: bytearray, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline, f"{text!r} never shown; got {bytes(seen[-400:])!r}"
+        read_some(fd, seen)
+
+
+# busybox's line editor ends its prompt with a cursor-position query (ESC[6n). The test
+# leaves it unanswered, as busybox allows: answered at once, it races the shell's redraw on
+# SIGWINCH and busybox drops the next keys.
+PROMPT = b"# \x1b[6n"
+
+
+def wait_prompt(fd: int, seen: bytearray, shown: int) -> int:
+    """Wait for the shell's next prompt; answers how many prompts have been shown."""
+    deadline = time.monotonic() + 20
+    while seen.count(PROMPT) <= shown:
+        assert time.monotonic() < deadline, f"no prompt; got {bytes(seen[-400:])!r}"
+        read_some(fd, seen)
+    return seen.count(PROMPT)
+
+
+def set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_cli_exec_it_gives_a_raw_terminal_with_resize_and_the_remote_exit_code(
+        stack, operator, running, unique):
+    env = {**os.environ, "DOCKYARD_URL": stack.url,
+           "DOCKYARD_TOKEN": operator.session.headers["Authorization"].removeprefix("Bearer ")}
+    script = (f"{VENV_BIN / 'dockyard'} exec -it local {unique} sh; rc=$?; "
+              "echo; echo LOCAL-AFTER; stty -a; exit $rc")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a shell on the pty, as a user would type it
+        os.execve("/bin/sh", ["sh", "-c", script], env)  # noqa: S606 (the pty child, a fixed shell)
+    try:
+        set_size(fd, 24, 80)
+        seen = bytearray()
+        prompts = wait_prompt(fd, seen, 0)  # the remote shell's prompt
+        lflag = termios.tcgetattr(fd)[3]
+        assert not lflag & termios.ICANON and not lflag & termios.ECHO  # raw mode locally
+        os.write(fd, b"stty size\r")
+        prompts = wait_prompt(fd, seen, prompts)
+        assert b"24 80" in seen
+        set_size(fd, 33, 111)  # the kernel sends SIGWINCH to the CLI
+        deadline = time.monotonic() + 20
+        while b"33 111" not in seen:  # the resize travels asynchronously; ask until it landed
+            assert time.monotonic() < deadline, bytes(seen[-400:])
+            os.write(fd, b"stty size\r")
+            prompts = wait_prompt(fd, seen, prompts)
+        os.write(fd, b"sleep 30\r")
+        time.sleep(0.5)
+        os.write(fd, b"\x03")  # Ctrl-C goes to the remote shell, not the local CLI
+        prompts = wait_prompt(fd, seen, prompts)
+        os.write(fd, b"echo still-$((40+2))\r")
+        prompts = wait_prompt(fd, seen, prompts)
+        assert b"still-42" in seen
+        os.write(fd, b"exit 5\r")
+        read_until(fd, b"LOCAL-AFTER", seen)
+        read_until(fd, b"icanon", seen)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 5
+    after = bytes(seen).split(b"LOCAL-AFTER")[1]
+    assert b"-icanon" not in after and b" echo " in after.replace(b"\r\n", b" ")  # restored
