@@ -13,6 +13,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from simple_websocket import Server
 
+import app
 from api.common import caller_context, principal, requires
 from api.hosts import host_record
 from app.dispatch import require_lane, run_query
@@ -43,7 +44,7 @@ blp = Blueprint("sessions", __name__, description="Interactive sessions (exec -i
 # The WebSocket and the console page authenticate themselves (a ticket; a token typed into
 # the page), so they live outside the OpenAPI blueprint and its bearer-token hooks.
 pages = FlaskBlueprint("console", __name__)
-STATIC_DIR = Path(__file__).resolve().parent.parent / "app" / "static" / "console"
+STATIC_DIR = Path(app.__file__).resolve().parent / "static" / "console"
 _MAX_MESSAGE_BYTES = 1 << 20
 # Messages the API holds for the worker before it stops reading the client's socket.
 _MAX_PENDING_MESSAGES = 64

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -451,3 +452,61 @@ def test_cli_exec_it_gives_a_raw_terminal_with_resize_and_the_remote_exit_code(
     assert os.waitstatus_to_exitcode(status) == 5
     after = bytes(seen).split(b"LOCAL-AFTER")[1]
     assert b"-icanon" not in after and b" echo " in after.replace(b"\r\n", b" ")  # restored
+
+
+# -- the browser console in headless Chromium -------------------------------------------------
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1000,700"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screen_shows(browser, pattern: str) -> bool:
+    return bool(re.search(pattern, browser.execute_script("return window.consoleText()"),
+                          re.MULTILINE))
+
+
+def test_browser_console_runs_a_shell_with_resize_and_exit(stack, browser, operator, running,
+                                                           unique):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{stack.url}/console/local/{unique}")
+    browser.find_element(By.ID, "token").send_keys(
+        operator.session.headers["Authorization"].removeprefix("Bearer "))
+    browser.find_element(By.ID, "open").click()
+    eventually(lambda: browser.find_element(By.ID, "status").text == "connected")
+    eventually(lambda: screen_shows(browser, r"^/ # "))
+    keys = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
+    keys.send_keys("echo $((6*7))" + Keys.ENTER)
+    eventually(lambda: screen_shows(browser, r"^42$"))
+
+    cols, rows = browser.execute_script("return window.consoleSize()")
+    browser.set_window_size(700, 500)
+    smaller = eventually(lambda: (browser.execute_script("return window.consoleSize()")
+                                  != [cols, rows]) and browser.execute_script(
+                                      "return window.consoleSize()"))
+    keys.send_keys("stty size" + Keys.ENTER)
+    eventually(lambda: screen_shows(browser, rf"^{smaller[1]} {smaller[0]}$"))
+
+    keys.send_keys("exit 3" + Keys.ENTER)
+    eventually(lambda: browser.find_element(By.ID, "status").text == "exit 3")
+    # Everything the page loaded came from the API itself.
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(name.startswith(stack.url) or name.startswith("ws://127.0.0.1")
+                          for name in loaded)
