@@ -160,7 +160,8 @@ def run(session: requests.Session, api_base: str, argv: list[str]) -> int:
         print(f"Error response from dockyard: {detail}", file=sys.stderr)
         return 1
     try:
-        ws = WebSocketClient.connect(websocket_url(api_base, response.json()["url"]))
+        ws = WebSocketClient.connect(websocket_url(api_base, response.json()["url"]),
+                                     receive_bytes=1 << 16)
     except WebSocketRefused as exc:
         print(f"dockyard: the session was refused ({exc})", file=sys.stderr)
         return 1

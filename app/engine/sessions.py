@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 from typing import Any
 
@@ -14,6 +15,7 @@ from app.engine.containers import EXEC_MARKER_ENV, exec_exit_code, kill_marked
 logger = logging.getLogger(__name__)
 
 _READ_BYTES = 1 << 20
+_COALESCE_BYTES = 1 << 20
 _FRAME_HEADER = 8
 
 
@@ -53,17 +55,38 @@ class EngineSession:
         self._demux = None if tty else Demultiplexer()
 
     def read(self) -> bytes:
-        """The next bytes the process wrote (b"" once its stream ended)."""
-        while True:
+        """The next bytes the process wrote (b"" once its stream ended).
+
+        Blocks for the first bytes, then takes whatever else is already waiting (up to
+        ``_COALESCE_BYTES``): a keystroke's echo is not delayed, and a bulk stream
+        (``cat`` of a large file) travels in fewer, larger chunks.
+        """
+        shown = b""
+        while not shown:
             try:
                 data = self.sock.recv(_READ_BYTES)
             except OSError:
                 return b""
-            if not data or self._demux is None:
-                return data
-            shown = self._demux.feed(data)
-            if shown:
-                return shown
+            if not data:
+                return b""
+            shown = data if self._demux is None else self._demux.feed(data)
+        while len(shown) < _COALESCE_BYTES and self._has_more():
+            try:
+                data = self.sock.recv(_READ_BYTES)
+            except OSError:
+                break
+            if not data:
+                break  # the end: the next read answers b""
+            shown += data if self._demux is None else self._demux.feed(data)
+        return shown
+
+    def _has_more(self) -> bool:
+        try:
+            ready, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError, TypeError):  # a transport select cannot watch
+            return False
+        pending = getattr(self.sock, "pending", None)  # TLS bytes already decrypted
+        return bool(ready) or bool(pending and pending())
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
