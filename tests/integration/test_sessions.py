@@ -16,6 +16,7 @@ import subprocess
 import termios
 import time
 
+import docker
 import pytest
 import requests
 from simple_websocket import Client, ConnectionClosed
@@ -23,6 +24,7 @@ from simple_websocket import ConnectionError as WebSocketRefused
 
 from tests.integration.conftest import Api
 from tests.integration.helpers import BUSYBOX, eventually
+from tests.support.remote_engine import RemoteEngine
 from tests.support.stack import ROOT, VENV_BIN, Stack
 
 BASE = "/hosts/local/containers"
@@ -510,3 +512,61 @@ def test_browser_console_runs_a_shell_with_resize_and_exit(stack, browser, opera
         "return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(name.startswith(stack.url) or name.startswith("ws://127.0.0.1")
                           for name in loaded)
+
+
+# -- a host reached over mutual TLS --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_host(state_dir, admin, engine):
+    name = f"ses{os.getpid() % 100000}"
+    for index in range(60, 70):
+        remote = RemoteEngine(name, state_dir, subnet_index=index)
+        try:
+            remote.start()
+            break
+        except RuntimeError as exc:
+            if "already used" not in str(exc):
+                raise
+    else:
+        pytest.fail("no free subnet for the TLS engine")
+    host = f"tls-{name}"
+    try:
+        remote.load_image_from(engine, BUSYBOX)
+        response = admin.post("/hosts", json={"name": host, "url": remote.url, "tls": {
+            "ca_cert": remote.ca_pem, "client_cert": remote.client_cert_pem,
+            "client_key": remote.client_key_pem}})
+        assert response.status_code == 201, response.text
+        eventually(lambda: admin.get(f"/hosts/{host}/info").status_code == 200, timeout=30)
+        yield host, remote
+    finally:
+        admin.delete(f"/hosts/{host}")
+        remote.stop()
+
+
+@pytest.mark.remote
+def test_a_session_on_a_tls_host_works_and_leaves_nothing_behind(operator, tls_host, unique):
+    host, remote = tls_host
+    spec = {"image": BUSYBOX, "name": unique, "command": ["sleep", "600"]}
+    job = operator.post(f"/hosts/{host}/containers", params={"wait": 60}, json=spec).json()
+    assert job["state"] == "succeeded", job
+    client = remote.client()
+    try:
+        answer = operator.post(f"/hosts/{host}/containers/{unique}/sessions",
+                               json={"cmd": ["sh"], "size": [90, 20]})
+        assert answer.status_code == 201, answer.text
+        term = Terminal(operator, answer.json())
+        term.send(b"stty size; echo $((6*7))\n")
+        term.wait_for(b"42")
+        assert b"20 90" in term.shown
+        term.send(b"exit 4\n")
+        assert term.wait_closed()[0] == 1000 and term.controls == [{"exit": 4}]
+        term = Terminal(operator, operator.post(f"/hosts/{host}/containers/{unique}/sessions",
+                                                json={"cmd": ["sh"]}).json())
+        term.send(b"sleep 4327\n")
+        eventually(lambda: "4327" in processes(client, unique) or None)
+        term.abandon()
+        eventually(lambda: "4327" not in processes(client, unique) or None, timeout=30)
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(unique).remove(force=True)
+        client.close()
