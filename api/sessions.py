@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import app
 from api.common import caller_context, principal, requires
 from api.hosts import host_record
 from app.dispatch import require_lane, run_query
+from app.errors import NotFoundError
 from app.hosts import queues_for
 from app.policy import policy_from_settings
 from app.runtime import runtime
@@ -32,12 +34,13 @@ ticket works once. **Binary frames** carry raw terminal bytes both ways. **Text 
 JSON control messages: `{"resize": [cols, rows]}` from the client; `{"exit": code}` from the
 server, which then closes with 1000. Other endings close with a code and a reason:
 4403/4404/4409 (refused, gone, container not running or stopped, found on the worker),
-4408 idle timeout (`DOCKYARD_SESSION_IDLE_SECONDS`), 4410 maximum duration
-(`DOCKYARD_SESSION_MAX_SECONDS`), 1007 a text frame that is not a control message, 1011
-the worker holding the session was lost, 1012 that worker is restarting, 1013 no worker
-serves the host, 4502/4503/4504 the engine failed, was unreachable or did not answer. A
-reused or expired ticket is refused before the upgrade (401). When the client disconnects,
-the session's process is killed (an attach only detaches).
+4401 the token that created the session was revoked or expired, 4408 idle timeout
+(`DOCKYARD_SESSION_IDLE_SECONDS`), 4410 maximum duration (`DOCKYARD_SESSION_MAX_SECONDS`),
+1007 a text frame that is not a control message, 1011 the worker holding the session was
+lost, 1012 that worker is restarting, 1013 no worker serves the host, 4502/4503/4504 the
+engine failed, was unreachable or did not answer. A reused or expired ticket is refused
+before the upgrade (401). When the client disconnects, the session's process is killed (an
+attach only detaches).
 """
 
 blp = Blueprint("sessions", __name__, description="Interactive sessions (exec -it, attach)")
@@ -139,7 +142,8 @@ def session_socket(session_id: str) -> Response:
     ws = SessionSocket(request.environ, max_message_size=_MAX_MESSAGE_BYTES)
     relay = Relay(ws, record, get_redis(), start_timeout=settings.query_timeout_seconds,
                   idle_seconds=settings.session_idle_seconds,
-                  reap=lambda: _reap_on_worker(record))
+                  reap=lambda: _reap_on_worker(record),
+                  authorized=lambda: _token_valid(record["caller"]["id"]))
     outcome = relay.run(lambda: _start_on_worker(record))
     try:
         runtime().audit.record(audit_entry(record, outcome))
@@ -166,6 +170,17 @@ def _start_on_worker(record: dict[str, Any]) -> None:
               record["container"], record["spec"],
               {"idle_seconds": settings.session_idle_seconds,
                "max_seconds": settings.session_max_seconds}])
+
+
+def _token_valid(token_id: str) -> bool:
+    """Whether the token that created a session still exists and has not expired."""
+    try:
+        token = runtime().tokens.get(token_id)
+    except NotFoundError:
+        return False
+    expires_at = token.get("expires_at")
+    return not expires_at or datetime.fromisoformat(expires_at.replace("Z", "+00:00")) \
+        > datetime.now(UTC)
 
 
 def _reap_on_worker(record: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ CLOSE_BAD_MESSAGE = 1007
 CLOSE_WORKER_LOST = 1011
 CLOSE_WORKER_RESTART = 1012
 CLOSE_NO_WORKER = 1013
+CLOSE_TOKEN_REVOKED = 4401
 CLOSE_IDLE = 4408
 CLOSE_MAX_DURATION = 4410
 CLOSE_CONTAINER_STOPPED = 4409
@@ -47,6 +48,8 @@ HEARTBEAT_SECONDS = 1.0
 # A heartbeat older than this means the other end (worker or API) is gone.
 HEARTBEAT_TTL_SECONDS = 5
 _MAX_RESIZE = 10_000
+# How often an open session checks that its creator's token still exists and is unexpired.
+TOKEN_CHECK_SECONDS = 5.0
 
 
 def close_code_for(problem: dict[str, Any]) -> int:
@@ -166,9 +169,11 @@ class Relay:
 
     def __init__(self, ws: WebSocket, record: dict[str, Any], redis_client: redis.Redis,
                  start_timeout: float, idle_seconds: float,
-                 reap: Callable[[], None] = lambda: None) -> None:
+                 reap: Callable[[], None] = lambda: None,
+                 authorized: Callable[[], bool] = lambda: True) -> None:
         self.ws = ws
         self.reap = reap
+        self.authorized = authorized
         self.record = record
         self.redis = redis_client
         self.start_timeout = start_timeout
@@ -207,6 +212,7 @@ class Relay:
 
     def _forward_input(self) -> None:
         next_beat = 0.0
+        next_token_check = time.monotonic() + TOKEN_CHECK_SECONDS
         while not self.finished.is_set():
             try:
                 message = self.ws.receive(timeout=HEARTBEAT_SECONDS)
@@ -215,6 +221,12 @@ class Relay:
             if time.monotonic() >= next_beat:
                 self._beat()
                 next_beat = time.monotonic() + HEARTBEAT_SECONDS
+            if time.monotonic() >= next_token_check:
+                # A session outlives its request: revoking the token must still end it.
+                if not self.authorized():
+                    self._close(CLOSE_TOKEN_REVOKED, "the session's token was revoked or expired")
+                    return
+                next_token_check = time.monotonic() + TOKEN_CHECK_SECONDS
             if message is None:
                 if not self.ws.connected:
                     return
@@ -244,6 +256,8 @@ class Relay:
             self._close(CLOSE_WORKER_LOST, "the session relay failed")
         finally:
             self.finished.set()
+            # The input side must not wait for credits from a worker that is gone.
+            self.redis.set(self.input.closed_key, b"1", ex=60)
 
     def _relay_output(self) -> None:
         while not self.finished.is_set():

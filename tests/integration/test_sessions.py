@@ -233,6 +233,18 @@ def test_a_container_changed_after_creation_is_refused_on_the_worker(operator, e
 
 # -- endings: nothing left running -----------------------------------------------------------
 
+def test_revoking_the_token_ends_its_open_sessions(admin, stack, engine, running, unique):
+    made = admin.post("/tokens", json={"name": f"t-revoke-{unique}", "role": "operator"}).json()
+    holder = Api(stack.url, made["token"])
+    term = Terminal(holder, open_session(holder, unique, cmd=["sh"]))
+    term.send(b"sleep 4328\n")
+    eventually(lambda: "4328" in processes(engine, unique) or None)
+    assert admin.delete(f"/tokens/{made['id']}").status_code == 204
+    code, reason = term.wait_closed()
+    assert code == 4401 and "revoked" in reason
+    eventually(lambda: "4328" not in processes(engine, unique) or None, timeout=30)
+
+
 def test_a_client_that_disconnects_leaves_no_process_behind(operator, engine, running, unique):
     term = Terminal(operator, open_session(operator, unique, cmd=["sh"]))
     term.send(b"sleep 4321\n")
