@@ -25,6 +25,7 @@ from simple_websocket import ConnectionError as WebSocketRefused
 from tests.integration.conftest import Api
 from tests.integration.helpers import BUSYBOX, eventually
 from tests.support.remote_engine import RemoteEngine
+from tests.support.ssh_engine import SSHEngine
 from tests.support.stack import ROOT, VENV_BIN, Stack
 
 BASE = "/hosts/local/containers"
@@ -218,6 +219,16 @@ def test_refusals_come_before_any_ticket_and_run_nothing(operator, viewer, make_
     stopped = operator.post(base, json={"cmd": ["sh"]})
     assert stopped.status_code == 409
     assert operator.post(base, json={"attach": True}).status_code == 409
+    assert exec_ids(engine, unique) == []
+
+
+def test_dockyard_own_containers_are_refused_even_to_admins(admin, engine, unique, cleanup):
+    cleanup.append(unique)
+    engine.containers.run(BUSYBOX, ["sleep", "600"], name=unique, detach=True,
+                          labels={"dockyard.system": "true"})
+    for body in ({"cmd": ["sh"]}, {"attach": True}):
+        refused = admin.post(f"{BASE}/{unique}/sessions", json=body)
+        assert refused.status_code == 403 and refused.json()["rule"] == "dockyard-system"
     assert exec_ids(engine, unique) == []
 
 
@@ -555,25 +566,20 @@ def tls_host(state_dir, admin, engine):
         remote.stop()
 
 
-@pytest.mark.remote
-def test_a_session_on_a_tls_host_works_and_leaves_nothing_behind(operator, tls_host, unique):
-    host, remote = tls_host
+def exercise_remote_session(operator, host: str, client, unique: str) -> None:
+    """A shell with a size, its exit code, then a disconnect that must kill its process."""
     spec = {"image": BUSYBOX, "name": unique, "command": ["sleep", "600"]}
     job = operator.post(f"/hosts/{host}/containers", params={"wait": 60}, json=spec).json()
     assert job["state"] == "succeeded", job
-    client = remote.client()
     try:
-        answer = operator.post(f"/hosts/{host}/containers/{unique}/sessions",
-                               json={"cmd": ["sh"], "size": [90, 20]})
-        assert answer.status_code == 201, answer.text
-        term = Terminal(operator, answer.json())
+        base = f"/hosts/{host}/containers/{unique}/sessions"
+        term = Terminal(operator, operator.post(base, json={"cmd": ["sh"], "size": [90, 20]}).json())
         term.send(b"stty size; echo $((6*7))\n")
         term.wait_for(b"42")
         assert b"20 90" in term.shown
         term.send(b"exit 4\n")
         assert term.wait_closed()[0] == 1000 and term.controls == [{"exit": 4}]
-        term = Terminal(operator, operator.post(f"/hosts/{host}/containers/{unique}/sessions",
-                                                json={"cmd": ["sh"]}).json())
+        term = Terminal(operator, operator.post(base, json={"cmd": ["sh"]}).json())
         term.send(b"sleep 4327\n")
         eventually(lambda: "4327" in processes(client, unique) or None)
         term.abandon()
@@ -581,4 +587,48 @@ def test_a_session_on_a_tls_host_works_and_leaves_nothing_behind(operator, tls_h
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             client.containers.get(unique).remove(force=True)
+
+
+@pytest.mark.remote
+def test_a_session_on_a_tls_host_works_and_leaves_nothing_behind(operator, tls_host, unique):
+    host, remote = tls_host
+    client = remote.client()
+    try:
+        exercise_remote_session(operator, host, client, unique)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def ssh_host(state_dir, admin, engine):
+    for index in range(65, 70):
+        remote = SSHEngine(f"sse{index}", state_dir, subnet_index=index)
+        try:
+            remote.start()
+            break
+        except RuntimeError as exc:
+            if "already used" not in str(exc):
+                raise
+    else:
+        pytest.fail("no free subnet for the SSH engine")
+    host = f"ssh-{remote.name}"
+    try:
+        remote.load_image_from(engine, BUSYBOX)
+        response = admin.post("/hosts", json={"name": host, "url": remote.ssh_url, "ssh": {
+            "private_key": remote.user_key, "known_hosts": remote.known_hosts}})
+        assert response.status_code == 201, response.text
+        eventually(lambda: admin.get(f"/hosts/{host}/info").status_code == 200, timeout=30)
+        yield host, remote
+    finally:
+        admin.delete(f"/hosts/{host}")
+        remote.stop()
+
+
+@pytest.mark.remote
+def test_a_session_on_an_ssh_host_works_and_leaves_nothing_behind(operator, ssh_host, unique):
+    host, remote = ssh_host
+    client = remote.client()
+    try:
+        exercise_remote_session(operator, host, client, unique)
+    finally:
         client.close()
