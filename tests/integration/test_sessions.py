@@ -24,6 +24,7 @@ from simple_websocket import ConnectionError as WebSocketRefused
 
 from tests.integration.conftest import Api
 from tests.integration.helpers import BUSYBOX, eventually
+from tests.support.forward import Forwarder
 from tests.support.remote_engine import RemoteEngine
 from tests.support.ssh_engine import SSHEngine
 from tests.support.stack import ROOT, VENV_BIN, Stack
@@ -627,6 +628,50 @@ def ssh_host(state_dir, admin, engine):
 @pytest.mark.remote
 def test_a_session_on_an_ssh_host_works_and_leaves_nothing_behind(operator, ssh_host, unique):
     host, remote = ssh_host
+    client = remote.client()
+    try:
+        exercise_remote_session(operator, host, client, unique)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def agent_host(state_dir, admin, engine, stack_env):
+    """A host served by `dockyard-agent` inside its namespace (the engine's unix socket)."""
+    from tests.integration.test_fleet import REDIS_RELAY_PORT, Agent
+
+    for index in range(60, 70):
+        remote = RemoteEngine(f"sag{index}", state_dir, subnet_index=index)
+        try:
+            remote.start()
+            break
+        except RuntimeError as exc:
+            if "already used" not in str(exc):
+                raise
+    else:
+        pytest.fail("no free subnet for the agent's engine")
+    host = f"agent-{remote.name}"
+    agent = Agent(remote, host, stack_env, state_dir / "log")
+    try:
+        remote.load_image_from(engine, BUSYBOX)
+        response = admin.post("/hosts", json={"name": host, "url": "unix:///var/run/docker.sock",
+                                              "route": "agent"})
+        assert response.status_code == 201, response.text
+        with Forwarder((remote.host_ip, REDIS_RELAY_PORT), ("127.0.0.1", 6379)):
+            agent.start()
+            eventually(lambda: admin.get(f"/hosts/{host}/info").status_code == 200,
+                       timeout=60, interval=0.5)
+            yield host, remote
+    finally:
+        agent.stop()
+        admin.delete(f"/hosts/{host}")
+        remote.stop()
+
+
+@pytest.mark.remote
+def test_a_session_on_an_agent_host_works_and_leaves_nothing_behind(operator, agent_host,
+                                                                    unique):
+    host, remote = agent_host
     client = remote.client()
     try:
         exercise_remote_session(operator, host, client, unique)
