@@ -26,15 +26,17 @@ class Demultiplexer:
         self._pending = b""
 
     def feed(self, data: bytes) -> bytes:
-        self._pending += data
-        out = bytearray()
-        while len(self._pending) >= _FRAME_HEADER:
-            size = int.from_bytes(self._pending[4:_FRAME_HEADER], "big")
-            if len(self._pending) < _FRAME_HEADER + size:
+        buffer = self._pending + data if self._pending else data
+        out = []
+        at = 0  # frames are read in place: re-slicing the rest per frame would be quadratic
+        while len(buffer) - at >= _FRAME_HEADER:
+            size = int.from_bytes(buffer[at + 4:at + _FRAME_HEADER], "big")
+            if len(buffer) - at < _FRAME_HEADER + size:
                 break
-            out += self._pending[_FRAME_HEADER:_FRAME_HEADER + size]
-            self._pending = self._pending[_FRAME_HEADER + size:]
-        return bytes(out)
+            out.append(buffer[at + _FRAME_HEADER:at + _FRAME_HEADER + size])
+            at += _FRAME_HEADER + size
+        self._pending = buffer[at:]
+        return b"".join(out)
 
 
 class EngineSession:
@@ -61,24 +63,27 @@ class EngineSession:
         ``_COALESCE_BYTES``): a keystroke's echo is not delayed, and a bulk stream
         (``cat`` of a large file) travels in fewer, larger chunks.
         """
-        shown = b""
-        while not shown:
+        first = b""
+        while not first:
             try:
                 data = self.sock.recv(_READ_BYTES)
             except OSError:
                 return b""
             if not data:
                 return b""
-            shown = data if self._demux is None else self._demux.feed(data)
-        while len(shown) < _COALESCE_BYTES and self._has_more():
+            first = data if self._demux is None else self._demux.feed(data)
+        parts, size = [first], len(first)
+        while size < _COALESCE_BYTES and self._has_more():
             try:
                 data = self.sock.recv(_READ_BYTES)
             except OSError:
                 break
             if not data:
                 break  # the end: the next read answers b""
-            shown += data if self._demux is None else self._demux.feed(data)
-        return shown
+            shown = data if self._demux is None else self._demux.feed(data)
+            parts.append(shown)
+            size += len(shown)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _has_more(self) -> bool:
         try:
