@@ -49,8 +49,9 @@ blp = Blueprint("sessions", __name__, description="Interactive sessions (exec -i
 pages = FlaskBlueprint("console", __name__)
 STATIC_DIR = Path(app.__file__).resolve().parent / "static" / "console"
 _MAX_MESSAGE_BYTES = 1 << 20
-# Messages the API holds for the worker before it stops reading the client's socket.
-_MAX_PENDING_MESSAGES = 64
+# Bytes of whole messages the API holds for the worker before it stops reading the client's
+# socket (plus at most one partial message of _MAX_MESSAGE_BYTES inside wsproto).
+_MAX_PENDING_BYTES = 1 << 20
 # How long a lost session's process may wait for a worker of its host to kill it.
 _REAP_WITHIN_SECONDS = 600
 
@@ -100,7 +101,7 @@ class _PacedSocket:
 
     def recv(self, size: int) -> bytes:
         while self._server.connected and \
-                len(self._server.input_buffer) >= _MAX_PENDING_MESSAGES:
+                sum(len(message) for message in self._server.input_buffer) >= _MAX_PENDING_BYTES:
             time.sleep(0.005)
         return self._sock.recv(size)
 
