@@ -20,6 +20,7 @@ def register_blueprints(app: Flask, api) -> None:
         integrations,
         jobs,
         registries,
+        sessions,
         tokens,
         transfers,
         volumes,
@@ -28,7 +29,8 @@ def register_blueprints(app: Flask, api) -> None:
     from api.operations import OperationIdPlugin
 
     api.spec.plugins.append(OperationIdPlugin())
-    for module in (jobs, hosts, fleet, containers, images, volumes, transfers, builds, registries,
-                   backups, tokens, audit, webhooks, events, integrations):
+    for module in (jobs, hosts, fleet, containers, sessions, images, volumes, transfers, builds,
+                   registries, backups, tokens, audit, webhooks, events, integrations):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     app.register_blueprint(health.blp)
+    app.register_blueprint(sessions.pages)

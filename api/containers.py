@@ -14,7 +14,7 @@ from api.images import caller_policy, check_registry_credentials, stored_registr
 from api.transfers import sse_response
 from app.dispatch import open_stream, run_query
 from app.engine.images import resolve_in_registry
-from app.errors import ConflictError, ForbiddenError, InvalidInputError, NotImplementedYetError
+from app.errors import ConflictError, ForbiddenError, InvalidInputError
 from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime
 from schemas.common import JobSchema
@@ -213,30 +213,18 @@ class ContainerExec(MethodView):
         Use `?wait=N` for the answer in the response. Output is kept up to 1 MiB; a command
         that outlives `timeout` (default 30 s, at most 300 s) is killed and the job fails 504.
         """
-        interactive = spec.pop("tty") | spec.pop("interactive")
-        if interactive:
-            raise NotImplementedYetError(_INTERACTIVE_REASON)
+        asked = [name for name in ("tty", "interactive") if spec.pop(name)]
+        if asked:
+            raise InvalidInputError(
+                "an exec job is not interactive; for exec -it open a session: POST "
+                f"/api/v1/hosts/{host}/containers/{ref}/sessions",
+                errors={name: ["use POST …/sessions for an interactive exec"] for name in asked})
         policy_from_settings(runtime().settings).enforce_exec(spec, principal().role == "admin")
         record = host_record(host)
         return start_job("containers.exec", host_record=record, target=ref,
                          args=[ref, spec, caller_context()],
                          precheck=lambda: run_query("containers.check_running", record,
                                                     [caller_context(), ref, "exec in"]))
-
-
-_INTERACTIVE_REASON = (
-    "interactive sessions (exec -it, attach) are not offered yet: the API never holds engine "
-    "connections, so a session would need a worker-held socket bridged to the client over "
-    "Redis; use a non-interactive exec (tty and interactive false)")
-
-
-@blp.route("/hosts/<string:host>/containers/<string:ref>/attach")
-class ContainerAttach(MethodView):
-    @requires("operator")
-    @blp.response(501, description="interactive sessions are not offered yet")
-    def get(self, host: str, ref: str) -> Any:
-        """`docker attach`: not offered yet (501)."""
-        raise NotImplementedYetError(_INTERACTIVE_REASON)
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/top")

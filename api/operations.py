@@ -46,7 +46,6 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("POST", "/hosts/{host}/containers/{ref}/unpause"): "unpauseContainer",
     ("GET", "/hosts/{host}/containers/{ref}/logs"): "getContainerLogs",
     ("POST", "/hosts/{host}/containers/{ref}/exec"): "execInContainer",
-    ("GET", "/hosts/{host}/containers/{ref}/attach"): "attachToContainer",
     ("GET", "/hosts/{host}/containers/{ref}/top"): "listContainerProcesses",
     ("GET", "/hosts/{host}/containers/{ref}/stats"): "getContainerStats",
     ("GET", "/hosts/{host}/containers/{ref}/changes"): "listContainerChanges",
@@ -58,6 +57,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/hosts/{host}/containers/{ref}/archive"): "copyFromContainer",
     ("PUT", "/hosts/{host}/containers/{ref}/archive"): "copyToContainer",
     ("POST", "/hosts/{host}/containers/{ref}/backups"): "backUpContainer",
+    ("POST", "/hosts/{host}/containers/{ref}/sessions"): "openContainerSession",
     # images
     ("GET", "/hosts/{host}/images"): "listImages",
     ("DELETE", "/hosts/{host}/images"): "removeImages",

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import requests
 
+from app import terminal
 from app.grammar import Command, GrammarError, describe_job, parse, render
 
 USAGE_ERROR = 125  # what docker exits with when it cannot parse its command line
@@ -112,8 +113,15 @@ def _problem(response: requests.Response) -> str:
 def main(argv: list[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("exec", "attach"):
+        # `exec [-i] [-t] [-u U] [-w D] [-e K=V] HOST CONTAINER CMD…`, `attach HOST CONTAINER`:
+        # the local terminal on a session's WebSocket (app.terminal), not a request and answer.
+        client = Client(os.environ.get("DOCKYARD_URL", "http://127.0.0.1:8000"),
+                        os.environ.get("DOCKYARD_TOKEN", ""))
+        return terminal.run(client.session, client.base, argv)
     try:
-        command = parse(sys.argv[1:] if argv is None else argv)
+        command = parse(argv)
     except GrammarError as exc:
         print(f"dockyard: {exc}", file=err)
         return USAGE_ERROR

@@ -158,6 +158,14 @@ class Settings:
     token_cache_seconds: float = field(
         default_factory=lambda: _env_float("DOCKYARD_TOKEN_CACHE_SECONDS", 2.0)
     )
+    # Interactive sessions: a session ends after this long with no byte either way, or
+    # after the maximum however busy; its WebSocket ticket is good for the TTL, once.
+    session_idle_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_SESSION_IDLE_SECONDS", 900.0))
+    session_max_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_SESSION_MAX_SECONDS", 8 * 3600.0))
+    session_ticket_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_SESSION_TICKET_SECONDS", 30.0))
     public_metrics: bool = field(default_factory=lambda: _env_bool("DOCKYARD_PUBLIC_METRICS", True))
     # Workers and agents verify task messages with this public key (base64 Ed25519); when
     # empty it is derived from secret_key, which also derives the signing key.

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 from apispec import BasePlugin
-from flask import Flask, Response, g, json, request
+from flask import Flask, Response, current_app, g, json, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -300,6 +300,8 @@ def _authenticate() -> None:
         return
     if request.url_rule is None:
         return  # unknown route: let routing answer 404/405 without revealing anything
+    if getattr(current_app.view_functions.get(request.endpoint), "authenticates_itself", False):
+        return  # a session's WebSocket (its ticket) and the console page (asks for a token)
     chat = request.environ.get(CHAT_ENVIRON)
     if chat is not None:  # a chat command re-entering the API (api/integrations.dispatch_as)
         g.principal = chat["principal"]

@@ -19,7 +19,7 @@ from typing import Any
 from app.errors import DockyardError, QueryTimeoutError, error_from_problem
 from app.store import PREFIX, get_redis_bytes
 
-HEADER, DATA, ERROR, END = b"H", b"D", b"E", b"Z"
+HEADER, DATA, ERROR, END, CONTROL = b"H", b"D", b"E", b"Z", b"C"
 MAX_QUEUED = 8
 CHUNK_BYTES = 1024 * 1024
 STALL_SECONDS = 60.0
@@ -79,6 +79,10 @@ class PipeWriter(_PipeEnd):
 
     def end(self) -> None:
         self._push(END, b"")
+
+    def control(self, message: dict[str, Any]) -> None:
+        """Queue a JSON control message in order with the bytes (it takes no credit)."""
+        self._push(CONTROL, json.dumps(message).encode())
 
     def reader_gone(self) -> bool:
         return bool(self.redis.exists(self.closed_key))
@@ -140,6 +144,23 @@ class PipeReader(_PipeEnd):
                 yield payload
         finally:
             self.close()
+
+    def poll(self, timeout: float) -> tuple[bytes, bytes] | None:
+        """The next item as (kind, payload), or None after ``timeout`` seconds without one.
+
+        For a long-lived stream whose reader has other things to watch between items (an
+        interactive session); each DATA item taken hands a credit back to the writer.
+        """
+        item = self.redis.blpop([self.key], timeout=timeout)
+        if item is None:
+            return None
+        kind, payload = item[1][:1], item[1][1:]
+        if kind == DATA:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.rpush(self.credit_key, b"1")
+            pipe.expire(self.credit_key, PIPE_TTL_SECONDS)
+            pipe.execute()
+        return kind, payload
 
     def close(self) -> None:
         pipe = self.redis.pipeline(transaction=False)

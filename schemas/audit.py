@@ -36,6 +36,10 @@ class AuditEntrySchema(Schema):
     chat = fields.Dict(allow_none=True, metadata={
         "description": "a chat command: the platform and the user who sent it "
                        "(actor is the principal that user is mapped to)"})
+    session = fields.Dict(allow_none=True, metadata={
+        "description": "an interactive session (method SESSION, status its close code): id, "
+                       "container, started_at, ended_at, exit_code, close_code, close_reason, "
+                       "bytes_in, bytes_out; never what was typed or shown"})
 
 
 class AuditPageSchema(Schema):

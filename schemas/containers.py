@@ -367,7 +367,7 @@ class ExecSpecSchema(Schema):
     user = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
     privileged = fields.Boolean(load_default=False)
     timeout = _Duration(load_default=30.0, validate=validate.Range(min=0.1, max=300))
-    # Accepted so the answer can be a clear 501 rather than an unknown-field 422.
+    # Accepted so the answer can point to POST …/sessions (interactive exec).
     tty = fields.Boolean(load_default=False)
     interactive = fields.Boolean(load_default=False)
 

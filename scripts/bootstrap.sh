@@ -21,6 +21,9 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v git >/dev/null || need+=(git)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# Headless Chromium and its driver for the browser console test (selenium).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"

@@ -9,6 +9,7 @@ from tasks import (  # noqa: F401
     images,
     jobs,
     registries,
+    sessions,
     transfers,
     volumes,
     watch,

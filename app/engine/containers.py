@@ -500,18 +500,18 @@ def exec_in_container(client: docker.DockerClient, ref: str, spec: dict[str, Any
     try:
         finished = _drain_exec(raw, output, time.monotonic() + spec["timeout"], checkpoint)
     except BaseException:  # cancelled, or the task's time limit
-        _kill_marked(client, info["Id"], marker)
+        kill_marked(client, info["Id"], marker)
         raise
     finally:
         raw.close()
     if not finished:
-        _kill_marked(client, info["Id"], marker)
-        killed = _exec_exit_code(client, created["Id"]) is not None
+        kill_marked(client, info["Id"], marker)
+        killed = exec_exit_code(client, created["Id"]) is not None
         raise ExecTimeoutError(
             f"the command did not finish within {spec['timeout']:g}s; "
             + ("it was killed" if killed else "it could not be killed and was left running"),
             killed=killed, output=output.text, truncated=output.truncated)
-    return {"exit_code": _exec_exit_code(client, created["Id"]), "output": output.text,
+    return {"exit_code": exec_exit_code(client, created["Id"]), "output": output.text,
             "truncated": output.truncated}
 
 
@@ -537,7 +537,7 @@ def _drain_exec(raw: Any, output: ExecOutput, deadline: float,
             checkpoint()
 
 
-def _exec_exit_code(client: docker.DockerClient, exec_id: str) -> int | None:
+def exec_exit_code(client: docker.DockerClient, exec_id: str) -> int | None:
     """The exec's exit code, or None if it is still running a second later."""
     # The stream can end a moment before the engine records the exit code.
     for _ in range(20):
@@ -548,7 +548,7 @@ def _exec_exit_code(client: docker.DockerClient, exec_id: str) -> int | None:
     return None
 
 
-def _kill_marked(client: docker.DockerClient, container_id: str, marker: str) -> None:
+def kill_marked(client: docker.DockerClient, container_id: str, marker: str) -> None:
     """Kill every process in the container whose environment carries ``marker`` (best effort)."""
     script = ('for d in /proc/[0-9]*; do '
               'if grep -q "$1" "$d/environ" 2>/dev/null; then kill -9 "${d#/proc/}"; fi; done')

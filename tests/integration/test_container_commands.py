@@ -117,13 +117,13 @@ def test_exec_refusals_are_problems(operator, viewer, unique, cleanup, running):
     assert unknown.status_code == 422 and "detach" in unknown.json()["errors"]
 
 
-def test_interactive_exec_and_attach_are_501_with_the_reason(operator, running, unique):
-    for body in ({"cmd": ["sh"], "tty": True}, {"cmd": ["sh"], "interactive": True}):
+def test_interactive_exec_job_is_refused_pointing_to_sessions(operator, running, unique):
+    for field, body in (("tty", {"cmd": ["sh"], "tty": True}),
+                        ("interactive", {"cmd": ["sh"], "interactive": True})):
         answer = operator.post(f"{BASE}/{unique}/exec", json=body)
-        assert answer.status_code == 501 and "interactive" in answer.json()["detail"]
-    attach = operator.get(f"{BASE}/{unique}/attach")
-    assert attach.status_code == 501
-    assert attach.headers["Content-Type"] == "application/problem+json"
+        assert answer.status_code == 422 and field in answer.json()["errors"]
+        assert "/sessions" in answer.json()["detail"]
+    assert operator.get(f"{BASE}/{unique}/attach").status_code in (404, 405)
 
 
 # -- top / stats / diff / port ------------------------------------------------------------
