@@ -41,6 +41,8 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         worker_enable_remote_control=True,
         timezone="UTC",
+        # Any number of beats may run: only the holder of the Redis lease sends (app/beat.py).
+        beat_scheduler="app.beat:LeaderScheduler",
         beat_schedule={
             # Job records expire by TTL; this keeps the listing index from growing with them.
             "prune-job-index": {"task": "jobs.prune_index", "schedule": 3600.0,
