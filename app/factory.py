@@ -92,6 +92,10 @@ def _http_detail(error: HTTPException, status: int, extra: dict) -> str:
     return error.description or error.name
 
 
+# About a Sentinel failover (down-after + election); a client retries with its Idempotency-Key.
+REDIS_RETRY_AFTER_SECONDS = 5
+
+
 def problem_response(problem: dict[str, Any]) -> Response:
     # Unsorted: validation errors may key list items by int beside fields by name.
     response = Response(json.dumps(problem, sort_keys=False), status=problem["status"],
@@ -145,6 +149,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(DockyardError, _dockyard_error)
     app.register_error_handler(redis.exceptions.ConnectionError, _redis_down)
     app.register_error_handler(redis.exceptions.TimeoutError, _redis_down)
+    # During a Sentinel failover the old primary refuses writes and a promoted one may still
+    # be loading: both are "try again shortly", never a 500.
+    app.register_error_handler(redis.exceptions.ReadOnlyError, _redis_down)
+    app.register_error_handler(redis.exceptions.BusyLoadingError, _redis_down)
     app.register_error_handler(Exception, _unexpected_error)
 
     # Blueprints are imported inside the factory so nothing imports the app at load time.
@@ -346,7 +354,10 @@ def _dockyard_error(error: DockyardError) -> Response:
 
 def _redis_down(error: Exception) -> Response:
     logger.warning("Redis unavailable: %s", type(error).__name__)
-    return problem_response(UnavailableError("the job store (Redis) is unavailable").to_problem())
+    response = problem_response(UnavailableError("the job store (Redis) is unavailable",
+                                                 retry_after=REDIS_RETRY_AFTER_SECONDS).to_problem())
+    response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
+    return response
 
 
 def _unexpected_error(error: Exception) -> Response:

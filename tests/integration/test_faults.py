@@ -238,6 +238,7 @@ def test_redis_crash_with_jobs_queued_answers_503_then_runs_each_job_once(
 
         assert {path: r.status_code for path, r in down.items()} == dict.fromkeys(down, 503)
         assert all(r.headers["Content-Type"] == "application/problem+json" for r in down.values())
+        assert all(r.headers["Retry-After"] == "5" for r in down.values())
         assert ready.status_code == 503
         assert _states(fredis, job_ids) == ["queued"] * len(names)
         assert fredis.llen("engine.ops") == len(names)

@@ -182,6 +182,8 @@ def test_api_and_workers_run_on_sentinels_and_serve_after_a_failover(
                 "image": BUSYBOX, "name": f"{unique}-b", "command": ["sleep", "120"]},
                 headers={"Idempotency-Key": f"{unique}-b"})
             assert response.status_code in (200, 202, 503), response.text
+            if response.status_code == 503:
+                assert response.headers["Retry-After"] == "5", response.headers
             second = response.json() if response.status_code != 503 else {}
             if response.status_code == 503:
                 time.sleep(0.5)
