@@ -1,5 +1,5 @@
 # Dockyard: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run stop test unit lint bench install compose-smoke
+.PHONY: run stop test unit lint bench install compose-smoke ha ha-stop
 
 run:            ## install what is missing, start everything, serve the API on 127.0.0.1:8000
 	@bash scripts/run.sh
@@ -24,3 +24,9 @@ bench:          ## benchmarks (see docs/benchmarks.md)
 
 compose-smoke:  ## build the images, bring docker-compose.yml up, provision through it, tear down
 	@bash scripts/bootstrap.sh && bash scripts/services.sh up && bash scripts/compose-smoke.sh
+
+ha:             ## a Redis primary, replica and three sentinels, two of each Dockyard process (see README)
+	@bash scripts/ha.sh up
+
+ha-stop:        ## stop what `make ha` started
+	@bash scripts/ha.sh down

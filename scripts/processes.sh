@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Start (up) or stop (down) Dockyard's own processes: Celery workers for the ops and
 # query lanes, beat, and (with `up --api`) gunicorn in the background.
-# Needs $RUN_DIR/env from services.sh. Pidfiles live in $PROC_DIR (default $RUN_DIR).
+# Needs $RUN_DIR/env from services.sh (or DOCKYARD_ENV_FILE). Pidfiles live in $PROC_DIR
+# (default $RUN_DIR); logs are $LOG_DIR/$LOG_PREFIX<name>.log (`make ha` runs two sets).
 source "$(dirname "$0")/lib.sh"
-source "$RUN_DIR/env"
+source "${DOCKYARD_ENV_FILE:-$RUN_DIR/env}"
 PROC_DIR="${PROC_DIR:-$RUN_DIR}"
+LOG_PREFIX="${LOG_PREFIX:-}"
 mkdir -p "$PROC_DIR"
 CELERY="$VENV/bin/celery -A wsgi:celery"
 cd "$ROOT"
@@ -12,18 +14,18 @@ cd "$ROOT"
 start_bg() {  # name, command...
   local name=$1; shift
   if pid_alive "$PROC_DIR/$name.pid"; then return; fi
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  setsid "$@" >>"$LOG_DIR/$LOG_PREFIX$name.log" 2>&1 < /dev/null &
   echo $! > "$PROC_DIR/$name.pid"
 }
 
 up() {
   # ops: prefork, one message per process at a time (acks_late + prefetch 1).
-  start_bg worker-ops $CELERY worker -Q engine.ops -n "ops.$$@%h" -P prefork \
+  start_bg worker-ops $CELERY worker -Q engine.ops -n "ops.$LOG_PREFIX$$@%h" -P prefork \
     -c "${DOCKYARD_OPS_CONCURRENCY:-2}" --prefetch-multiplier 1 -l INFO -E
   # query: threads, so a read never waits for a process and clients are shared.
   # One engine connection per thread: the pool is sized to the lane's concurrency.
   start_bg worker-query env DOCKYARD_ENGINE_POOL_SIZE="${DOCKYARD_QUERY_CONCURRENCY:-8}" \
-    $CELERY worker -Q engine.query -n "query.$$@%h" -P threads \
+    $CELERY worker -Q engine.query -n "query.$LOG_PREFIX$$@%h" -P threads \
     -c "${DOCKYARD_QUERY_CONCURRENCY:-8}" -l INFO
   start_bg beat $CELERY beat -s "$PROC_DIR/beat-schedule" -l INFO
   if [ "${1:-}" = "--api" ]; then
