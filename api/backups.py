@@ -24,6 +24,7 @@ from app.factory import problem_response
 from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime
 from app.store import get_redis
+from app.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, CONTAINERS_EXISTS, CONTAINERS_INSPECT
 from schemas.backups import (
     BackupListArgsSchema,
     BackupSchema,
@@ -83,9 +84,9 @@ class ContainerBackups(MethodView):
         The bundle's id is the job's id; the result is its manifest.
         """
         record = host_record(host)
-        return start_job("backups.create", host_record=record, target=ref,
+        return start_job(BACKUPS_CREATE, host_record=record, target=ref,
                          args=[ref, spec, caller_context()],
-                         precheck=lambda: run_query("containers.inspect", record,
+                         precheck=lambda: run_query(CONTAINERS_INSPECT, record,
                                                     [caller_context(), ref]))
 
 
@@ -184,12 +185,12 @@ class BackupRestore(MethodView):
         policy.enforce(spec, is_admin)
 
         def name_is_free() -> None:
-            if not spec["replace"] and run_query("containers.exists", record, [spec["name"]]):
+            if not spec["replace"] and run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
                 raise ConflictError(f"container name '{spec['name']}' is already in use on host "
                                     f"'{target}'; pass replace: true to replace it or pick "
                                     "another name", name=spec["name"])
 
-        return start_job("backups.restore", host_record=record, target=spec["name"],
+        return start_job(BACKUPS_RESTORE, host_record=record, target=spec["name"],
                          args=[backup_id, spec, caller_context()], precheck=name_is_free)
 
 

@@ -31,6 +31,7 @@ from app.policy import enforce_image_source, enforce_local_name, policy_from_set
 from app.registries import registry_address
 from app.runtime import runtime
 from app.spool import require_tar, spool_dir, spool_upload
+from app.task_names import BUILDS_BUILD
 from schemas.builds import BuildSpecSchema, context_errors
 from schemas.common import JobSchema
 
@@ -129,7 +130,7 @@ def submit_build(spec: dict[str, Any], spool: Path | None) -> Any:
     body = {**spec, "context": "upload" if spool else None}
     if spool is not None and _replayed(body):
         spool.unlink(missing_ok=True)
-    return start_job("builds.build", host_record=record,
+    return start_job(BUILDS_BUILD, host_record=record,
                      target=spec["tags"][0] if spec["tags"] else None,
                      args=[task_spec, context], body=body, spool=spool)
 

@@ -15,6 +15,7 @@ from app.errors import ConflictError
 from app.placement import select_hosts
 from app.policy import policy_from_settings
 from app.runtime import runtime
+from app.task_names import CONTAINERS_EXISTS, CONTAINERS_PROVISION
 from schemas.common import JobSchema
 from schemas.fleet import PlacedProvisionSchema
 
@@ -36,7 +37,7 @@ class PlacedContainers(MethodView):
                                caller)
         if body["name"] and not body["replace"]:
             taken = [r["name"] for r, used in zip(
-                targets, run_queries([("containers.exists", r, [body["name"]]) for r in targets]),
+                targets, run_queries([(CONTAINERS_EXISTS, r, [body["name"]]) for r in targets]),
                 strict=True) if used is True]
             if taken:
                 raise ConflictError(f"container name '{body['name']}' is already in use on "
@@ -47,9 +48,9 @@ class PlacedContainers(MethodView):
         args = [body, caller.as_caller()]
         target = body["name"] or body["image"]
         if placement["mode"] == "all":
-            record, _ = submit_fanout("containers.provision", caller, host_records=targets,
+            record, _ = submit_fanout(CONTAINERS_PROVISION, caller, host_records=targets,
                                       target=target, args=args, idempotency=idempotency)
         else:
-            record, _ = submit_job("containers.provision", caller, host_record=targets[0],
+            record, _ = submit_job(CONTAINERS_PROVISION, caller, host_record=targets[0],
                                    target=target, args=args, idempotency=idempotency)
         return job_answer(record)

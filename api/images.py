@@ -23,6 +23,18 @@ from app.policy import (
 )
 from app.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
+from app.task_names import (
+    IMAGES_HISTORY,
+    IMAGES_INSPECT,
+    IMAGES_LIST,
+    IMAGES_PRUNE,
+    IMAGES_PULL,
+    IMAGES_PUSH,
+    IMAGES_REMOVE,
+    IMAGES_REMOVE_MANY,
+    IMAGES_SEARCH,
+    IMAGES_TAG,
+)
 from schemas.common import JobSchema
 from schemas.images import (
     REPOSITORY_ERROR,
@@ -98,7 +110,7 @@ class Images(MethodView):
         """
         query = {"all": args["all"], "dangling": args["dangling"], "quiet": args["quiet"],
                  "reference": args.get("reference"), "labels": args["label"] or None}
-        answer = run_query("images.list", host_record(host), [query])
+        answer = run_query(IMAGES_LIST, host_record(host), [query])
         return jsonify(answer) if args["quiet"] else answer
 
     @requires("operator")
@@ -106,7 +118,7 @@ class Images(MethodView):
     @blp.response(202, JobSchema)
     def delete(self, args: dict, host: str) -> Any:
         """`docker rmi [-f] A B …` (job): the result has one outcome per ref, in order."""
-        return start_job("images.remove_many", host_record=host_record(host),
+        return start_job(IMAGES_REMOVE_MANY, host_record=host_record(host),
                          target=" ".join(args["ref"])[:512], args=[args["ref"], args["force"]],
                          body=args)
 
@@ -129,7 +141,7 @@ class ImagePull(MethodView):
             reference = resolve_in_registry(reference, stored_registry_address(spec["registry"]))
         policy, is_admin = caller_policy()
         enforce_image_source(policy, reference, is_admin, "pull")
-        return start_job("images.pull", host_record=record, target=reference,
+        return start_job(IMAGES_PULL, host_record=record, target=reference,
                          args=[reference, spec["registry"]])
 
 
@@ -140,7 +152,7 @@ class ImagePrune(MethodView):
     @blp.response(202, JobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker image prune [-a] [--filter label=…|until=…]` (job); dangling images by default."""
-        return start_job("images.prune", host_record=host_record(host), target=None,
+        return start_job(IMAGES_PRUNE, host_record=host_record(host), target=None,
                          args=[spec["all"], prune_filters(spec["filters"])])
 
 
@@ -151,7 +163,7 @@ class ImageSearch(MethodView):
     @blp.response(200, SearchResultSchema(many=True))
     def get(self, args: dict, host: str) -> list[dict]:
         """`docker search --limit N TERM`, asked of the engine's index (502/503 if unreachable)."""
-        return run_query("images.search", host_record(host), [args["term"], args["limit"]])
+        return run_query(IMAGES_SEARCH, host_record(host), [args["term"], args["limit"]])
 
 
 # {ref} is an id, a unique id prefix, name[:tag] or name@digest. Names hold slashes and a
@@ -169,14 +181,14 @@ class Image(MethodView):
 
         Viewers see the image's environment values and secret-looking labels redacted.
         """
-        return redacted("inspect", run_query("images.inspect", host_record(host), [ref]))
+        return redacted("inspect", run_query(IMAGES_INSPECT, host_record(host), [ref]))
 
     @requires("operator")
     @blp.arguments(RemoveImageArgsSchema, location="query")
     @blp.response(202, JobSchema)
     def delete(self, args: dict, host: str, ref: str) -> Any:
         """`docker rmi [-f]` (job); an image a container uses is a 409 unless forced."""
-        return start_job("images.remove", host_record=host_record(host), target=ref,
+        return start_job(IMAGES_REMOVE, host_record=host_record(host), target=ref,
                          args=[ref, args["force"]], body=args)
 
 
@@ -186,7 +198,7 @@ class ImageHistory(MethodView):
     @blp.response(200, HistoryEntrySchema(many=True))
     def get(self, host: str, ref: str) -> list[dict]:
         """`docker history --no-trunc`: newest layer first."""
-        return run_query("images.history", host_record(host), [ref])
+        return run_query(IMAGES_HISTORY, host_record(host), [ref])
 
 
 @blp.route("/hosts/<string:host>/images/<path:ref>/tag")
@@ -201,7 +213,7 @@ class ImageTag(MethodView):
         given to an image REF names in an allowed registry (403 `allowed-registries`).
         """
         check_local_name(ref, spec["repository"], "tag")
-        return start_job("images.tag", host_record=host_record(host), target=ref,
+        return start_job(IMAGES_TAG, host_record=host_record(host), target=ref,
                          args=[ref, spec["repository"], spec["tag"]])
 
 
@@ -231,5 +243,5 @@ class ImagePush(MethodView):
                                     errors={"ref": [REPOSITORY_ERROR]})
         tag = spec["tag"] or current_tag
         check_local_name(ref, repository, "push")
-        return start_job("images.push", host_record=record, target=f"{repository}:{tag}",
+        return start_job(IMAGES_PUSH, host_record=record, target=f"{repository}:{tag}",
                          args=[ref, repository, tag, spec["registry"]])

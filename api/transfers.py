@@ -21,6 +21,15 @@ from app.pipes import PipeReader
 from app.policy import enforce_local_name
 from app.runtime import runtime
 from app.spool import require_tar, saved_image_names, spool_dir, spool_upload
+from app.task_names import (
+    CONTAINERS_CHECK_ACCESS,
+    TRANSFERS_ARCHIVE_IN,
+    TRANSFERS_ARCHIVE_OUT,
+    TRANSFERS_FOLLOW_EVENTS,
+    TRANSFERS_IMPORT,
+    TRANSFERS_LOAD,
+    TRANSFERS_SAVE,
+)
 from schemas.common import JobSchema
 from schemas.transfers import (
     ArchivePathSchema,
@@ -100,7 +109,7 @@ class ContainerArchive(MethodView):
 
         Operators and admins only: a container's files hold what its environment holds.
         """
-        meta, reader = open_stream("transfers.archive_out", host_record(host),
+        meta, reader = open_stream(TRANSFERS_ARCHIVE_OUT, host_record(host),
                                    [caller_context(), ref, args["path"]])
         stat = base64.b64encode(json.dumps(meta["stat"]).encode()).decode()
         return Response(stream_with_context(relay(reader)), mimetype="application/x-tar",
@@ -114,9 +123,9 @@ class ContainerArchive(MethodView):
         """`docker cp - CONTAINER:PATH`: extract an uploaded tar into the container (job)."""
         record = host_record(host)
         # Refused before a byte of the upload is spooled.
-        run_query("containers.check_access", record, [caller_context(), ref, "archive", host])
+        run_query(CONTAINERS_CHECK_ACCESS, record, [caller_context(), ref, "archive", host])
         spool = spooled_tar()
-        return start_job("transfers.archive_in", host_record=record, target=ref,
+        return start_job(TRANSFERS_ARCHIVE_IN, host_record=record, target=ref,
                          args=[ref, args["path"], str(spool), caller_context()],
                          body={"path": args["path"]}, spool=spool)
 
@@ -128,7 +137,7 @@ class ImageSave(MethodView):
     @blp.response(200, description="application/x-tar stream (`docker save` format)")
     def get(self, args: dict, host: str) -> Response:
         """`docker save REF...`: download one or more images as a tar stream."""
-        _meta, reader = open_stream("transfers.save", host_record(host), [args["ref"]])
+        _meta, reader = open_stream(TRANSFERS_SAVE, host_record(host), [args["ref"]])
         return Response(stream_with_context(relay(reader)), mimetype="application/x-tar")
 
 
@@ -150,7 +159,7 @@ class ImageLoad(MethodView):
         except BaseException:
             Path(spool).unlink(missing_ok=True)
             raise
-        return start_job("transfers.load", host_record=record, target=None,
+        return start_job(TRANSFERS_LOAD, host_record=record, target=None,
                          args=[str(spool)], body={}, spool=spool)
 
 
@@ -168,7 +177,7 @@ class ImageImport(MethodView):
             policy, is_admin = caller_policy()
             enforce_local_name(policy, args["repository"], False, is_admin, "import")
         spool = spooled_tar()
-        return start_job("transfers.import", host_record=record, target=args["repository"],
+        return start_job(TRANSFERS_IMPORT, host_record=record, target=args["repository"],
                          args=[str(spool), args["repository"], args["tag"], args["change"]],
                          body=args, spool=spool)
 
@@ -181,6 +190,6 @@ class HostEventStream(MethodView):
     def get(self, args: dict, host: str) -> Response:
         """`docker events` as a live Server-Sent-Events stream."""
         filters = {key: args[key] for key in ("type", "event", "container") if args[key]}
-        _meta, reader = open_stream("transfers.follow_events", host_record(host), [{
+        _meta, reader = open_stream(TRANSFERS_FOLLOW_EVENTS, host_record(host), [{
             "since": args["since"], "until": args["until"], "filters": filters}])
         return sse_response(reader, "event", redacted_json_line)

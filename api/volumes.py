@@ -12,6 +12,14 @@ from api.hosts import host_record
 from app.dispatch import run_query
 from app.errors import ConflictError
 from app.policy import SCOPE_LABEL, Violation, raise_for
+from app.task_names import (
+    VOLUMES_CREATE,
+    VOLUMES_FIND,
+    VOLUMES_INSPECT,
+    VOLUMES_LIST,
+    VOLUMES_PRUNE,
+    VOLUMES_REMOVE,
+)
 from schemas.common import JobSchema
 from schemas.volumes import (
     VolumeCreateSchema,
@@ -34,7 +42,7 @@ class Volumes(MethodView):
         """`docker volume ls [-f dangling=…] [-f name=…] [-f label=…]`."""
         query = {"dangling": args["dangling"], "name": args.get("name"),
                  "labels": args["label"] or None}
-        return run_query("volumes.list", host_record(host), [query])
+        return run_query(VOLUMES_LIST, host_record(host), [query])
 
     @requires("operator")
     @blp.arguments(VolumeCreateSchema)
@@ -49,12 +57,12 @@ class Volumes(MethodView):
         _check_volume_spec(spec)
 
         def driver_matches() -> None:
-            existing = run_query("volumes.find", record, [spec["name"]]) if spec["name"] else None
+            existing = run_query(VOLUMES_FIND, record, [spec["name"]]) if spec["name"] else None
             if existing and existing["driver"] != spec["driver"]:
                 raise ConflictError(f"volume '{spec['name']}' already exists on host '{host}' "
                                     f"with driver '{existing['driver']}'", name=spec["name"])
 
-        return start_job("volumes.create", host_record=record, target=spec["name"],
+        return start_job(VOLUMES_CREATE, host_record=record, target=spec["name"],
                          args=[spec["name"], spec["driver"],
                                {**spec["labels"], SCOPE_LABEL: principal().scope}],
                          precheck=driver_matches)
@@ -81,7 +89,7 @@ class VolumePrune(MethodView):
     @blp.response(202, JobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker volume prune [--filter label=…]` (job): volumes no container uses."""
-        return start_job("volumes.prune", host_record=host_record(host), target=None,
+        return start_job(VOLUMES_PRUNE, host_record=host_record(host), target=None,
                          args=[volume_prune_filters(spec["filters"]), principal().as_caller()])
 
 
@@ -91,12 +99,12 @@ class Volume(MethodView):
     @blp.response(200, description="the engine's `docker volume inspect` document")
     def get(self, host: str, name: str) -> dict:
         """`docker volume inspect NAME`."""
-        return run_query("volumes.inspect", host_record(host), [name])
+        return run_query(VOLUMES_INSPECT, host_record(host), [name])
 
     @requires("operator")
     @blp.arguments(VolumeRemoveArgsSchema, location="query")
     @blp.response(202, JobSchema)
     def delete(self, args: dict, host: str, name: str) -> Any:
         """`docker volume rm [-f] NAME` (job); a volume a container uses is a 409."""
-        return start_job("volumes.remove", host_record=host_record(host), target=name,
+        return start_job(VOLUMES_REMOVE, host_record=host_record(host), target=name,
                          args=[name, args["force"], principal().as_caller()], body=args)

@@ -28,6 +28,7 @@ from app.grammar import describe_job
 from app.ids import new_id
 from app.runtime import runtime
 from app.store import PREFIX, get_redis, utcnow
+from app.task_names import WEBHOOKS_DELIVER
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def enqueue_delivery(url: str, event_type: str, payload: dict[str, Any], *, log:
               "body": json.dumps(payload, separators=(",", ":"), default=str),
               "subscription": subscription, "signed": signed, "log": log, "state": "pending"}
     get_redis().set(_delivery_key(delivery_id), json.dumps(record), ex=_DELIVERY_TTL)
-    runtime().celery.send_task("webhooks.deliver", args=[delivery_id],
+    runtime().celery.send_task(WEBHOOKS_DELIVER, args=[delivery_id],
                                queue=webhook_settings().queue)
     logger.info("delivery %s queued event=%s", delivery_id, event_type)
     return delivery_id

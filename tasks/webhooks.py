@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
+from app.task_names import WEBHOOKS_DELIVER
 from app.webhooks import attempt_delivery, retry_delay, webhook_settings
 
 
-@shared_task(bind=True, name="webhooks.deliver", acks_late=True, max_retries=None,
+@shared_task(bind=True, name=WEBHOOKS_DELIVER, acks_late=True, max_retries=None,
              ignore_result=True)
 def deliver(self: Task, delivery_id: str) -> None:
     attempt = self.request.retries + 1
