@@ -26,14 +26,15 @@ from app.runtime import runtime
 from app.store import get_redis
 from app.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, CONTAINERS_EXISTS, CONTAINERS_INSPECT
 from schemas.backups import (
+    BackupJobSchema,
     BackupListArgsSchema,
     BackupSchema,
     BackupSpecSchema,
+    RestoreJobSchema,
     RestoreSpecSchema,
     ScheduleSchema,
     ScheduleSpecSchema,
 )
-from schemas.common import JobSchema
 
 blp = Blueprint("backups", __name__, description="Backups: export, archive, restore, schedules")
 
@@ -77,7 +78,7 @@ def _with_links(manifest: dict[str, Any]) -> dict[str, Any]:
 class ContainerBackups(MethodView):
     @requires("operator")
     @blp.arguments(BackupSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, BackupJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker export` + `docker cp` of each volume: back a container up into a bundle (job).
 
@@ -162,7 +163,7 @@ class BackupContent(MethodView):
 class BackupRestore(MethodView):
     @requires("operator")
     @blp.arguments(RestoreSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, RestoreJobSchema)
     def post(self, body: dict, backup_id: str) -> Any:
         """`docker import` + `docker run`: recreate the container from a bundle (job).
 

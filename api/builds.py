@@ -32,8 +32,7 @@ from app.registries import registry_address
 from app.runtime import runtime
 from app.spool import require_tar, spool_dir, spool_upload
 from app.task_names import BUILDS_BUILD
-from schemas.builds import BuildSpecSchema, context_errors
-from schemas.common import JobSchema
+from schemas.builds import BuildJobSchema, BuildSpecSchema, context_errors
 
 blp = Blueprint("builds", __name__, description="Image builds, optionally pushed")
 
@@ -62,7 +61,7 @@ class Builds(MethodView):
     @requires("operator")
     @accepts("multipart/form-data")
     @blp.doc(requestBody=_MULTIPART_DOC)
-    @blp.response(202, JobSchema)
+    @blp.response(202, BuildJobSchema)
     def post(self) -> Any:
         """`docker build` + `docker tag` + optional `docker push` (job).
 

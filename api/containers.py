@@ -39,27 +39,36 @@ from app.task_names import (
     CONTAINERS_WAIT,
     TRANSFERS_FOLLOW_LOGS,
 )
-from schemas.common import JobSchema
 from schemas.containers import (
     BulkRemoveArgsSchema,
     ChangeSchema,
+    CommitJobSchema,
     ContainerListArgsSchema,
     ContainerPortSchema,
+    ContainerPruneJobSchema,
+    ContainerRemovedJobSchema,
+    ContainerStateJobSchema,
     ContainerSummarySchema,
+    ExecJobSchema,
     ExecSpecSchema,
     KillArgsSchema,
     LogsArgsSchema,
     NoArgsSchema,
     PortArgsSchema,
+    ProvisionJobSchema,
     ProvisionSpecSchema,
     PruneSpecSchema,
     RemoveArgsSchema,
+    RemoveMatchingJobSchema,
+    RenameJobSchema,
     RenameSpecSchema,
     StatsSchema,
     StopArgsSchema,
     TopArgsSchema,
     TopSchema,
+    UpdateJobSchema,
     UpdateSpecSchema,
+    WaitJobSchema,
     WaitSpecSchema,
 )
 from schemas.images import CommitSpecSchema
@@ -87,7 +96,7 @@ class Containers(MethodView):
 
     @requires("operator")
     @blp.arguments(ProvisionSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ProvisionJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker run -d`: provision a container (job)."""
         record = host_record(host)
@@ -107,7 +116,7 @@ class Containers(MethodView):
 
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, RemoveMatchingJobSchema)
     def delete(self, args: dict, host: str) -> Any:
         """`docker rm [-f] [-v] $(docker ps -aq --filter …)`: bulk removal by filter (job).
 
@@ -136,7 +145,7 @@ def require_admin_for_unmanaged(managed_only: bool) -> None:
 class ContainerPrune(MethodView):
     @requires("operator")
     @blp.arguments(PruneSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ContainerPruneJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker container prune [--filter label=…] [--filter until=…]` (job).
 
@@ -165,7 +174,7 @@ class Container(MethodView):
 
     @requires("operator")
     @blp.arguments(RemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, ContainerRemovedJobSchema)
     def delete(self, args: dict, host: str, ref: str) -> Any:
         """`docker rm [-f] [-v]` (job)."""
         return start_job(CONTAINERS_REMOVE, host_record=host_record(host), target=ref,
@@ -178,7 +187,7 @@ def _lifecycle(verb: str, schema: type, summary: str) -> None:
     class Lifecycle(MethodView):
         @requires("operator")
         @blp.arguments(schema, required=False)
-        @blp.response(202, JobSchema)
+        @blp.response(202, ContainerStateJobSchema)
         def post(self, args: dict, host: str, ref: str) -> Any:
             return start_job(CONTAINERS_ACTION, host_record=host_record(host), target=ref,
                              args=[ref, verb, args, caller_context()],
@@ -228,7 +237,7 @@ class ContainerLogs(MethodView):
 class ContainerExec(MethodView):
     @requires("operator")
     @blp.arguments(ExecSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ExecJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker exec` (non-interactive) (job); result `{exit_code, output, truncated}`.
 
@@ -297,7 +306,7 @@ class ContainerPorts(MethodView):
 class ContainerWait(MethodView):
     @requires("operator")
     @blp.arguments(WaitSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, WaitJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker wait [--condition]` (job); result `{status_code, error}`."""
         return start_job(CONTAINERS_WAIT, host_record=host_record(host), target=ref,
@@ -308,7 +317,7 @@ class ContainerWait(MethodView):
 class ContainerRename(MethodView):
     @requires("operator")
     @blp.arguments(RenameSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, RenameJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker rename` (job); 409 if the name is taken."""
         record = host_record(host)
@@ -326,7 +335,7 @@ class ContainerRename(MethodView):
 class ContainerUpdate(MethodView):
     @requires("operator")
     @blp.arguments(UpdateSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, UpdateJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker update --memory --cpus --restart` (job)."""
         return start_job(CONTAINERS_UPDATE, host_record=host_record(host), target=ref,
@@ -337,7 +346,7 @@ class ContainerUpdate(MethodView):
 class ContainerCommit(MethodView):
     @requires("operator")
     @blp.arguments(CommitSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, CommitJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker commit` [+ `docker push`] (job); result `{image_id, ref, pushed}`.
 

@@ -16,8 +16,7 @@ from app.placement import select_hosts
 from app.policy import policy_from_settings
 from app.runtime import runtime
 from app.task_names import CONTAINERS_EXISTS, CONTAINERS_PROVISION
-from schemas.common import JobSchema
-from schemas.fleet import PlacedProvisionSchema
+from schemas.fleet import PlacedProvisionJobSchema, PlacedProvisionSchema
 
 blp = Blueprint("fleet", __name__, description="Placement and fan-out across hosts")
 
@@ -26,7 +25,7 @@ blp = Blueprint("fleet", __name__, description="Placement and fan-out across hos
 class PlacedContainers(MethodView):
     @requires("operator")
     @blp.arguments(PlacedProvisionSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, PlacedProvisionJobSchema)
     def post(self, body: dict) -> Any:
         """`docker run -d` on the least-loaded matching host, or on all of them (job)."""
         placement = body.pop("placement")

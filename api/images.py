@@ -35,19 +35,24 @@ from app.task_names import (
     IMAGES_SEARCH,
     IMAGES_TAG,
 )
-from schemas.common import JobSchema
 from schemas.images import (
     REPOSITORY_ERROR,
     BulkRemoveArgsSchema,
     HistoryEntrySchema,
     ImageListArgsSchema,
+    ImagePruneJobSchema,
     ImagePruneSchema,
+    ImageRemovedJobSchema,
     ImageSummarySchema,
+    PullJobSchema,
     PullSpecSchema,
+    PushJobSchema,
     PushSpecSchema,
     RemoveImageArgsSchema,
+    RemoveManyJobSchema,
     SearchArgsSchema,
     SearchResultSchema,
+    TagJobSchema,
     TagSpecSchema,
     is_repository,
     prune_filters,
@@ -115,7 +120,7 @@ class Images(MethodView):
 
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, RemoveManyJobSchema)
     def delete(self, args: dict, host: str) -> Any:
         """`docker rmi [-f] A B …` (job): the result has one outcome per ref, in order."""
         return start_job(IMAGES_REMOVE_MANY, host_record=host_record(host),
@@ -127,7 +132,7 @@ class Images(MethodView):
 class ImagePull(MethodView):
     @requires("operator")
     @blp.arguments(PullSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, PullJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker pull NAME[:TAG|@DIGEST]` (job) with per-layer progress events.
 
@@ -149,7 +154,7 @@ class ImagePull(MethodView):
 class ImagePrune(MethodView):
     @requires("operator")
     @blp.arguments(ImagePruneSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ImagePruneJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker image prune [-a] [--filter label=…|until=…]` (job); dangling images by default."""
         return start_job(IMAGES_PRUNE, host_record=host_record(host), target=None,
@@ -185,7 +190,7 @@ class Image(MethodView):
 
     @requires("operator")
     @blp.arguments(RemoveImageArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, ImageRemovedJobSchema)
     def delete(self, args: dict, host: str, ref: str) -> Any:
         """`docker rmi [-f]` (job); an image a container uses is a 409 unless forced."""
         return start_job(IMAGES_REMOVE, host_record=host_record(host), target=ref,
@@ -205,7 +210,7 @@ class ImageHistory(MethodView):
 class ImageTag(MethodView):
     @requires("operator")
     @blp.arguments(TagSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, TagJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker tag REF REPOSITORY[:TAG]` (job).
 
@@ -221,7 +226,7 @@ class ImageTag(MethodView):
 class ImagePush(MethodView):
     @requires("operator")
     @blp.arguments(PushSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, PushJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker push` (job); the result has the manifest digest the registry stored.
 

@@ -30,11 +30,13 @@ from app.task_names import (
     TRANSFERS_LOAD,
     TRANSFERS_SAVE,
 )
-from schemas.common import JobSchema
 from schemas.transfers import (
+    ArchiveInJobSchema,
     ArchivePathSchema,
     EventStreamArgsSchema,
     ImportArgsSchema,
+    ImportJobSchema,
+    LoadJobSchema,
     SaveArgsSchema,
 )
 
@@ -118,7 +120,7 @@ class ContainerArchive(MethodView):
     @requires("operator")
     @accepts(*TAR_TYPES)
     @blp.arguments(ArchivePathSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, ArchiveInJobSchema)
     def put(self, args: dict, host: str, ref: str) -> Any:
         """`docker cp - CONTAINER:PATH`: extract an uploaded tar into the container (job)."""
         record = host_record(host)
@@ -145,7 +147,7 @@ class ImageSave(MethodView):
 class ImageLoad(MethodView):
     @requires("operator")
     @accepts(*TAR_TYPES)
-    @blp.response(202, JobSchema)
+    @blp.response(202, LoadJobSchema)
     def post(self, host: str) -> Any:
         """`docker load`: load images from an uploaded `docker save` tar (job).
 
@@ -168,7 +170,7 @@ class ImageImport(MethodView):
     @requires("operator")
     @accepts(*TAR_TYPES)
     @blp.arguments(ImportArgsSchema, location="query", unknown=RAISE)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ImportJobSchema)
     def post(self, args: dict, host: str) -> Any:
         """`docker import - [REPO[:TAG]] --change …`: a filesystem tar becomes an image (job)."""
         record = host_record(host)

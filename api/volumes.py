@@ -20,12 +20,14 @@ from app.task_names import (
     VOLUMES_PRUNE,
     VOLUMES_REMOVE,
 )
-from schemas.common import JobSchema
 from schemas.volumes import (
+    VolumeCreatedJobSchema,
     VolumeCreateSchema,
     VolumeListArgsSchema,
+    VolumePruneJobSchema,
     VolumePruneSchema,
     VolumeRemoveArgsSchema,
+    VolumeRemovedJobSchema,
     VolumeSummarySchema,
     volume_prune_filters,
 )
@@ -46,7 +48,7 @@ class Volumes(MethodView):
 
     @requires("operator")
     @blp.arguments(VolumeCreateSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, VolumeCreatedJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker volume create [--driver D] [--label K=V] [NAME]` (job).
 
@@ -86,7 +88,7 @@ def _check_volume_spec(spec: dict) -> None:
 class VolumePrune(MethodView):
     @requires("operator")
     @blp.arguments(VolumePruneSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, VolumePruneJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker volume prune [--filter label=…]` (job): volumes no container uses."""
         return start_job(VOLUMES_PRUNE, host_record=host_record(host), target=None,
@@ -103,7 +105,7 @@ class Volume(MethodView):
 
     @requires("operator")
     @blp.arguments(VolumeRemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, VolumeRemovedJobSchema)
     def delete(self, args: dict, host: str, name: str) -> Any:
         """`docker volume rm [-f] NAME` (job); a volume a container uses is a 409."""
         return start_job(VOLUMES_REMOVE, host_record=host_record(host), target=name,
