@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, pre_load, validate
 
 
 class ProblemSchema(Schema):
@@ -66,6 +66,22 @@ class JobSchema(Schema):
     requested_by = fields.String(allow_none=True)
     cancel_requested = fields.Boolean()
     links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+LABEL_NOT_DESCRIPTION = ("`label!=…`: only what does not carry these labels (`label!` is still "
+                         "accepted as an older spelling of this key)")
+
+
+class PruneFiltersSchema(Schema):
+    """Prune filters; ``label_not`` is Docker's ``label!``, a name clients can generate."""
+
+    @pre_load
+    def accept_docker_spelling(self, data: Any, **_: Any) -> Any:
+        if not isinstance(data, dict) or "label!" not in data:
+            return data
+        if "label_not" in data:
+            raise ValidationError("give label_not or label!, not both", "label_not")
+        return {("label_not" if key == "label!" else key): value for key, value in data.items()}
 
 
 class FullMatch(validate.Regexp):

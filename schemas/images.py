@@ -8,7 +8,13 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate
 
 from app.hosts import NAME_PATTERN
-from schemas.common import FullMatch, ProblemSchema, job_of
+from schemas.common import (
+    LABEL_NOT_DESCRIPTION,
+    FullMatch,
+    ProblemSchema,
+    PruneFiltersSchema,
+    job_of,
+)
 
 # The grammar of github.com/distribution/reference, which the engine enforces.
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -114,10 +120,10 @@ class BulkRemoveArgsSchema(Schema):
     force = fields.Boolean(load_default=False)
 
 
-class ImagePruneFiltersSchema(Schema):
+class ImagePruneFiltersSchema(PruneFiltersSchema):
     label = fields.List(fields.String(validate=validate.Length(min=1, max=512)))
     label_not = fields.List(fields.String(validate=validate.Length(min=1, max=512)),
-                            data_key="label!")
+                            metadata={"description": LABEL_NOT_DESCRIPTION})
     until = fields.String(validate=validate.Length(min=1, max=64))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from schemas.common import FullMatch, job_of
+from schemas.common import LABEL_NOT_DESCRIPTION, FullMatch, PruneFiltersSchema, job_of
 from schemas.containers import PruneResultSchema
 
 # The engine's own rule for volume names (at least two characters).
@@ -54,9 +54,9 @@ class VolumeRemoveArgsSchema(Schema):
     force = fields.Boolean(load_default=False)
 
 
-class VolumePruneFiltersSchema(Schema):
+class VolumePruneFiltersSchema(PruneFiltersSchema):
     label = fields.List(_LABEL_FILTER)
-    label_not = fields.List(_LABEL_FILTER, data_key="label!")
+    label_not = fields.List(_LABEL_FILTER, metadata={"description": LABEL_NOT_DESCRIPTION})
 
 
 class VolumePruneSchema(Schema):
