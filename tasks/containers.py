@@ -112,7 +112,6 @@ _LIFECYCLE = {
     "pause": lambda client, ref, args: containers.pause_container(client, ref),
     "unpause": lambda client, ref, args: containers.unpause_container(client, ref),
 }
-LIFECYCLE_ACTIONS = tuple(_LIFECYCLE)
 
 
 @shared_task(bind=True, base=JobTask, name=CONTAINERS_ACTION)
