@@ -13,7 +13,6 @@ from app.backups import (
     BackupScheduleStore,
     apply_retention,
     due_minutes,
-    stall_seconds,
     storage_for,
 )
 from app.dispatch import submit_job
@@ -46,7 +45,8 @@ def create(self: JobTask, job_id: str, host: str, ref: str, options: dict[str, A
     # The bundle's id is the job's, so a redelivered job finds (or replaces) its own work.
     self.run_job(job_id, host, lambda job: backups.back_up_container(
         job.client, guarded(job, ref, caller, "backup"), storage_for(runtime().settings),
-        job_id, options, host=host, stall=stall_seconds(), progress=_progress(job),
+        job_id, options, host=host, stall=runtime().settings.backup_stall_seconds,
+        progress=_progress(job),
         checkpoint=job.check_cancelled, bind_allowed=bind_under_roots))
 
 
