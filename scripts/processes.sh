@@ -6,7 +6,7 @@ source "$(dirname "$0")/lib.sh"
 source "$RUN_DIR/env"
 PROC_DIR="${PROC_DIR:-$RUN_DIR}"
 mkdir -p "$PROC_DIR"
-CELERY="$VENV/bin/celery -A wsgi:celery"
+CELERY="$VENV/bin/celery -A app.celery_app:celery"
 cd "$ROOT"
 
 start_bg() {  # name, command...
