@@ -18,6 +18,7 @@ from marshmallow import (
 )
 
 from schemas.common import FullMatch, job_of
+from schemas.images import PushResultSchema
 
 CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -442,6 +443,8 @@ class CommitResultSchema(Schema):
     image_id = fields.String()
     ref = fields.String()
     container = fields.String(metadata={"description": "the committed container's id"})
+    pushed = fields.Nested(PushResultSchema, allow_none=True,
+                           metadata={"description": "the push, when one was asked for"})
 
 
 ProvisionJobSchema = job_of(ProvisionResultSchema, "ProvisionJobSchema")

@@ -8,8 +8,12 @@ member fails too).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import tarfile
 from typing import Any
 
+import docker
 import jsonschema_rs
 import pytest
 
@@ -48,7 +52,9 @@ def conforms(admin):
 
 
 def run(api, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    response = api.request(method, HOST + path, params={"wait": 60, **kwargs.pop("params", {})},
+    """The finished job of ``path`` (under the host ``local`` unless it starts at the root)."""
+    path = path.removeprefix("~") if path.startswith("~") else HOST + path
+    response = api.request(method, path, params={"wait": 60, **kwargs.pop("params", {})},
                            **kwargs)
     assert response.status_code == 200, response.text
     job = response.json()
@@ -107,3 +113,56 @@ def test_image_and_volume_job_results_match_their_documented_schemas(operator, u
     conforms("POST", "/hosts/{host}/images/{ref}/tag", tagged)
     conforms("DELETE", "/hosts/{host}/images/{ref}",
              run(operator, "DELETE", f"/images/dyt-results/{unique}:v1"))
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_transfer_build_commit_and_backup_job_results_match_their_documented_schemas(
+        operator, engine, unique, cleanup, conforms):
+    images = [f"dyt-results/{unique}-{kind}:v1" for kind in ("commit", "build", "import")]
+    backups: list[str] = []
+    cleanup.extend([unique, f"{unique}-restored"])
+    try:
+        run(operator, "POST", "/containers", json={"image": BUSYBOX, "name": unique,
+                                                   "command": ["sleep", "300"]})
+        ref = "/hosts/{host}/containers/{ref}"
+        conforms("PUT", ref + "/archive", run(
+            operator, "PUT", f"/containers/{unique}/archive", params={"path": "/"},
+            data=_tar({"note.txt": b"hi\n"}), headers={"Content-Type": "application/x-tar"}))
+        repository, tag = images[0].split(":")
+        conforms("POST", ref + "/commit", run(operator, "POST", f"/containers/{unique}/commit",
+                                               json={"repository": repository, "tag": tag}))
+        built = run(operator, "POST", "~/builds", json={
+            "host": "local", "dockerfile": f"FROM {BUSYBOX}\nLABEL dyt.case={unique}\n",
+            "tags": [images[1]]})
+        conforms("POST", "/builds", built)
+        repository, tag = images[2].split(":")
+        conforms("POST", "/hosts/{host}/images/import", run(
+            operator, "POST", "/images/import", params={"repository": repository, "tag": tag},
+            data=_tar({"marker": b"x"}), headers={"Content-Type": "application/x-tar"}))
+        saved = operator.get(f"{HOST}/images/save", params={"ref": [images[2]]}).content
+        conforms("POST", "/hosts/{host}/images/load", run(
+            operator, "POST", "/images/load", data=saved,
+            headers={"Content-Type": "application/x-tar"}))
+
+        backup = run(operator, "POST", f"/containers/{unique}/backups", json={})
+        conforms("POST", ref + "/backups", backup)
+        backups.append(backup["result"]["id"])
+        restored = run(operator, "POST", f"~/backups/{backups[0]}/restore",
+                       json={"name": f"{unique}-restored"})
+        conforms("POST", "/backups/{backup_id}/restore", restored)
+        images.append(restored["result"]["image"])
+    finally:
+        for backup_id in backups:
+            operator.delete(f"/backups/{backup_id}")
+        for image in images:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                engine.images.remove(image, force=True)
