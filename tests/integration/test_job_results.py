@@ -98,6 +98,19 @@ def test_container_job_results_match_their_documented_schemas(operator, unique, 
              run(operator, "DELETE", "/containers", params={"label": label, "force": "true"}))
 
 
+def test_placed_and_fanned_out_provision_results_match_their_documented_schema(
+        operator, unique, cleanup, conforms):
+    spec = {"image": BUSYBOX, "command": ["sleep", "300"]}
+    for mode in ("least-loaded", "all"):
+        name = f"{unique}-{mode}"
+        cleanup.append(name)
+        job = run(operator, "POST", "~/hosts/auto/containers",
+                  json={**spec, "name": name, "placement": {"mode": mode}})
+        conforms("POST", "/hosts/auto/containers", job)
+        assert (job["result"]["children"][0]["result"]["name"] if mode == "all"
+                else job["result"]["name"]) == name
+
+
 def test_image_and_volume_job_results_match_their_documented_schemas(operator, unique,
                                                                      conforms):
     label = f"dyt.case={unique}"
