@@ -27,14 +27,18 @@ def readyz():
     try:
         get_redis().ping()
         checks["redis"] = True
-        open_redis = redis_is_open(settings.redis_url)
-    except Exception:
+        open_redis = redis_is_open(get_redis())
+    except Exception as exc:
+        # The reason names what is wrong: a sentinel that does not answer, a master the
+        # sentinels do not know, a refused password.
         checks["redis"] = False
-        return jsonify({"status": "unavailable", "checks": checks}), 503
+        return jsonify({"status": "unavailable", "checks": checks,
+                        "reason": f"Redis: {type(exc).__name__}: {exc}"[:300]}), 503
     # Redis holds the tokens, the queues and the job records: one that answers anybody is
     # a control plane open to anybody on its network.
     checks["redis_auth"] = not open_redis
-    if open_redis and not (settings.dev_open_redis and is_loopback_url(settings.redis_url)):
+    if open_redis and not (settings.dev_open_redis and not settings.redis_sentinels
+                           and is_loopback_url(settings.redis_url)):
         return jsonify({"status": "unavailable", "checks": checks,
                         "reason": "Redis answers without authentication: give it a password "
                                   "(requirepass or ACL users) and set DOCKYARD_REDIS_PASSWORD"

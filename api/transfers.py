@@ -134,11 +134,12 @@ class ContainerArchive(MethodView):
 
 @blp.route("/hosts/<string:host>/images/save")
 class ImageSave(MethodView):
-    @requires("viewer")
+    # Operators and admins: an image holds files (a committed container's included).
+    @requires("operator")
     @blp.arguments(SaveArgsSchema, location="query")
     @blp.response(200, description="application/x-tar stream (`docker save` format)")
     def get(self, args: dict, host: str) -> Response:
-        """`docker save REF...`: download one or more images as a tar stream."""
+        """`docker save REF...`: download one or more images as a tar stream (operator)."""
         _meta, reader = open_stream(TRANSFERS_SAVE, host_record(host), [args["ref"]])
         return Response(stream_with_context(relay(reader)), mimetype="application/x-tar")
 

@@ -7,6 +7,7 @@ from celery.schedules import crontab
 
 from app import logs, signing
 from app.config import Settings
+from app.store import broker_url_and_options
 from app.task_names import BACKUPS_RUN_SCHEDULES, JOBS_PRUNE_INDEX
 
 
@@ -16,7 +17,8 @@ def make_celery(settings: Settings) -> Celery:
     Delivery is at-least-once: a task is acknowledged only after it ran, and a task
     whose worker died is redelivered, so every task must be idempotent.
     """
-    celery = Celery("dockyard", broker=settings.redis_url, include=["tasks"])
+    broker, transport = broker_url_and_options(settings)
+    celery = Celery("dockyard", broker=broker, include=["tasks"])
     limit = settings.task_time_limit_seconds
     celery.conf.update(
         task_acks_late=True,
@@ -29,7 +31,8 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=max(limit - 30, 1),
         # Unacknowledged messages come back after this long; it must exceed the longest task
         # or a slow task would run twice while still running.
-        broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout},
+        broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout,
+                                  **transport},
         broker_connection_retry_on_startup=True,
         broker_pool_limit=64,
         task_default_queue="engine.ops",
@@ -39,6 +42,8 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         worker_enable_remote_control=True,
         timezone="UTC",
+        # Any number of beats may run: only the holder of the Redis lease sends (app/beat.py).
+        beat_scheduler="app.beat:LeaderScheduler",
         beat_schedule={
             # Job records expire by TTL; this keeps the listing index from growing with them.
             "prune-job-index": {"task": JOBS_PRUNE_INDEX, "schedule": 3600.0,

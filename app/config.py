@@ -106,6 +106,11 @@ class Settings:
     # `make run` on a machine whose loopback Redis already runs without a password: readyz
     # accepts that Redis (only if it is on loopback); everywhere else an open Redis is unready.
     dev_open_redis: bool = field(default_factory=lambda: _env_bool("DOCKYARD_DEV_OPEN_REDIS", False))
+    # High availability: find the primary through Redis Sentinel. DOCKYARD_REDIS_URL then
+    # gives only the database (and a password, if not given apart).
+    redis_sentinels: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("DOCKYARD_REDIS_SENTINELS", ""))
+    redis_master: str = field(default_factory=lambda: _env("DOCKYARD_REDIS_MASTER", ""))
     secret_key: str = field(default_factory=lambda: _env_secret("DOCKYARD_SECRET_KEY"))
     admin_token: str = field(default_factory=lambda: _env_secret("DOCKYARD_ADMIN_TOKEN"))
     state_dir: Path = field(
@@ -203,6 +208,13 @@ class Settings:
         default_factory=lambda: (_env("DOCKYARD_LOG_LEVEL", "") or "INFO").strip().upper())
 
     def __post_init__(self) -> None:
+        if self.redis_sentinels and not self.redis_master:
+            raise SettingsError("DOCKYARD_REDIS_SENTINELS is set but DOCKYARD_REDIS_MASTER is not: "
+                                "name the master the sentinels monitor")
+        for address in self.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"DOCKYARD_REDIS_SENTINELS: '{address}' is not host:port")
         if self.visibility_timeout_seconds and \
                 self.visibility_timeout_seconds <= self.task_time_limit_seconds:
             raise ValueError(

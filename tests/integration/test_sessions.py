@@ -15,6 +15,7 @@ import struct
 import subprocess
 import termios
 import time
+from urllib.parse import urlsplit
 
 import docker
 import pytest
@@ -25,7 +26,7 @@ from simple_websocket import ConnectionError as WebSocketRefused
 from tests.integration.conftest import Api
 from tests.integration.helpers import BUSYBOX, eventually
 from tests.support.forward import Forwarder
-from tests.support.remote_engine import RemoteEngine
+from tests.support.remote_engine import start_on_a_free_subnet
 from tests.support.ssh_engine import SSHEngine
 from tests.support.stack import ROOT, VENV_BIN, Stack
 
@@ -543,16 +544,7 @@ def test_browser_console_runs_a_shell_with_resize_and_exit(stack, browser, opera
 @pytest.fixture(scope="module")
 def tls_host(state_dir, admin, engine):
     name = f"ses{os.getpid() % 100000}"
-    for index in range(60, 70):
-        remote = RemoteEngine(name, state_dir, subnet_index=index)
-        try:
-            remote.start()
-            break
-        except RuntimeError as exc:
-            if "already used" not in str(exc):
-                raise
-    else:
-        pytest.fail("no free subnet for the TLS engine")
+    remote = start_on_a_free_subnet(name, state_dir, range(60, 70))
     host = f"tls-{name}"
     try:
         remote.load_image_from(engine, BUSYBOX)
@@ -638,18 +630,10 @@ def test_a_session_on_an_ssh_host_works_and_leaves_nothing_behind(operator, ssh_
 @pytest.fixture(scope="module")
 def agent_host(state_dir, admin, engine, stack_env):
     """A host served by `dockyard-agent` inside its namespace (the engine's unix socket)."""
+    from tests.integration.conftest import STACK_REDIS_URL
     from tests.integration.test_fleet import REDIS_RELAY_PORT, Agent
 
-    for index in range(60, 70):
-        remote = RemoteEngine(f"sag{index}", state_dir, subnet_index=index)
-        try:
-            remote.start()
-            break
-        except RuntimeError as exc:
-            if "already used" not in str(exc):
-                raise
-    else:
-        pytest.fail("no free subnet for the agent's engine")
+    remote = start_on_a_free_subnet(f"sag{os.getpid() % 100000}", state_dir, range(60, 70))
     host = f"agent-{remote.name}"
     agent = Agent(remote, host, stack_env, state_dir / "log")
     try:
@@ -657,7 +641,8 @@ def agent_host(state_dir, admin, engine, stack_env):
         response = admin.post("/hosts", json={"name": host, "url": "unix:///var/run/docker.sock",
                                               "route": "agent"})
         assert response.status_code == 201, response.text
-        with Forwarder((remote.host_ip, REDIS_RELAY_PORT), ("127.0.0.1", 6379)):
+        with Forwarder((remote.host_ip, REDIS_RELAY_PORT),
+                       ("127.0.0.1", urlsplit(STACK_REDIS_URL).port or 6379)):
             agent.start()
             eventually(lambda: admin.get(f"/hosts/{host}/info").status_code == 200,
                        timeout=60, interval=0.5)

@@ -100,7 +100,9 @@ def test_save_then_load_round_trips_an_image_id(viewer, operator, engine):
     name = f"dyt-save-{uuid.uuid4().hex[:8]}:1"
     engine.images.get(BUSYBOX).tag(name)
     image_id = engine.images.get(name).id
-    response = viewer.get("/hosts/local/images/save", params={"ref": [name]}, stream=True)
+    # docker save needs the operator role: an image holds files, a committed one secrets too.
+    assert viewer.get("/hosts/local/images/save", params={"ref": [name]}).status_code == 403
+    response = operator.get("/hosts/local/images/save", params={"ref": [name]}, stream=True)
     assert response.status_code == 200
     archive = b"".join(response.iter_content(1 << 16))
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -117,8 +119,8 @@ def test_save_then_load_round_trips_an_image_id(viewer, operator, engine):
         engine.images.remove(name)
 
 
-def test_save_of_unknown_image_is_404(viewer):
-    response = viewer.get("/hosts/local/images/save", params={"ref": ["dyt-none/absent:9"]})
+def test_save_of_unknown_image_is_404(operator):
+    response = operator.get("/hosts/local/images/save", params={"ref": ["dyt-none/absent:9"]})
     assert response.status_code == 404
 
 
@@ -179,9 +181,9 @@ def test_event_stream_carries_a_container_start(viewer, engine, unique, cleanup)
     assert any(e.get("id") == container.id and e.get("status") == "start" for e in seen), seen
 
 
-def test_streams_refuse_unknown_hosts_and_bad_args(viewer):
-    assert viewer.get("/hosts/nowhere/images/save", params={"ref": ["x"]}).status_code == 404
-    assert viewer.get("/hosts/local/images/save").status_code == 422
+def test_streams_refuse_unknown_hosts_and_bad_args(operator, viewer):
+    assert operator.get("/hosts/nowhere/images/save", params={"ref": ["x"]}).status_code == 404
+    assert operator.get("/hosts/local/images/save").status_code == 422
     assert viewer.get("/hosts/local/events/stream", params={"type": "bogus"}).status_code == 422
 
 

@@ -70,13 +70,16 @@ class Stack:
 
     def start(self, ops_concurrency: int = 2) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
+        registered = subprocess.run(
             [str(VENV_BIN / "dockyard-admin"), "register-local"],
             cwd=ROOT,
             env=self.env,
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
         )
+        if registered.returncode != 0:
+            raise RuntimeError(f"dockyard-admin register-local failed: {registered.stderr[-2000:]}")
         self.start_worker("worker-ops", "engine.ops", "prefork", ops_concurrency)
         self.start_worker("worker-query", "engine.query", "threads", 8,
                           extra_env={"DOCKYARD_ENGINE_POOL_SIZE": "8"})
