@@ -26,9 +26,10 @@ def register_blueprints(app: Flask, api) -> None:
         volumes,
         webhooks,
     )
-    from api.operations import OperationIdPlugin
+    from api.operations import OperationIdPlugin, job_result2properties
 
     api.spec.plugins.append(OperationIdPlugin())
+    api.ma_plugin.converter.add_attribute_function(job_result2properties)
     for module in (jobs, hosts, fleet, containers, sessions, images, volumes, transfers, builds,
                    registries, backups, tokens, audit, webhooks, events, integrations):
         api.register_blueprint(module.blp, url_prefix="/api/v1")

@@ -24,15 +24,17 @@ from app.factory import problem_response
 from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime
 from app.store import get_redis
+from app.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, CONTAINERS_EXISTS, CONTAINERS_INSPECT
 from schemas.backups import (
+    BackupJobSchema,
     BackupListArgsSchema,
     BackupSchema,
     BackupSpecSchema,
+    RestoreJobSchema,
     RestoreSpecSchema,
     ScheduleSchema,
     ScheduleSpecSchema,
 )
-from schemas.common import JobSchema
 
 blp = Blueprint("backups", __name__, description="Backups: export, archive, restore, schedules")
 
@@ -76,16 +78,16 @@ def _with_links(manifest: dict[str, Any]) -> dict[str, Any]:
 class ContainerBackups(MethodView):
     @requires("operator")
     @blp.arguments(BackupSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, BackupJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker export` + `docker cp` of each volume: back a container up into a bundle (job).
 
         The bundle's id is the job's id; the result is its manifest.
         """
         record = host_record(host)
-        return start_job("backups.create", host_record=record, target=ref,
+        return start_job(BACKUPS_CREATE, host_record=record, target=ref,
                          args=[ref, spec, caller_context()],
-                         precheck=lambda: run_query("containers.inspect", record,
+                         precheck=lambda: run_query(CONTAINERS_INSPECT, record,
                                                     [caller_context(), ref]))
 
 
@@ -161,7 +163,7 @@ class BackupContent(MethodView):
 class BackupRestore(MethodView):
     @requires("operator")
     @blp.arguments(RestoreSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, RestoreJobSchema)
     def post(self, body: dict, backup_id: str) -> Any:
         """`docker import` + `docker run`: recreate the container from a bundle (job).
 
@@ -184,12 +186,12 @@ class BackupRestore(MethodView):
         policy.enforce(spec, is_admin)
 
         def name_is_free() -> None:
-            if not spec["replace"] and run_query("containers.exists", record, [spec["name"]]):
+            if not spec["replace"] and run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
                 raise ConflictError(f"container name '{spec['name']}' is already in use on host "
                                     f"'{target}'; pass replace: true to replace it or pick "
                                     "another name", name=spec["name"])
 
-        return start_job("backups.restore", host_record=record, target=spec["name"],
+        return start_job(BACKUPS_RESTORE, host_record=record, target=spec["name"],
                          args=[backup_id, spec, caller_context()], precheck=name_is_free)
 
 

@@ -31,8 +31,8 @@ from app.policy import enforce_image_source, enforce_local_name, policy_from_set
 from app.registries import registry_address
 from app.runtime import runtime
 from app.spool import require_tar, spool_dir, spool_upload
-from schemas.builds import BuildSpecSchema, context_errors
-from schemas.common import JobSchema
+from app.task_names import BUILDS_BUILD
+from schemas.builds import BuildJobSchema, BuildSpecSchema, context_errors
 
 blp = Blueprint("builds", __name__, description="Image builds, optionally pushed")
 
@@ -61,7 +61,7 @@ class Builds(MethodView):
     @requires("operator")
     @accepts("multipart/form-data")
     @blp.doc(requestBody=_MULTIPART_DOC)
-    @blp.response(202, JobSchema)
+    @blp.response(202, BuildJobSchema)
     def post(self) -> Any:
         """`docker build` + `docker tag` + optional `docker push` (job).
 
@@ -129,7 +129,7 @@ def submit_build(spec: dict[str, Any], spool: Path | None) -> Any:
     body = {**spec, "context": "upload" if spool else None}
     if spool is not None and _replayed(body):
         spool.unlink(missing_ok=True)
-    return start_job("builds.build", host_record=record,
+    return start_job(BUILDS_BUILD, host_record=record,
                      target=spec["tags"][0] if spec["tags"] else None,
                      args=[task_spec, context], body=body, spool=spool)
 

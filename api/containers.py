@@ -17,27 +17,58 @@ from app.engine.images import resolve_in_registry
 from app.errors import ConflictError, ForbiddenError, InvalidInputError
 from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime
-from schemas.common import JobSchema
+from app.task_names import (
+    CONTAINERS_ACTION,
+    CONTAINERS_CHANGES,
+    CONTAINERS_CHECK_RUNNING,
+    CONTAINERS_COMMIT,
+    CONTAINERS_EXEC,
+    CONTAINERS_EXISTS,
+    CONTAINERS_INSPECT,
+    CONTAINERS_LIST,
+    CONTAINERS_LOGS,
+    CONTAINERS_PORTS,
+    CONTAINERS_PROVISION,
+    CONTAINERS_PRUNE,
+    CONTAINERS_REMOVE,
+    CONTAINERS_REMOVE_MATCHING,
+    CONTAINERS_RENAME,
+    CONTAINERS_STATS,
+    CONTAINERS_TOP,
+    CONTAINERS_UPDATE,
+    CONTAINERS_WAIT,
+    TRANSFERS_FOLLOW_LOGS,
+)
 from schemas.containers import (
     BulkRemoveArgsSchema,
     ChangeSchema,
+    CommitJobSchema,
     ContainerListArgsSchema,
     ContainerPortSchema,
+    ContainerPruneJobSchema,
+    ContainerRemovedJobSchema,
+    ContainerStateJobSchema,
     ContainerSummarySchema,
+    ExecJobSchema,
     ExecSpecSchema,
     KillArgsSchema,
     LogsArgsSchema,
     NoArgsSchema,
     PortArgsSchema,
+    ProvisionJobSchema,
     ProvisionSpecSchema,
     PruneSpecSchema,
     RemoveArgsSchema,
+    RemoveMatchingJobSchema,
+    RenameJobSchema,
     RenameSpecSchema,
     StatsSchema,
     StopArgsSchema,
     TopArgsSchema,
     TopSchema,
+    UpdateJobSchema,
     UpdateSpecSchema,
+    WaitJobSchema,
     WaitSpecSchema,
 )
 from schemas.images import CommitSpecSchema
@@ -61,11 +92,11 @@ class Containers(MethodView):
         query = {"all": args["all"], "limit": args["limit"], "latest": args["latest"],
                  "name": args.get("name"), "labels": args["label"] or None,
                  "status": args.get("status"), "ancestor": args.get("ancestor")}
-        return redacted("summary", run_query("containers.list", host_record(host), [query]))
+        return redacted("summary", run_query(CONTAINERS_LIST, host_record(host), [query]))
 
     @requires("operator")
     @blp.arguments(ProvisionSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ProvisionJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker run -d`: provision a container (job)."""
         record = host_record(host)
@@ -74,18 +105,18 @@ class Containers(MethodView):
 
         def name_is_free() -> None:
             if spec["name"] and not spec["replace"] and \
-                    run_query("containers.exists", record, [spec["name"]]):
+                    run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
                 raise ConflictError(f"container name '{spec['name']}' is already in use on host "
                                     f"'{host}'; pass replace: true to replace it",
                                     name=spec["name"])
 
-        return start_job("containers.provision", host_record=record,
+        return start_job(CONTAINERS_PROVISION, host_record=record,
                          target=spec["name"] or spec["image"],
                          args=[spec, caller_context()], precheck=name_is_free)
 
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, RemoveMatchingJobSchema)
     def delete(self, args: dict, host: str) -> Any:
         """`docker rm [-f] [-v] $(docker ps -aq --filter …)`: bulk removal by filter (job).
 
@@ -97,7 +128,7 @@ class Containers(MethodView):
                  "ancestor": args["ancestor"], "name": args["name"]}
         described = [f"label={label}" for label in args["label"]] + [
             f"{key}={args[key]}" for key in ("status", "ancestor", "name") if args[key]]
-        return start_job("containers.remove_matching", host_record=host_record(host),
+        return start_job(CONTAINERS_REMOVE_MATCHING, host_record=host_record(host),
                          target=" ".join(described) or "all",
                          args=[match, args["force"], args["volumes"], args["managed_only"],
                                caller_context()])
@@ -114,7 +145,7 @@ def require_admin_for_unmanaged(managed_only: bool) -> None:
 class ContainerPrune(MethodView):
     @requires("operator")
     @blp.arguments(PruneSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ContainerPruneJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker container prune [--filter label=…] [--filter until=…]` (job).
 
@@ -123,7 +154,7 @@ class ContainerPrune(MethodView):
         """
         require_admin_for_unmanaged(spec["managed_only"])
         filters = spec["filters"]
-        return start_job("containers.prune", host_record=host_record(host), target=None,
+        return start_job(CONTAINERS_PRUNE, host_record=host_record(host), target=None,
                          args=[filters["label"], filters["until"], spec["managed_only"],
                                caller_context()])
 
@@ -138,15 +169,15 @@ class Container(MethodView):
         Non-admins may inspect only containers Dockyard manages in their scope; viewers see
         environment values, secret-looking labels and command arguments redacted.
         """
-        return redacted("inspect", run_query("containers.inspect", host_record(host),
+        return redacted("inspect", run_query(CONTAINERS_INSPECT, host_record(host),
                                              [caller_context(), ref]))
 
     @requires("operator")
     @blp.arguments(RemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, ContainerRemovedJobSchema)
     def delete(self, args: dict, host: str, ref: str) -> Any:
         """`docker rm [-f] [-v]` (job)."""
-        return start_job("containers.remove", host_record=host_record(host), target=ref,
+        return start_job(CONTAINERS_REMOVE, host_record=host_record(host), target=ref,
                          args=[ref, args["force"], args["volumes"], caller_context()])
 
 
@@ -156,9 +187,9 @@ def _lifecycle(verb: str, schema: type, summary: str) -> None:
     class Lifecycle(MethodView):
         @requires("operator")
         @blp.arguments(schema, required=False)
-        @blp.response(202, JobSchema)
+        @blp.response(202, ContainerStateJobSchema)
         def post(self, args: dict, host: str, ref: str) -> Any:
-            return start_job("containers.action", host_record=host_record(host), target=ref,
+            return start_job(CONTAINERS_ACTION, host_record=host_record(host), target=ref,
                              args=[ref, verb, args, caller_context()],
                              body=request.get_json(silent=True) or {})
 
@@ -191,12 +222,12 @@ class ContainerLogs(MethodView):
             if args["until"]:
                 raise InvalidInputError("until cannot be combined with follow",
                                         errors={"until": ["not with follow=true"]})
-            _meta, reader = open_stream("transfers.follow_logs", host_record(host), [
+            _meta, reader = open_stream(TRANSFERS_FOLLOW_LOGS, host_record(host), [
                 caller_context(), ref, {
                 "tail": args["tail"], "since": args["since"],
                 "timestamps": args["timestamps"]}])
             return sse_response(reader, "log")
-        text = run_query("containers.logs", host_record(host),
+        text = run_query(CONTAINERS_LOGS, host_record(host),
                          [caller_context(), ref, {"tail": args["tail"], "since": args["since"],
                                 "until": args["until"], "timestamps": args["timestamps"]}])
         return Response(text, mimetype="text/plain")
@@ -206,7 +237,7 @@ class ContainerLogs(MethodView):
 class ContainerExec(MethodView):
     @requires("operator")
     @blp.arguments(ExecSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ExecJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker exec` (non-interactive) (job); result `{exit_code, output, truncated}`.
 
@@ -221,9 +252,9 @@ class ContainerExec(MethodView):
                 errors={name: ["use POST …/sessions for an interactive exec"] for name in asked})
         policy_from_settings(runtime().settings).enforce_exec(spec, principal().role == "admin")
         record = host_record(host)
-        return start_job("containers.exec", host_record=record, target=ref,
+        return start_job(CONTAINERS_EXEC, host_record=record, target=ref,
                          args=[ref, spec, caller_context()],
-                         precheck=lambda: run_query("containers.check_running", record,
+                         precheck=lambda: run_query(CONTAINERS_CHECK_RUNNING, record,
                                                     [caller_context(), ref, "exec in"]))
 
 
@@ -234,7 +265,7 @@ class ContainerTop(MethodView):
     @blp.response(200, TopSchema)
     def get(self, args: dict, host: str, ref: str) -> dict:
         """`docker top [ps OPTIONS]`: the processes of a running container (host PIDs)."""
-        return redacted("top", run_query("containers.top", host_record(host),
+        return redacted("top", run_query(CONTAINERS_TOP, host_record(host),
                                          [caller_context(), ref, args["ps_args"]]))
 
 
@@ -244,7 +275,7 @@ class ContainerStats(MethodView):
     @blp.response(200, StatsSchema)
     def get(self, host: str, ref: str) -> dict:
         """`docker stats --no-stream`: one sample of CPU %, memory, network and block I/O."""
-        return run_query("containers.stats", host_record(host), [caller_context(), ref])
+        return run_query(CONTAINERS_STATS, host_record(host), [caller_context(), ref])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/changes")
@@ -253,7 +284,7 @@ class ContainerChanges(MethodView):
     @blp.response(200, ChangeSchema(many=True))
     def get(self, host: str, ref: str) -> list[dict]:
         """`docker diff`: files added (A), changed (C) or deleted (D) in the container."""
-        return run_query("containers.changes", host_record(host), [caller_context(), ref])
+        return run_query(CONTAINERS_CHANGES, host_record(host), [caller_context(), ref])
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/port")
@@ -263,7 +294,7 @@ class ContainerPorts(MethodView):
     @blp.response(200, ContainerPortSchema(many=True))
     def get(self, args: dict, host: str, ref: str) -> list[dict]:
         """`docker port [PRIVATE_PORT[/PROTO]]`: published ports and their host addresses."""
-        mappings = run_query("containers.ports", host_record(host), [caller_context(), ref])
+        mappings = run_query(CONTAINERS_PORTS, host_record(host), [caller_context(), ref])
         if args["port"]:
             number, _, protocol = args["port"].partition("/")
             mappings = [m for m in mappings if m["container_port"] == int(number)
@@ -275,10 +306,10 @@ class ContainerPorts(MethodView):
 class ContainerWait(MethodView):
     @requires("operator")
     @blp.arguments(WaitSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, WaitJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker wait [--condition]` (job); result `{status_code, error}`."""
-        return start_job("containers.wait", host_record=host_record(host), target=ref,
+        return start_job(CONTAINERS_WAIT, host_record=host_record(host), target=ref,
                          args=[ref, spec["condition"], spec["timeout"], caller_context()])
 
 
@@ -286,17 +317,17 @@ class ContainerWait(MethodView):
 class ContainerRename(MethodView):
     @requires("operator")
     @blp.arguments(RenameSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, RenameJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker rename` (job); 409 if the name is taken."""
         record = host_record(host)
 
         def name_is_free() -> None:
-            if run_query("containers.exists", record, [spec["name"]]):
+            if run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
                 raise ConflictError(f"container name '{spec['name']}' is already in use on "
                                     f"host '{host}'", name=spec["name"])
 
-        return start_job("containers.rename", host_record=record, target=ref,
+        return start_job(CONTAINERS_RENAME, host_record=record, target=ref,
                          args=[ref, spec["name"], caller_context()], precheck=name_is_free)
 
 
@@ -304,10 +335,10 @@ class ContainerRename(MethodView):
 class ContainerUpdate(MethodView):
     @requires("operator")
     @blp.arguments(UpdateSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, UpdateJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker update --memory --cpus --restart` (job)."""
-        return start_job("containers.update", host_record=host_record(host), target=ref,
+        return start_job(CONTAINERS_UPDATE, host_record=host_record(host), target=ref,
                          args=[ref, spec, caller_context()])
 
 
@@ -315,7 +346,7 @@ class ContainerUpdate(MethodView):
 class ContainerCommit(MethodView):
     @requires("operator")
     @blp.arguments(CommitSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, CommitJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker commit` [+ `docker push`] (job); result `{image_id, ref, pushed}`.
 
@@ -330,5 +361,5 @@ class ContainerCommit(MethodView):
         policy, is_admin = caller_policy()
         for name in filter(None, (spec["repository"], push_repository)):
             enforce_local_name(policy, name, False, is_admin, "commit")
-        return start_job("containers.commit", host_record=host_record(host), target=ref,
+        return start_job(CONTAINERS_COMMIT, host_record=host_record(host), target=ref,
                          args=[ref, spec, push_repository, caller_context()])

@@ -15,8 +15,8 @@ from app.errors import ConflictError
 from app.placement import select_hosts
 from app.policy import policy_from_settings
 from app.runtime import runtime
-from schemas.common import JobSchema
-from schemas.fleet import PlacedProvisionSchema
+from app.task_names import CONTAINERS_EXISTS, CONTAINERS_PROVISION
+from schemas.fleet import PlacedProvisionJobSchema, PlacedProvisionSchema
 
 blp = Blueprint("fleet", __name__, description="Placement and fan-out across hosts")
 
@@ -25,7 +25,7 @@ blp = Blueprint("fleet", __name__, description="Placement and fan-out across hos
 class PlacedContainers(MethodView):
     @requires("operator")
     @blp.arguments(PlacedProvisionSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, PlacedProvisionJobSchema)
     def post(self, body: dict) -> Any:
         """`docker run -d` on the least-loaded matching host, or on all of them (job)."""
         placement = body.pop("placement")
@@ -36,7 +36,7 @@ class PlacedContainers(MethodView):
                                caller)
         if body["name"] and not body["replace"]:
             taken = [r["name"] for r, used in zip(
-                targets, run_queries([("containers.exists", r, [body["name"]]) for r in targets]),
+                targets, run_queries([(CONTAINERS_EXISTS, r, [body["name"]]) for r in targets]),
                 strict=True) if used is True]
             if taken:
                 raise ConflictError(f"container name '{body['name']}' is already in use on "
@@ -47,9 +47,9 @@ class PlacedContainers(MethodView):
         args = [body, caller.as_caller()]
         target = body["name"] or body["image"]
         if placement["mode"] == "all":
-            record, _ = submit_fanout("containers.provision", caller, host_records=targets,
+            record, _ = submit_fanout(CONTAINERS_PROVISION, caller, host_records=targets,
                                       target=target, args=args, idempotency=idempotency)
         else:
-            record, _ = submit_job("containers.provision", caller, host_record=targets[0],
+            record, _ = submit_job(CONTAINERS_PROVISION, caller, host_record=targets[0],
                                    target=target, args=args, idempotency=idempotency)
         return job_answer(record)

@@ -15,6 +15,7 @@ from app.engine.events import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, parse_
 from app.errors import DockyardError, InvalidInputError
 from app.hosts import queues_for
 from app.runtime import runtime
+from app.task_names import HOSTS_DF, HOSTS_EVENTS, HOSTS_INFO, HOSTS_SUMMARY, HOSTS_VERSION
 from schemas.hosts import (
     DiskUsageSchema,
     EventsArgsSchema,
@@ -69,7 +70,7 @@ class Host(MethodView):
         """One host with a live ping: engine version and container counts."""
         record = host_record(host)
         try:
-            live = run_query("hosts.summary", record, [])
+            live = run_query(HOSTS_SUMMARY, record, [])
         except DockyardError as exc:
             live = {"reachable": False, "error": exc.to_problem()}
         view = _with_lanes(record, runtime().hosts.statuses().get(host))
@@ -96,7 +97,7 @@ class HostInfo(MethodView):
     @blp.response(200, description="the engine's `docker info` document")
     def get(self, host: str) -> dict:
         """`docker info`."""
-        return run_query("hosts.info", host_record(host), [])
+        return run_query(HOSTS_INFO, host_record(host), [])
 
 
 @blp.route("/hosts/<string:host>/version")
@@ -105,7 +106,7 @@ class HostVersion(MethodView):
     @blp.response(200, description="the engine's `docker version` document")
     def get(self, host: str) -> dict:
         """`docker version`."""
-        return run_query("hosts.version", host_record(host), [])
+        return run_query(HOSTS_VERSION, host_record(host), [])
 
 
 @blp.route("/hosts/<string:host>/df")
@@ -114,7 +115,7 @@ class HostDiskUsage(MethodView):
     @blp.response(200, DiskUsageSchema)
     def get(self, host: str) -> dict:
         """`docker system df`."""
-        return run_query("hosts.df", host_record(host), [])
+        return run_query(HOSTS_DF, host_record(host), [])
 
 
 @blp.route("/hosts/<string:host>/events")
@@ -132,7 +133,7 @@ class HostEvents(MethodView):
         since, until = _event_window(args.get("since"), args.get("until"))
         filters = {key: args[key] for key in ("type", "container", "image", "event", "label")
                    if args[key]}
-        answer = run_query("hosts.events", host_record(host),
+        answer = run_query(HOSTS_EVENTS, host_record(host),
                            [since, until, filters, args["limit"]])
         headers = {"X-Dockyard-Truncated": "true"} if answer["truncated"] else {}
         return redacted("event", answer["events"]), headers

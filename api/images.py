@@ -23,19 +23,36 @@ from app.policy import (
 )
 from app.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
-from schemas.common import JobSchema
+from app.task_names import (
+    IMAGES_HISTORY,
+    IMAGES_INSPECT,
+    IMAGES_LIST,
+    IMAGES_PRUNE,
+    IMAGES_PULL,
+    IMAGES_PUSH,
+    IMAGES_REMOVE,
+    IMAGES_REMOVE_MANY,
+    IMAGES_SEARCH,
+    IMAGES_TAG,
+)
 from schemas.images import (
     REPOSITORY_ERROR,
     BulkRemoveArgsSchema,
     HistoryEntrySchema,
     ImageListArgsSchema,
+    ImagePruneJobSchema,
     ImagePruneSchema,
+    ImageRemovedJobSchema,
     ImageSummarySchema,
+    PullJobSchema,
     PullSpecSchema,
+    PushJobSchema,
     PushSpecSchema,
     RemoveImageArgsSchema,
+    RemoveManyJobSchema,
     SearchArgsSchema,
     SearchResultSchema,
+    TagJobSchema,
     TagSpecSchema,
     is_repository,
     prune_filters,
@@ -98,15 +115,15 @@ class Images(MethodView):
         """
         query = {"all": args["all"], "dangling": args["dangling"], "quiet": args["quiet"],
                  "reference": args.get("reference"), "labels": args["label"] or None}
-        answer = run_query("images.list", host_record(host), [query])
+        answer = run_query(IMAGES_LIST, host_record(host), [query])
         return jsonify(answer) if args["quiet"] else answer
 
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, RemoveManyJobSchema)
     def delete(self, args: dict, host: str) -> Any:
         """`docker rmi [-f] A B …` (job): the result has one outcome per ref, in order."""
-        return start_job("images.remove_many", host_record=host_record(host),
+        return start_job(IMAGES_REMOVE_MANY, host_record=host_record(host),
                          target=" ".join(args["ref"])[:512], args=[args["ref"], args["force"]],
                          body=args)
 
@@ -115,7 +132,7 @@ class Images(MethodView):
 class ImagePull(MethodView):
     @requires("operator")
     @blp.arguments(PullSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, PullJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker pull NAME[:TAG|@DIGEST]` (job) with per-layer progress events.
 
@@ -129,7 +146,7 @@ class ImagePull(MethodView):
             reference = resolve_in_registry(reference, stored_registry_address(spec["registry"]))
         policy, is_admin = caller_policy()
         enforce_image_source(policy, reference, is_admin, "pull")
-        return start_job("images.pull", host_record=record, target=reference,
+        return start_job(IMAGES_PULL, host_record=record, target=reference,
                          args=[reference, spec["registry"]])
 
 
@@ -137,10 +154,10 @@ class ImagePull(MethodView):
 class ImagePrune(MethodView):
     @requires("operator")
     @blp.arguments(ImagePruneSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ImagePruneJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker image prune [-a] [--filter label=…|until=…]` (job); dangling images by default."""
-        return start_job("images.prune", host_record=host_record(host), target=None,
+        return start_job(IMAGES_PRUNE, host_record=host_record(host), target=None,
                          args=[spec["all"], prune_filters(spec["filters"])])
 
 
@@ -151,7 +168,7 @@ class ImageSearch(MethodView):
     @blp.response(200, SearchResultSchema(many=True))
     def get(self, args: dict, host: str) -> list[dict]:
         """`docker search --limit N TERM`, asked of the engine's index (502/503 if unreachable)."""
-        return run_query("images.search", host_record(host), [args["term"], args["limit"]])
+        return run_query(IMAGES_SEARCH, host_record(host), [args["term"], args["limit"]])
 
 
 # {ref} is an id, a unique id prefix, name[:tag] or name@digest. Names hold slashes and a
@@ -169,14 +186,14 @@ class Image(MethodView):
 
         Viewers see the image's environment values and secret-looking labels redacted.
         """
-        return redacted("inspect", run_query("images.inspect", host_record(host), [ref]))
+        return redacted("inspect", run_query(IMAGES_INSPECT, host_record(host), [ref]))
 
     @requires("operator")
     @blp.arguments(RemoveImageArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, ImageRemovedJobSchema)
     def delete(self, args: dict, host: str, ref: str) -> Any:
         """`docker rmi [-f]` (job); an image a container uses is a 409 unless forced."""
-        return start_job("images.remove", host_record=host_record(host), target=ref,
+        return start_job(IMAGES_REMOVE, host_record=host_record(host), target=ref,
                          args=[ref, args["force"]], body=args)
 
 
@@ -186,14 +203,14 @@ class ImageHistory(MethodView):
     @blp.response(200, HistoryEntrySchema(many=True))
     def get(self, host: str, ref: str) -> list[dict]:
         """`docker history --no-trunc`: newest layer first."""
-        return run_query("images.history", host_record(host), [ref])
+        return run_query(IMAGES_HISTORY, host_record(host), [ref])
 
 
 @blp.route("/hosts/<string:host>/images/<path:ref>/tag")
 class ImageTag(MethodView):
     @requires("operator")
     @blp.arguments(TagSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, TagJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker tag REF REPOSITORY[:TAG]` (job).
 
@@ -201,7 +218,7 @@ class ImageTag(MethodView):
         given to an image REF names in an allowed registry (403 `allowed-registries`).
         """
         check_local_name(ref, spec["repository"], "tag")
-        return start_job("images.tag", host_record=host_record(host), target=ref,
+        return start_job(IMAGES_TAG, host_record=host_record(host), target=ref,
                          args=[ref, spec["repository"], spec["tag"]])
 
 
@@ -209,7 +226,7 @@ class ImageTag(MethodView):
 class ImagePush(MethodView):
     @requires("operator")
     @blp.arguments(PushSpecSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, PushJobSchema)
     def post(self, spec: dict, host: str, ref: str) -> Any:
         """`docker push` (job); the result has the manifest digest the registry stored.
 
@@ -231,5 +248,5 @@ class ImagePush(MethodView):
                                     errors={"ref": [REPOSITORY_ERROR]})
         tag = spec["tag"] or current_tag
         check_local_name(ref, repository, "push")
-        return start_job("images.push", host_record=record, target=f"{repository}:{tag}",
+        return start_job(IMAGES_PUSH, host_record=record, target=f"{repository}:{tag}",
                          args=[ref, repository, tag, spec["registry"]])

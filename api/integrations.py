@@ -16,16 +16,14 @@ from app.chat import (
     CHAT_ENVIRON,
     PLATFORMS,
     ChatUserStore,
-    mattermost_token,
     message,
-    slack_signing_secret,
     verify_mattermost_token,
     verify_slack_request,
 )
 from app.grammar import Command, GrammarError, describe_job, parse, render
 from app.runtime import runtime
 from app.store import get_redis
-from app.webhooks import url_allowed, watch_job, webhook_settings
+from app.webhooks import url_allowed, watch_job
 from schemas.integrations import ChatReplySchema, ChatUserSchema, ChatUserSpecSchema
 
 logger = logging.getLogger(__name__)
@@ -33,8 +31,6 @@ logger = logging.getLogger(__name__)
 blp = Blueprint("integrations", __name__, description="Chat integrations (Slack, Mattermost)")
 
 FORM = "application/x-www-form-urlencoded"
-# Public in the bearer-token sense: each request is verified by its platform's secret.
-COMMAND_PATHS = ("/api/v1/integrations/slack/commands", "/api/v1/integrations/mattermost/commands")
 _PLATFORM = "<any(slack,mattermost):platform>"
 
 
@@ -55,7 +51,7 @@ class SlackCommands(MethodView):
         otherwise 401 and nothing runs. Answers at once with an ephemeral message; a job's
         outcome is posted to `response_url` when it ends.
         """
-        verify_slack_request(slack_signing_secret(),
+        verify_slack_request(runtime().settings.slack_signing_secret,
                              request.headers.get("X-Slack-Request-Timestamp"),
                              request.headers.get("X-Slack-Signature"),
                              request.get_data(cache=True))
@@ -74,7 +70,7 @@ class MattermostCommands(MethodView):
         otherwise 401 and nothing runs. Same answers as the Slack route.
         """
         form = request.form.to_dict()
-        verify_mattermost_token(mattermost_token(), form.get("token"))
+        verify_mattermost_token(runtime().settings.mattermost_token, form.get("token"))
         return run_chat_command("mattermost", form)
 
 
@@ -171,7 +167,7 @@ def _is_job(payload: Any) -> bool:
 def _job_ack(job: dict[str, Any], response_url: str | None) -> str:
     if job["state"] in jobstates.FINAL_STATES or not response_url:
         return describe_job(job)
-    if not url_allowed(response_url, webhook_settings().allowed_hosts):
+    if not url_allowed(response_url, runtime().settings.webhook_allowed_hosts):
         return (f"{describe_job(job)} (its outcome will not be posted: the reply URL's host "
                 "is not on DOCKYARD_WEBHOOK_ALLOWED_HOSTS; ask `job {job['id']}`)")
     watch_job(job["id"], {"format": "chat", "url": response_url})

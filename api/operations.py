@@ -10,6 +10,8 @@ from typing import Any
 
 from apispec import BasePlugin
 
+from schemas.common import JobResult
+
 PREFIX = "/api/v1"
 
 OPERATION_IDS: dict[tuple[str, str], str] = {
@@ -132,3 +134,15 @@ class OperationIdPlugin(BasePlugin):
             found = OPERATION_IDS.get((method.upper(), relative))
             if found:
                 operation["operationId"] = found
+
+
+def job_result2properties(converter: Any, field: Any, ret: dict, **_: Any) -> dict:
+    """A job's ``result`` is its schema or null.
+
+    apispec documents a nullable nested schema as ``anyOf: [schema, {type: object}]``, which
+    any object satisfies; a result must be the one schema (or null) for a check to mean anything.
+    """
+    if not isinstance(field, JobResult):
+        return {}
+    ret.pop("anyOf", None)
+    return {"allOf": [converter.resolve_nested_schema(field.schema)], "nullable": True}

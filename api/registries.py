@@ -13,6 +13,12 @@ from app import registries as registryviews
 from app import registry_client
 from app.dispatch import run_central_query
 from app.runtime import runtime
+from app.task_names import (
+    REGISTRIES_CHECK,
+    REGISTRIES_DELETE_MANIFEST,
+    REGISTRIES_REPOSITORIES,
+    REGISTRIES_TAGS,
+)
 from schemas.registries import (
     ManifestDeletedSchema,
     PageArgsSchema,
@@ -93,7 +99,7 @@ class RegistryCheck(MethodView):
 
         Wrong credentials answer 502 with the registry's reason; an unreachable registry 503.
         """
-        return ask_worker("registries.check", name)
+        return ask_worker(REGISTRIES_CHECK, name)
 
 
 @blp.route("/registries/<string:name>/repositories")
@@ -103,7 +109,7 @@ class Repositories(MethodView):
     @blp.response(200, RepositoryPageSchema)
     def get(self, args: dict, name: str) -> dict:
         """`GET /v2/_catalog`, one page; `next` and `next_url` follow the registry's Link."""
-        page = ask_worker("registries.repositories", name, args["n"], args["last"])
+        page = ask_worker(REGISTRIES_REPOSITORIES, name, args["n"], args["last"])
         return with_next_url(page, "registries.Repositories", name=name)
 
 
@@ -117,7 +123,7 @@ class Tags(MethodView):
     def get(self, args: dict, name: str, repository: str) -> dict:
         """`GET /v2/<repository>/tags/list`, one page."""
         registry_client.validate_repository(repository)
-        page = ask_worker("registries.tags", name, repository, args["n"], args["last"])
+        page = ask_worker(REGISTRIES_TAGS, name, repository, args["n"], args["last"])
         return with_next_url(page, "registries.Tags", name=name, repository=repository)
 
 
@@ -134,4 +140,4 @@ class Manifest(MethodView):
         """
         registry_client.validate_repository(repository)
         registry_client.validate_reference(reference)
-        return ask_worker("registries.delete_manifest", name, repository, reference)
+        return ask_worker(REGISTRIES_DELETE_MANIFEST, name, repository, reference)

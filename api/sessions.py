@@ -24,6 +24,7 @@ from app.policy import policy_from_settings
 from app.runtime import runtime
 from app.sessions import Relay, SessionStore, audit_entry
 from app.store import get_redis
+from app.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
 from schemas.sessions import SessionSchema, SessionSpecSchema
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class ContainerSessions(MethodView):
         settings = runtime().settings
         policy_from_settings(settings).enforce_exec(spec, principal().role == "admin")
         record = host_record(host)
-        container_id = run_query("sessions.check", record, [caller_context(), ref])
+        container_id = run_query(SESSIONS_CHECK, record, [caller_context(), ref])
         session, ticket = sessions().create(
             host=host, container_id=container_id, ref=ref, spec=spec, caller=caller_context(),
             ticket_seconds=settings.session_ticket_seconds,
@@ -166,7 +167,7 @@ def _start_on_worker(record: dict[str, Any]) -> None:
     queue = queues_for(host)[1]
     require_lane(queue, host["name"])
     runtime().celery.send_task(
-        "sessions.run", queue=queue, expires=settings.query_timeout_seconds,
+        SESSIONS_RUN, queue=queue, expires=settings.query_timeout_seconds,
         args=[record["id"], host["name"], host.get("revision", 1), record["caller"],
               record["container"], record["spec"],
               {"idle_seconds": settings.session_idle_seconds,
@@ -190,7 +191,7 @@ def _reap_on_worker(record: dict[str, Any]) -> None:
         return  # an attach runs nothing of its own
     host = runtime().hosts.get(record["host"])
     runtime().celery.send_task(
-        "sessions.reap", queue=queues_for(host)[1], expires=_REAP_WITHIN_SECONDS,
+        SESSIONS_REAP, queue=queues_for(host)[1], expires=_REAP_WITHIN_SECONDS,
         args=[record["id"], host["name"], host.get("revision", 1), record["container"]])
 
 

@@ -21,11 +21,22 @@ from app.pipes import PipeReader
 from app.policy import enforce_local_name
 from app.runtime import runtime
 from app.spool import require_tar, saved_image_names, spool_dir, spool_upload
-from schemas.common import JobSchema
+from app.task_names import (
+    CONTAINERS_CHECK_ACCESS,
+    TRANSFERS_ARCHIVE_IN,
+    TRANSFERS_ARCHIVE_OUT,
+    TRANSFERS_FOLLOW_EVENTS,
+    TRANSFERS_IMPORT,
+    TRANSFERS_LOAD,
+    TRANSFERS_SAVE,
+)
 from schemas.transfers import (
+    ArchiveInJobSchema,
     ArchivePathSchema,
     EventStreamArgsSchema,
     ImportArgsSchema,
+    ImportJobSchema,
+    LoadJobSchema,
     SaveArgsSchema,
 )
 
@@ -100,7 +111,7 @@ class ContainerArchive(MethodView):
 
         Operators and admins only: a container's files hold what its environment holds.
         """
-        meta, reader = open_stream("transfers.archive_out", host_record(host),
+        meta, reader = open_stream(TRANSFERS_ARCHIVE_OUT, host_record(host),
                                    [caller_context(), ref, args["path"]])
         stat = base64.b64encode(json.dumps(meta["stat"]).encode()).decode()
         return Response(stream_with_context(relay(reader)), mimetype="application/x-tar",
@@ -109,14 +120,14 @@ class ContainerArchive(MethodView):
     @requires("operator")
     @accepts(*TAR_TYPES)
     @blp.arguments(ArchivePathSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, ArchiveInJobSchema)
     def put(self, args: dict, host: str, ref: str) -> Any:
         """`docker cp - CONTAINER:PATH`: extract an uploaded tar into the container (job)."""
         record = host_record(host)
         # Refused before a byte of the upload is spooled.
-        run_query("containers.check_access", record, [caller_context(), ref, "archive", host])
+        run_query(CONTAINERS_CHECK_ACCESS, record, [caller_context(), ref, "archive", host])
         spool = spooled_tar()
-        return start_job("transfers.archive_in", host_record=record, target=ref,
+        return start_job(TRANSFERS_ARCHIVE_IN, host_record=record, target=ref,
                          args=[ref, args["path"], str(spool), caller_context()],
                          body={"path": args["path"]}, spool=spool)
 
@@ -129,7 +140,7 @@ class ImageSave(MethodView):
     @blp.response(200, description="application/x-tar stream (`docker save` format)")
     def get(self, args: dict, host: str) -> Response:
         """`docker save REF...`: download one or more images as a tar stream (operator)."""
-        _meta, reader = open_stream("transfers.save", host_record(host), [args["ref"]])
+        _meta, reader = open_stream(TRANSFERS_SAVE, host_record(host), [args["ref"]])
         return Response(stream_with_context(relay(reader)), mimetype="application/x-tar")
 
 
@@ -137,7 +148,7 @@ class ImageSave(MethodView):
 class ImageLoad(MethodView):
     @requires("operator")
     @accepts(*TAR_TYPES)
-    @blp.response(202, JobSchema)
+    @blp.response(202, LoadJobSchema)
     def post(self, host: str) -> Any:
         """`docker load`: load images from an uploaded `docker save` tar (job).
 
@@ -151,7 +162,7 @@ class ImageLoad(MethodView):
         except BaseException:
             Path(spool).unlink(missing_ok=True)
             raise
-        return start_job("transfers.load", host_record=record, target=None,
+        return start_job(TRANSFERS_LOAD, host_record=record, target=None,
                          args=[str(spool)], body={}, spool=spool)
 
 
@@ -160,7 +171,7 @@ class ImageImport(MethodView):
     @requires("operator")
     @accepts(*TAR_TYPES)
     @blp.arguments(ImportArgsSchema, location="query", unknown=RAISE)
-    @blp.response(202, JobSchema)
+    @blp.response(202, ImportJobSchema)
     def post(self, args: dict, host: str) -> Any:
         """`docker import - [REPO[:TAG]] --change …`: a filesystem tar becomes an image (job)."""
         record = host_record(host)
@@ -169,7 +180,7 @@ class ImageImport(MethodView):
             policy, is_admin = caller_policy()
             enforce_local_name(policy, args["repository"], False, is_admin, "import")
         spool = spooled_tar()
-        return start_job("transfers.import", host_record=record, target=args["repository"],
+        return start_job(TRANSFERS_IMPORT, host_record=record, target=args["repository"],
                          args=[str(spool), args["repository"], args["tag"], args["change"]],
                          body=args, spool=spool)
 
@@ -182,6 +193,6 @@ class HostEventStream(MethodView):
     def get(self, args: dict, host: str) -> Response:
         """`docker events` as a live Server-Sent-Events stream."""
         filters = {key: args[key] for key in ("type", "event", "container") if args[key]}
-        _meta, reader = open_stream("transfers.follow_events", host_record(host), [{
+        _meta, reader = open_stream(TRANSFERS_FOLLOW_EVENTS, host_record(host), [{
             "since": args["since"], "until": args["until"], "filters": filters}])
         return sse_response(reader, "event", redacted_json_line)

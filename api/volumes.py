@@ -12,12 +12,22 @@ from api.hosts import host_record
 from app.dispatch import run_query
 from app.errors import ConflictError
 from app.policy import SCOPE_LABEL, Violation, raise_for
-from schemas.common import JobSchema
+from app.task_names import (
+    VOLUMES_CREATE,
+    VOLUMES_FIND,
+    VOLUMES_INSPECT,
+    VOLUMES_LIST,
+    VOLUMES_PRUNE,
+    VOLUMES_REMOVE,
+)
 from schemas.volumes import (
+    VolumeCreatedJobSchema,
     VolumeCreateSchema,
     VolumeListArgsSchema,
+    VolumePruneJobSchema,
     VolumePruneSchema,
     VolumeRemoveArgsSchema,
+    VolumeRemovedJobSchema,
     VolumeSummarySchema,
     volume_prune_filters,
 )
@@ -34,11 +44,11 @@ class Volumes(MethodView):
         """`docker volume ls [-f dangling=…] [-f name=…] [-f label=…]`."""
         query = {"dangling": args["dangling"], "name": args.get("name"),
                  "labels": args["label"] or None}
-        return run_query("volumes.list", host_record(host), [query])
+        return run_query(VOLUMES_LIST, host_record(host), [query])
 
     @requires("operator")
     @blp.arguments(VolumeCreateSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, VolumeCreatedJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker volume create [--driver D] [--label K=V] [NAME]` (job).
 
@@ -49,12 +59,12 @@ class Volumes(MethodView):
         _check_volume_spec(spec)
 
         def driver_matches() -> None:
-            existing = run_query("volumes.find", record, [spec["name"]]) if spec["name"] else None
+            existing = run_query(VOLUMES_FIND, record, [spec["name"]]) if spec["name"] else None
             if existing and existing["driver"] != spec["driver"]:
                 raise ConflictError(f"volume '{spec['name']}' already exists on host '{host}' "
                                     f"with driver '{existing['driver']}'", name=spec["name"])
 
-        return start_job("volumes.create", host_record=record, target=spec["name"],
+        return start_job(VOLUMES_CREATE, host_record=record, target=spec["name"],
                          args=[spec["name"], spec["driver"],
                                {**spec["labels"], SCOPE_LABEL: principal().scope}],
                          precheck=driver_matches)
@@ -78,10 +88,10 @@ def _check_volume_spec(spec: dict) -> None:
 class VolumePrune(MethodView):
     @requires("operator")
     @blp.arguments(VolumePruneSchema)
-    @blp.response(202, JobSchema)
+    @blp.response(202, VolumePruneJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker volume prune [--filter label=…]` (job): volumes no container uses."""
-        return start_job("volumes.prune", host_record=host_record(host), target=None,
+        return start_job(VOLUMES_PRUNE, host_record=host_record(host), target=None,
                          args=[volume_prune_filters(spec["filters"]), principal().as_caller()])
 
 
@@ -91,12 +101,12 @@ class Volume(MethodView):
     @blp.response(200, description="the engine's `docker volume inspect` document")
     def get(self, host: str, name: str) -> dict:
         """`docker volume inspect NAME`."""
-        return run_query("volumes.inspect", host_record(host), [name])
+        return run_query(VOLUMES_INSPECT, host_record(host), [name])
 
     @requires("operator")
     @blp.arguments(VolumeRemoveArgsSchema, location="query")
-    @blp.response(202, JobSchema)
+    @blp.response(202, VolumeRemovedJobSchema)
     def delete(self, args: dict, host: str, name: str) -> Any:
         """`docker volume rm [-f] NAME` (job); a volume a container uses is a 409."""
-        return start_job("volumes.remove", host_record=host_record(host), target=name,
+        return start_job(VOLUMES_REMOVE, host_record=host_record(host), target=name,
                          args=[name, args["force"], principal().as_caller()], body=args)

@@ -37,9 +37,6 @@ from app.store import PREFIX, utcnow
 
 logger = logging.getLogger(__name__)
 
-BACKUP_DIR_ENV = "DOCKYARD_BACKUP_DIR"
-STALL_ENV = "DOCKYARD_BACKUP_STALL_SECONDS"
-DEFAULT_STALL_SECONDS = 60.0
 COMPRESSIONS = ("none", "gzip", "zstd")
 CONSISTENCIES = ("none", "pause", "stop")
 SUFFIXES = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}
@@ -68,14 +65,8 @@ def backup_root(settings: Any) -> Path:
     The API serves downloads from it and workers (agents included) write to it, so in a
     multi-machine deployment it must be one shared mount.
     """
-    configured = os.environ.get(BACKUP_DIR_ENV, "").strip()
-    return Path(configured).resolve() if configured else settings.state_dir / "backups"
-
-
-def stall_seconds() -> float:
-    """How long an engine stream may send nothing before the backup fails."""
-    raw = os.environ.get(STALL_ENV, "").strip()
-    return float(raw) if raw else DEFAULT_STALL_SECONDS
+    return Path(settings.backup_dir).resolve() if settings.backup_dir \
+        else settings.state_dir / "backups"
 
 
 def part_name(stem: str, compression: str) -> str:

@@ -8,6 +8,7 @@ from celery.schedules import crontab
 from app import logs, signing
 from app.config import Settings
 from app.store import broker_url_and_options
+from app.task_names import BACKUPS_RUN_SCHEDULES, JOBS_PRUNE_INDEX
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -45,10 +46,10 @@ def make_celery(settings: Settings) -> Celery:
         beat_scheduler="app.beat:LeaderScheduler",
         beat_schedule={
             # Job records expire by TTL; this keeps the listing index from growing with them.
-            "prune-job-index": {"task": "jobs.prune_index", "schedule": 3600.0,
+            "prune-job-index": {"task": JOBS_PRUNE_INDEX, "schedule": 3600.0,
                                 "options": {"queue": "engine.ops", "expires": 3000}},
             # Due backup schedules are enqueued and their retention applied once a minute.
-            "run-backup-schedules": {"task": "backups.run_schedules", "schedule": crontab(),
+            "run-backup-schedules": {"task": BACKUPS_RUN_SCHEDULES, "schedule": crontab(),
                                      "options": {"queue": "engine.ops", "expires": 55}},
         },
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -23,14 +22,6 @@ _USERS = PREFIX + "chat:users"
 # WSGI environ key of a chat command's request: the principal it acts as and who sent it.
 # Only dispatch_as sets it; a client's headers only ever reach the environ as HTTP_* keys.
 CHAT_ENVIRON = "dockyard.chat"
-
-
-def slack_signing_secret() -> str:
-    return os.environ.get("DOCKYARD_SLACK_SIGNING_SECRET", "")
-
-
-def mattermost_token() -> str:
-    return os.environ.get("DOCKYARD_MATTERMOST_TOKEN", "")
 
 
 def slack_signature(secret: str, timestamp: str, body: bytes) -> str:

@@ -177,6 +177,35 @@ class Settings:
     task_verify_key: str = field(default_factory=lambda: _env("DOCKYARD_TASK_VERIFY_KEY", ""))
     task_signature_max_age_seconds: int = field(
         default_factory=lambda: _env_int("DOCKYARD_TASK_SIGNATURE_MAX_AGE_SECONDS", 24 * 3600))
+    # Backups: bundles live here (one shared mount for the API and every worker, agents
+    # included); empty means <state_dir>/backups. An export stream silent this long fails.
+    backup_dir: str = field(default_factory=lambda: _env("DOCKYARD_BACKUP_DIR", "").strip())
+    backup_stall_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_BACKUP_STALL_SECONDS", 60.0))
+    # Outbound webhooks and job callbacks: only to these hosts (empty: none), callbacks signed
+    # with webhook_secret; deliveries run on webhook_queue (the central read lane by default,
+    # so agents never need outbound access beyond Redis).
+    webhook_allowed_hosts: tuple[str, ...] = field(
+        default_factory=lambda: tuple(h.lower() for h in _env_list("DOCKYARD_WEBHOOK_ALLOWED_HOSTS", "")))
+    webhook_secret: str = field(default_factory=lambda: _env_secret("DOCKYARD_WEBHOOK_SECRET"))
+    webhook_retry_base_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_WEBHOOK_RETRY_BASE_SECONDS", 5.0))
+    webhook_max_attempts: int = field(
+        default_factory=lambda: int(_env_float("DOCKYARD_WEBHOOK_MAX_ATTEMPTS", 5)))
+    webhook_timeout_seconds: float = field(
+        default_factory=lambda: _env_float("DOCKYARD_WEBHOOK_TIMEOUT_SECONDS", 5.0))
+    webhook_queue: str = field(default_factory=lambda: _env("DOCKYARD_WEBHOOK_QUEUE", "engine.query"))
+    events_maxlen: int = field(default_factory=lambda: int(_env_float("DOCKYARD_EVENTS_MAXLEN", 100_000)))
+    # Chat integrations: each is off while its secret is empty.
+    slack_signing_secret: str = field(
+        default_factory=lambda: _env_secret("DOCKYARD_SLACK_SIGNING_SECRET"))
+    mattermost_token: str = field(default_factory=lambda: _env_secret("DOCKYARD_MATTERMOST_TOKEN"))
+    # Logs: text on a terminal, json in the image; the level of every Dockyard process.
+    log_format: str = field(
+        default_factory=lambda: "json" if _env("DOCKYARD_LOG_FORMAT", "text").strip().lower() == "json"
+        else "text")
+    log_level: str = field(
+        default_factory=lambda: (_env("DOCKYARD_LOG_LEVEL", "") or "INFO").strip().upper())
 
     def __post_init__(self) -> None:
         if self.redis_sentinels and not self.redis_master:
@@ -206,7 +235,8 @@ class Settings:
 
     def as_public_dict(self) -> dict[str, object]:
         """Settings without secrets, for diagnostics."""
-        hidden = {"secret_key", "admin_token", "redis_password"}
+        hidden = {"secret_key", "admin_token", "redis_password", "webhook_secret",
+                  "slack_signing_secret", "mattermost_token"}
         public = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         public["redis_url"] = redacted_url(self.redis_url)
         return public

@@ -82,12 +82,6 @@ class InvalidInputError(DockyardError):
         super().__init__(detail, **extra)
 
 
-class NotImplementedYetError(DockyardError):
-    """A route that exists in the contract but is not offered yet; the detail says why."""
-
-    status, slug, title = 501, "not-implemented", "Not implemented yet"
-
-
 class EngineError(DockyardError):
     """The Docker engine (or a registry) answered with an error."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -13,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-FORMAT_ENV = "DOCKYARD_LOG_FORMAT"
-LEVEL_ENV = "DOCKYARD_LOG_LEVEL"
+from app.store import get_settings
+
 REQUEST_ID_HEADER = "dockyard_request_id"
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -78,14 +77,6 @@ def job_context(job_id: str | None = None, host: str | None = None,
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
-
-
-def set_request_id(request_id: str | None) -> contextvars.Token:
-    return _request_id.set(request_id)
-
-
-def reset_request_id(token: contextvars.Token) -> None:
-    _request_id.reset(token)
 
 
 class ContextFilter(logging.Filter):
@@ -206,7 +197,7 @@ def _jsonable(value: Any) -> str:
 
 def log_format() -> str:
     """``json`` or ``text`` from DOCKYARD_LOG_FORMAT: text on a terminal by default, json in the image."""
-    return "json" if os.environ.get(FORMAT_ENV, "text").strip().lower() == "json" else "text"
+    return get_settings().log_format
 
 
 def make_handler(stream: Any = None) -> logging.Handler:
@@ -227,12 +218,12 @@ def configure(level: str | int | None = None) -> None:
     handler = make_handler()
     handler._dockyard = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(level or (os.environ.get(LEVEL_ENV) or "INFO").upper())
+    root.setLevel(level or get_settings().log_level)
 
 
 def gunicorn_logconfig() -> dict[str, Any]:
     """A ``logconfig_dict`` for gunicorn: its error and access logs and the app's through one handler."""
-    level = (os.environ.get(LEVEL_ENV) or "info").upper()
+    level = get_settings().log_level
     formatter = {"()": "app.logs.JsonFormatter"} if log_format() == "json" else \
         {"()": "app.logs.TextFormatter"}
     handler = {"class": "logging.StreamHandler", "formatter": "dockyard",

@@ -8,6 +8,7 @@ from app.auth import Principal
 from app.dispatch import lane_alive, run_queries
 from app.errors import InvalidInputError
 from app.hosts import queues_for
+from app.task_names import HOSTS_SUMMARY
 
 
 def matching_hosts(records: list[dict[str, Any]], labels: dict[str, str],
@@ -29,7 +30,7 @@ def least_loaded(records: list[dict[str, Any]]) -> dict[str, Any]:
     Raises:
         InvalidInputError: no candidate answered.
     """
-    answers = run_queries([("hosts.summary", r, []) for r in records])
+    answers = run_queries([(HOSTS_SUMMARY, r, []) for r in records])
     ranked = sorted(((a["containers"]["running"], r["name"], r)
                      for r, a in zip(records, answers, strict=True)
                      if isinstance(a, dict)), key=lambda t: (t[0], t[1]))

@@ -8,12 +8,10 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,60 +20,23 @@ import urllib3
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from app import jobs as jobstates
+from app.config import Settings
 from app.crypto import seal, unseal
 from app.errors import InvalidInputError, NotFoundError
 from app.grammar import describe_job
 from app.ids import new_id
 from app.runtime import runtime
-from app.store import PREFIX, get_redis, utcnow
+from app.store import PREFIX, get_redis, get_settings, utcnow
+from app.task_names import WEBHOOKS_DELIVER
 
 logger = logging.getLogger(__name__)
 
 PAYLOAD_VERSION = 1
-JOB_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 SIGNATURE_HEADER = "Dockyard-Signature"
 EVENTS_STREAM = PREFIX + "events"
 _SUBSCRIPTIONS = PREFIX + "webhooks"
 _LOG_LENGTH = 500
 _DELIVERY_TTL = 2 * 24 * 3600
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else float(raw)
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    """Webhook knobs, each from one ``DOCKYARD_WEBHOOK_*`` variable."""
-
-    allowed_hosts: tuple[str, ...]
-    callback_secret: str
-    retry_base_seconds: float
-    max_attempts: int
-    timeout_seconds: float
-    queue: str
-    events_maxlen: int
-
-    @classmethod
-    def from_env(cls) -> WebhookSettings:
-        allowed = os.environ.get("DOCKYARD_WEBHOOK_ALLOWED_HOSTS", "")
-        return cls(
-            allowed_hosts=tuple(p.strip().lower() for p in allowed.split(",") if p.strip()),
-            callback_secret=os.environ.get("DOCKYARD_WEBHOOK_SECRET", ""),
-            retry_base_seconds=_env_float("DOCKYARD_WEBHOOK_RETRY_BASE_SECONDS", 5.0),
-            max_attempts=int(_env_float("DOCKYARD_WEBHOOK_MAX_ATTEMPTS", 5)),
-            timeout_seconds=_env_float("DOCKYARD_WEBHOOK_TIMEOUT_SECONDS", 5.0),
-            # Deliveries are short outbound calls: the central read lane (a thread pool) suits
-            # them, and agents on remote hosts never need outbound access beyond Redis.
-            queue=os.environ.get("DOCKYARD_WEBHOOK_QUEUE", "engine.query"),
-            events_maxlen=int(_env_float("DOCKYARD_EVENTS_MAXLEN", 100_000)),
-        )
-
-
-@lru_cache(maxsize=1)
-def webhook_settings() -> WebhookSettings:
-    return WebhookSettings.from_env()
 
 
 # -- signing --------------------------------------------------------------------------------
@@ -261,7 +222,7 @@ def check_url(url: str, field: str = "url") -> None:
     Raises:
         InvalidInputError: not http(s), carries credentials, or its host is not allowed.
     """
-    allowed = webhook_settings().allowed_hosts
+    allowed = get_settings().webhook_allowed_hosts
     if not isinstance(url, str) or len(url) > 2048 or not url_allowed(url, allowed):
         why = ("outbound webhooks are disabled (DOCKYARD_WEBHOOK_ALLOWED_HOSTS is empty)"
                if not allowed else
@@ -277,7 +238,7 @@ def check_callback_url(url: str) -> None:
         InvalidInputError: off the allow-list, or no DOCKYARD_WEBHOOK_SECRET to sign with.
     """
     check_url(url, "callback_url")
-    if not webhook_settings().callback_secret:
+    if not get_settings().webhook_secret:
         why = "callbacks are signed with DOCKYARD_WEBHOOK_SECRET, which is not set"
         raise InvalidInputError(f"callback_url: {why}", errors={"callback_url": [why]})
 
@@ -387,8 +348,8 @@ def enqueue_delivery(url: str, event_type: str, payload: dict[str, Any], *, log:
               "body": json.dumps(payload, separators=(",", ":"), default=str),
               "subscription": subscription, "signed": signed, "log": log, "state": "pending"}
     get_redis().set(_delivery_key(delivery_id), json.dumps(record), ex=_DELIVERY_TTL)
-    runtime().celery.send_task("webhooks.deliver", args=[delivery_id],
-                               queue=webhook_settings().queue)
+    runtime().celery.send_task(WEBHOOKS_DELIVER, args=[delivery_id],
+                               queue=get_settings().webhook_queue)
     logger.info("delivery %s queued event=%s", delivery_id, event_type)
     return delivery_id
 
@@ -411,17 +372,17 @@ def attempt_delivery(delivery_id: str, attempt: int) -> Attempt:
     record = json.loads(raw)
     if record["state"] != "pending":
         return Attempt(True, record["state"] == "delivered")
-    settings = webhook_settings()
+    settings = get_settings()
     store = webhooks()
     entry: dict[str, Any] = {"delivery": delivery_id, "event": record["event"],
                              "url": record["url"], "attempt": attempt, "at": utcnow(),
                              "status": None, "error": None}
     started = time.monotonic()
     delivered = False
-    target = resolve_target(record["url"], settings.allowed_hosts)
+    target = resolve_target(record["url"], settings.webhook_allowed_hosts)
     if target is None:
         entry["error"] = "the target host is no longer on the allow-list (or does not resolve)"
-        attempt = settings.max_attempts
+        attempt = settings.webhook_max_attempts
     else:
         try:
             status = _post(target, record, delivery_id, settings)
@@ -435,13 +396,13 @@ def attempt_delivery(delivery_id: str, attempt: int) -> Attempt:
             entry["error"] = type(exc).__name__
         except NotFoundError:
             entry["error"] = "the subscription was deleted"
-            attempt = settings.max_attempts
+            attempt = settings.webhook_max_attempts
         except Exception:
             logger.exception("delivery %s could not be prepared", delivery_id)
             entry["error"] = "internal error preparing the delivery"
-            attempt = settings.max_attempts
+            attempt = settings.webhook_max_attempts
     entry["duration_ms"] = int((time.monotonic() - started) * 1000)
-    done = delivered or attempt >= settings.max_attempts
+    done = delivered or attempt >= settings.webhook_max_attempts
     entry["outcome"] = "delivered" if delivered else "failed" if done else "retrying"
     store.log_attempt(record["log"], entry)
     if done:
@@ -452,21 +413,21 @@ def attempt_delivery(delivery_id: str, attempt: int) -> Attempt:
 
 
 def _post(target: DeliveryTarget, record: dict[str, Any], delivery_id: str,
-          settings: WebhookSettings) -> int:
+          settings: Settings) -> int:
     body = record["body"].encode()
     headers = {"Content-Type": "application/json", "User-Agent": "Dockyard-Webhooks/1",
                "Dockyard-Event": record["event"], "Dockyard-Delivery": delivery_id}
     secret = webhooks().secret(record["subscription"]) if record["subscription"] \
-        else settings.callback_secret
+        else settings.webhook_secret
     if record["signed"] and secret:
         headers[SIGNATURE_HEADER] = sign(secret, body, int(time.time()))
     # No proxy variables either: the allow-list names the real target.
-    return post_to(target, body, headers, settings.timeout_seconds)
+    return post_to(target, body, headers, settings.webhook_timeout_seconds)
 
 
 def retry_delay(attempt: int) -> float:
     """Seconds before attempt ``attempt + 1``: the base, doubled each time."""
-    return webhook_settings().retry_base_seconds * (2 ** (attempt - 1))
+    return get_settings().webhook_retry_base_seconds * (2 ** (attempt - 1))
 
 
 # -- job watchers (callback_url, chat response_url) and job events ---------------------------
@@ -553,7 +514,7 @@ def publish_engine_event(host: str, event: dict[str, Any], store: WebhookStore) 
     event_id = get_redis().xadd(
         EVENTS_STREAM, {"host": host, "type": event.get("type") or "", "event": event_type,
                         "data": json.dumps(data, default=str)},
-        maxlen=webhook_settings().events_maxlen, approximate=True)
+        maxlen=get_settings().events_maxlen, approximate=True)
     for sub in store.matching(event_type, host):
         enqueue_delivery(sub["url"], event_type, envelope(event_type, data),
                          log=subscription_log(sub["id"]), subscription=sub["id"])

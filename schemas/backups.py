@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from schemas.common import FullMatch
-from schemas.containers import CONTAINER_NAME, PortSchema, _ShortOr, parse_port
+from schemas.common import FullMatch, job_of
+from schemas.containers import (
+    CONTAINER_NAME,
+    PortSchema,
+    ProvisionResultSchema,
+    _ShortOr,
+    parse_port,
+)
 
 COMPRESSIONS = ("none", "gzip", "zstd")
 CONSISTENCIES = ("none", "pause", "stop")
@@ -118,3 +124,15 @@ class ScheduleSchema(ScheduleSpecSchema):
     created_by = fields.String()
     last_run_at = fields.String(allow_none=True)
     last_job_id = fields.String(allow_none=True)
+
+
+class RestoreResultSchema(Schema):
+    backup = fields.String()
+    image = fields.String(allow_none=True)
+    image_id = fields.String(allow_none=True)
+    volumes = fields.List(fields.String(), metadata={"description": "the volumes restored"})
+    container = fields.Nested(ProvisionResultSchema)
+
+
+BackupJobSchema = job_of(BackupSchema, "BackupJobSchema")
+RestoreJobSchema = job_of(RestoreResultSchema, "RestoreJobSchema")

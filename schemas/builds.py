@@ -16,7 +16,7 @@ from marshmallow import (
 )
 
 from app.hosts import NAME_PATTERN
-from schemas.common import FullMatch
+from schemas.common import FullMatch, job_of
 from schemas.images import is_reference
 
 MAX_TAGS = 20
@@ -151,3 +151,16 @@ def context_errors(spec: dict[str, Any], uploaded: bool) -> dict[str, list[str]]
         return {"git": [message], "dockerfile": [message]}
     return {}
 
+
+class PushedImageSchema(Schema):
+    ref = fields.String()
+    digest = fields.String(allow_none=True)
+
+
+class BuildResultSchema(Schema):
+    image_id = fields.String()
+    tags = fields.List(fields.String())
+    pushed = fields.List(fields.Nested(PushedImageSchema))
+
+
+BuildJobSchema = job_of(BuildResultSchema, "BuildJobSchema")

@@ -1,6 +1,8 @@
-"""Schemas shared by every resource: problems, jobs, wait and pagination arguments."""
+"""Schemas shared by every resource: problems, jobs and their typed results."""
 
-from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, pre_load, validate
 
 
 class ProblemSchema(Schema):
@@ -25,8 +27,23 @@ class ProgressSchema(Schema):
     message = fields.String()
 
 
+class JobResult(fields.Nested):
+    """A job's ``result``: documented as its schema, sent exactly as the task stored it.
+
+    Dumping through the nested schema would drop any member it does not declare; the answer
+    is the record as the worker wrote it, so the schema only describes it.
+    """
+
+    def __init__(self, schema: type[Schema], **kwargs: Any) -> None:
+        super().__init__(schema, allow_none=True, metadata={
+            "description": "what the operation produced; null until it has finished"}, **kwargs)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+
 class JobSchema(Schema):
-    """A job: every operation's handle."""
+    """A job: every operation's handle (its ``result`` is typed per operation, see ``job_of``)."""
 
     id = fields.String(required=True)
     kind = fields.String(required=True)
@@ -51,13 +68,20 @@ class JobSchema(Schema):
     links = fields.Dict(keys=fields.String(), values=fields.String())
 
 
-class WaitArgsSchema(Schema):
-    """``?wait=N``: answer with the finished job if it finishes within N seconds."""
+LABEL_NOT_DESCRIPTION = ("`label!=…`: only what does not carry these labels (`label!` is still "
+                         "accepted as an older spelling of this key)")
 
-    class Meta:
-        unknown = EXCLUDE
 
-    wait = fields.Float(load_default=0, validate=validate.Range(min=0, max=3600))
+class PruneFiltersSchema(Schema):
+    """Prune filters; ``label_not`` is Docker's ``label!``, a name clients can generate."""
+
+    @pre_load
+    def accept_docker_spelling(self, data: Any, **_: Any) -> Any:
+        if not isinstance(data, dict) or "label!" not in data:
+            return data
+        if "label_not" in data:
+            raise ValidationError("give label_not or label!, not both", "label_not")
+        return {("label_not" if key == "label!" else key): value for key, value in data.items()}
 
 
 class FullMatch(validate.Regexp):
@@ -67,3 +91,14 @@ class FullMatch(validate.Regexp):
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
+
+
+def job_of(result: type[Schema], name: str) -> type[JobSchema]:
+    """The job an operation answers with, its ``result`` documented as ``result``.
+
+    ``name`` ends in ``JobSchema`` (``ProvisionJobSchema``): the OpenAPI component is named
+    after it, so a generated client gets one job model per kind of result.
+    """
+    return type(name, (JobSchema,), {
+        "__doc__": f"A job whose result, once it succeeded, is a {result.__name__[:-6]}.",
+        "__module__": result.__module__, "result": JobResult(result)})

@@ -17,7 +17,8 @@ from marshmallow import (
     validates_schema,
 )
 
-from schemas.common import FullMatch
+from schemas.common import FullMatch, job_of
+from schemas.images import PushResultSchema
 
 CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -376,6 +377,86 @@ class ExecResultSchema(Schema):
     exit_code = fields.Integer(allow_none=True)
     output = fields.String()
     truncated = fields.Boolean()
+
+
+class ContainerStateResultSchema(Schema):
+    """Where a lifecycle verb left the container."""
+
+    id = fields.String()
+    name = fields.String()
+    state = fields.String()
+    exit_code = fields.Integer(allow_none=True)
+    health = fields.String(allow_none=True)
+
+
+class ContainerRemovedResultSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    removed = fields.Boolean()
+
+
+class WaitResultSchema(Schema):
+    id = fields.String()
+    status_code = fields.Integer(allow_none=True, metadata={"description": "the exit code"})
+    error = fields.String(allow_none=True)
+
+
+class RenameResultSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    previous_name = fields.String()
+
+
+class UpdateResultSchema(Schema):
+    """The container's limits after the update."""
+
+    id = fields.String()
+    name = fields.String()
+    memory = fields.Integer(allow_none=True, metadata={"description": "bytes; null: no limit"})
+    cpus = fields.Float(allow_none=True, metadata={"description": "null: no limit"})
+    restart_policy = fields.Nested(RestartPolicySchema)
+    warnings = fields.List(fields.String())
+
+
+class PruneResultSchema(Schema):
+    deleted = fields.List(fields.String(), metadata={"description": "ids (names for volumes)"})
+    space_reclaimed = fields.Integer(metadata={"description": "bytes"})
+
+
+class RemovedContainerOutcomeSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    outcome = fields.String(validate=validate.OneOf(["removed", "skipped", "failed"]))
+    reason = fields.String()
+    status = fields.Integer(metadata={"description": "the engine's status when it failed"})
+
+
+class RemoveMatchingResultSchema(Schema):
+    matched = fields.Integer()
+    removed = fields.Integer()
+    skipped = fields.Integer()
+    failed = fields.Integer()
+    containers = fields.List(fields.Nested(RemovedContainerOutcomeSchema))
+
+
+class CommitResultSchema(Schema):
+    image_id = fields.String()
+    ref = fields.String()
+    container = fields.String(metadata={"description": "the committed container's id"})
+    pushed = fields.Nested(PushResultSchema, allow_none=True,
+                           metadata={"description": "the push, when one was asked for"})
+
+
+ProvisionJobSchema = job_of(ProvisionResultSchema, "ProvisionJobSchema")
+ContainerStateJobSchema = job_of(ContainerStateResultSchema, "ContainerStateJobSchema")
+ContainerRemovedJobSchema = job_of(ContainerRemovedResultSchema, "ContainerRemovedJobSchema")
+ExecJobSchema = job_of(ExecResultSchema, "ExecJobSchema")
+WaitJobSchema = job_of(WaitResultSchema, "WaitJobSchema")
+RenameJobSchema = job_of(RenameResultSchema, "RenameJobSchema")
+UpdateJobSchema = job_of(UpdateResultSchema, "UpdateJobSchema")
+ContainerPruneJobSchema = job_of(PruneResultSchema, "ContainerPruneJobSchema")
+RemoveMatchingJobSchema = job_of(RemoveMatchingResultSchema, "RemoveMatchingJobSchema")
+CommitJobSchema = job_of(CommitResultSchema, "CommitJobSchema")
 
 
 class TopArgsSchema(Schema):

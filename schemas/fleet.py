@@ -2,7 +2,8 @@
 
 from marshmallow import Schema, fields, validate
 
-from schemas.containers import ProvisionSpecSchema
+from schemas.common import job_of
+from schemas.containers import ProvisionResultSchema, ProvisionSpecSchema
 
 
 class PlacementSchema(Schema):
@@ -20,3 +21,21 @@ class PlacedProvisionSchema(ProvisionSpecSchema):
 
     placement = fields.Nested(PlacementSchema, load_default=lambda: {"labels": {},
                                                                      "mode": "least-loaded"})
+
+
+class FanoutChildSchema(Schema):
+    job = fields.String()
+    host = fields.String()
+    state = fields.String()
+    result = fields.Nested(ProvisionResultSchema, allow_none=True)
+    error = fields.Dict(allow_none=True, metadata={"description": "the child job's problem"})
+
+
+class PlacedProvisionResultSchema(ProvisionResultSchema):
+    """One host's provision result (least-loaded), or ``children`` only (mode all)."""
+
+    children = fields.List(fields.Nested(FanoutChildSchema), metadata={
+        "description": "mode all: one entry per host, in the order the hosts were chosen"})
+
+
+PlacedProvisionJobSchema = job_of(PlacedProvisionResultSchema, "PlacedProvisionJobSchema")

@@ -8,7 +8,13 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate
 
 from app.hosts import NAME_PATTERN
-from schemas.common import FullMatch
+from schemas.common import (
+    LABEL_NOT_DESCRIPTION,
+    FullMatch,
+    ProblemSchema,
+    PruneFiltersSchema,
+    job_of,
+)
 
 # The grammar of github.com/distribution/reference, which the engine enforces.
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -114,10 +120,10 @@ class BulkRemoveArgsSchema(Schema):
     force = fields.Boolean(load_default=False)
 
 
-class ImagePruneFiltersSchema(Schema):
+class ImagePruneFiltersSchema(PruneFiltersSchema):
     label = fields.List(fields.String(validate=validate.Length(min=1, max=512)))
     label_not = fields.List(fields.String(validate=validate.Length(min=1, max=512)),
-                            data_key="label!")
+                            metadata={"description": LABEL_NOT_DESCRIPTION})
     until = fields.String(validate=validate.Length(min=1, max=64))
 
 
@@ -187,3 +193,51 @@ class CommitSpecSchema(Schema):
     pause = fields.Boolean(load_default=True,
                            metadata={"description": "pause the container while committing"})
     push = fields.Nested(CommitPushSchema, load_default=None, allow_none=True)
+
+
+class PullResultSchema(Schema):
+    ref = fields.String()
+    id = fields.String()
+    repo_digests = fields.List(fields.String())
+
+
+class PushResultSchema(Schema):
+    ref = fields.String()
+    id = fields.String()
+    digest = fields.String(allow_none=True)
+
+
+class TagResultSchema(Schema):
+    id = fields.String()
+    ref = fields.String()
+
+
+class ImageRemovedResultSchema(Schema):
+    ref = fields.String()
+    untagged = fields.List(fields.String())
+    deleted = fields.List(fields.String())
+
+
+class ImageRemovalOutcomeSchema(ImageRemovedResultSchema):
+    error = fields.Nested(ProblemSchema, allow_none=True, metadata={
+        "description": "why this reference was not removed (null: it was)"})
+
+
+class RemoveManyResultSchema(Schema):
+    results = fields.List(fields.Nested(ImageRemovalOutcomeSchema))
+    removed = fields.Integer()
+    failed = fields.Integer()
+
+
+class ImagePruneResultSchema(Schema):
+    deleted = fields.List(fields.String())
+    untagged = fields.List(fields.String())
+    space_reclaimed = fields.Integer(metadata={"description": "bytes"})
+
+
+PullJobSchema = job_of(PullResultSchema, "PullJobSchema")
+PushJobSchema = job_of(PushResultSchema, "PushJobSchema")
+TagJobSchema = job_of(TagResultSchema, "TagJobSchema")
+ImageRemovedJobSchema = job_of(ImageRemovedResultSchema, "ImageRemovedJobSchema")
+RemoveManyJobSchema = job_of(RemoveManyResultSchema, "RemoveManyJobSchema")
+ImagePruneJobSchema = job_of(ImagePruneResultSchema, "ImagePruneJobSchema")

@@ -2,7 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
-from schemas.common import FullMatch
+from schemas.common import FullMatch, job_of
 
 REPOSITORY = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
 TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
@@ -42,3 +42,24 @@ class EventStreamArgsSchema(Schema):
     event = fields.List(fields.String(validate=validate.Length(min=1, max=64)), load_default=list)
     container = fields.List(fields.String(validate=validate.Length(min=1, max=256)),
                             load_default=list)
+
+
+class ArchiveInResultSchema(Schema):
+    container = fields.String()
+    path = fields.String()
+    bytes = fields.Integer(metadata={"description": "size of the uploaded tar"})
+
+
+class LoadResultSchema(Schema):
+    loaded = fields.List(fields.String(), metadata={"description": "references and image ids"})
+
+
+class ImportResultSchema(Schema):
+    id = fields.String()
+    repository = fields.String(allow_none=True)
+    tag = fields.String(allow_none=True)
+
+
+ArchiveInJobSchema = job_of(ArchiveInResultSchema, "ArchiveInJobSchema")
+LoadJobSchema = job_of(LoadResultSchema, "LoadJobSchema")
+ImportJobSchema = job_of(ImportResultSchema, "ImportJobSchema")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from schemas.common import FullMatch
+from schemas.common import LABEL_NOT_DESCRIPTION, FullMatch, PruneFiltersSchema, job_of
+from schemas.containers import PruneResultSchema
 
 # The engine's own rule for volume names (at least two characters).
 VOLUME_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,254}$"
@@ -53,9 +54,9 @@ class VolumeRemoveArgsSchema(Schema):
     force = fields.Boolean(load_default=False)
 
 
-class VolumePruneFiltersSchema(Schema):
+class VolumePruneFiltersSchema(PruneFiltersSchema):
     label = fields.List(_LABEL_FILTER)
-    label_not = fields.List(_LABEL_FILTER, data_key="label!")
+    label_not = fields.List(_LABEL_FILTER, metadata={"description": LABEL_NOT_DESCRIPTION})
 
 
 class VolumePruneSchema(Schema):
@@ -68,3 +69,17 @@ def volume_prune_filters(filters: dict) -> dict:
     """Loaded prune filters as the engine names them."""
     names = {"label": "label", "label_not": "label!"}
     return {names[key]: value for key, value in filters.items() if value}
+
+
+class VolumeCreatedResultSchema(VolumeSummarySchema):
+    created = fields.Boolean(metadata={"description": "false: the named volume already existed"})
+
+
+class VolumeRemovedResultSchema(Schema):
+    name = fields.String()
+    removed = fields.Boolean()
+
+
+VolumeCreatedJobSchema = job_of(VolumeCreatedResultSchema, "VolumeCreatedJobSchema")
+VolumeRemovedJobSchema = job_of(VolumeRemovedResultSchema, "VolumeRemovedJobSchema")
+VolumePruneJobSchema = job_of(PruneResultSchema, "VolumePruneJobSchema")

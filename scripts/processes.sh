@@ -8,7 +8,7 @@ source "${DOCKYARD_ENV_FILE:-$RUN_DIR/env}"
 PROC_DIR="${PROC_DIR:-$RUN_DIR}"
 LOG_PREFIX="${LOG_PREFIX:-}"
 mkdir -p "$PROC_DIR"
-CELERY="$VENV/bin/celery -A wsgi:celery"
+CELERY="$VENV/bin/celery -A app.celery_app:celery"
 cd "$ROOT"
 
 start_bg() {  # name, command...

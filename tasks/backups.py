@@ -13,7 +13,6 @@ from app.backups import (
     BackupScheduleStore,
     apply_retention,
     due_minutes,
-    stall_seconds,
     storage_for,
 )
 from app.dispatch import submit_job
@@ -22,6 +21,7 @@ from app.errors import DockyardError
 from app.policy import policy_from_settings
 from app.runtime import runtime
 from app.store import get_redis
+from app.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, BACKUPS_RUN_SCHEDULES
 from tasks.base import JobContext, JobTask
 from tasks.containers import enforce_policy_on_host, guarded
 
@@ -39,17 +39,18 @@ def bind_under_roots(source: str) -> bool:
     return not [v for v in found if v.rule in ("bind-roots", "no-engine-socket")]
 
 
-@shared_task(bind=True, base=JobTask, name="backups.create")
+@shared_task(bind=True, base=JobTask, name=BACKUPS_CREATE)
 def create(self: JobTask, job_id: str, host: str, ref: str, options: dict[str, Any],
            caller: dict[str, Any]) -> None:
     # The bundle's id is the job's, so a redelivered job finds (or replaces) its own work.
     self.run_job(job_id, host, lambda job: backups.back_up_container(
         job.client, guarded(job, ref, caller, "backup"), storage_for(runtime().settings),
-        job_id, options, host=host, stall=stall_seconds(), progress=_progress(job),
+        job_id, options, host=host, stall=runtime().settings.backup_stall_seconds,
+        progress=_progress(job),
         checkpoint=job.check_cancelled, bind_allowed=bind_under_roots))
 
 
-@shared_task(bind=True, base=JobTask, name="backups.restore")
+@shared_task(bind=True, base=JobTask, name=BACKUPS_RESTORE)
 def restore(self: JobTask, job_id: str, host: str, backup_id: str, spec: dict[str, Any],
             caller: dict[str, Any]) -> None:
     def operation(job: JobContext) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def restore(self: JobTask, job_id: str, host: str, backup_id: str, spec: dict[st
     self.run_job(job_id, host, operation)
 
 
-@shared_task(name="backups.run_schedules", acks_late=False)
+@shared_task(name=BACKUPS_RUN_SCHEDULES, acks_late=False)
 def run_schedules() -> dict[str, Any]:
     """Enqueue the backups that are due and apply every schedule's retention."""
     store = BackupScheduleStore(get_redis())
@@ -97,7 +98,7 @@ def _start_scheduled_backup(store: BackupScheduleStore, schedule: dict[str, Any]
                "include_volumes": schedule["include_volumes"], "include_binds": False,
                "note": f"scheduled by {schedule['id']} ({schedule['cron']})",
                "schedule_id": schedule["id"]}
-    record, _ = submit_job("backups.create", scheduler, host_record=host_record,
+    record, _ = submit_job(BACKUPS_CREATE, scheduler, host_record=host_record,
                            target=schedule["container"],
                            args=[schedule["container"], options, scheduler.as_caller()],
                            idempotency=None)

@@ -14,12 +14,13 @@ from app.engine import builds, images
 from app.engine.errors import translate_engine_error
 from app.errors import DockyardError, JobCancelledError
 from app.runtime import runtime
+from app.task_names import BUILDS_BUILD
 from tasks.base import JobContext, JobTask
 from tasks.containers import registry_auth
 from tasks.images import layer_progress
 
 
-@shared_task(bind=True, base=JobTask, name="builds.build")
+@shared_task(bind=True, base=JobTask, name=BUILDS_BUILD)
 def build(self: JobTask, job_id: str, host: str, spec: dict[str, Any],
           context: dict[str, Any]) -> None:
     """Run a build; an uploaded context is deleted once the job is final.

@@ -15,6 +15,28 @@ from app.errors import ConflictError, DockyardError
 from app.policy import Policy, image_registry, policy_from_settings, registry_host
 from app.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
+from app.task_names import (
+    CONTAINERS_ACTION,
+    CONTAINERS_CHANGES,
+    CONTAINERS_CHECK_ACCESS,
+    CONTAINERS_CHECK_RUNNING,
+    CONTAINERS_COMMIT,
+    CONTAINERS_EXEC,
+    CONTAINERS_EXISTS,
+    CONTAINERS_INSPECT,
+    CONTAINERS_LIST,
+    CONTAINERS_LOGS,
+    CONTAINERS_PORTS,
+    CONTAINERS_PROVISION,
+    CONTAINERS_PRUNE,
+    CONTAINERS_REMOVE,
+    CONTAINERS_REMOVE_MATCHING,
+    CONTAINERS_RENAME,
+    CONTAINERS_STATS,
+    CONTAINERS_TOP,
+    CONTAINERS_UPDATE,
+    CONTAINERS_WAIT,
+)
 from tasks.base import JobContext, JobTask, QueryTask, engine_read
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -66,7 +88,7 @@ def guarded(job: JobContext, ref: str, caller: dict[str, Any], action: str) -> s
     return info["Id"]
 
 
-@shared_task(bind=True, base=JobTask, name="containers.provision")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_PROVISION)
 def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any],
               caller: dict[str, Any]) -> None:
     def operation(job: JobContext) -> dict[str, Any]:
@@ -90,24 +112,23 @@ _LIFECYCLE = {
     "pause": lambda client, ref, args: containers.pause_container(client, ref),
     "unpause": lambda client, ref, args: containers.unpause_container(client, ref),
 }
-LIFECYCLE_ACTIONS = tuple(_LIFECYCLE)
 
 
-@shared_task(bind=True, base=JobTask, name="containers.action")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_ACTION)
 def action(self: JobTask, job_id: str, host: str, ref: str, verb: str, args: dict[str, Any],
            caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: _LIFECYCLE[verb](
         job.client, guarded(job, ref, caller, verb), args))
 
 
-@shared_task(bind=True, base=JobTask, name="containers.remove")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_REMOVE)
 def remove(self: JobTask, job_id: str, host: str, ref: str, force: bool, volumes: bool,
            caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: containers.remove_container(
         job.client, guarded(job, ref, caller, "remove"), force, volumes))
 
 
-@shared_task(bind=True, base=JobTask, name="containers.exec")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_EXEC)
 def exec_(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
           caller: dict[str, Any]) -> None:
     # A command may not be idempotent, so a redelivered exec (its worker died mid-run) is
@@ -125,21 +146,21 @@ def exec_(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
     self.run_job(job_id, host, operation)
 
 
-@shared_task(bind=True, base=JobTask, name="containers.wait")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_WAIT)
 def wait(self: JobTask, job_id: str, host: str, ref: str, condition: str, timeout: float,
          caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: containers.wait_container(
         job.client, guarded(job, ref, caller, "wait"), condition, timeout))
 
 
-@shared_task(bind=True, base=JobTask, name="containers.rename")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_RENAME)
 def rename(self: JobTask, job_id: str, host: str, ref: str, name: str,
            caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: containers.rename_container(
         job.client, guarded(job, ref, caller, "rename"), name))
 
 
-@shared_task(bind=True, base=JobTask, name="containers.update")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_UPDATE)
 def update(self: JobTask, job_id: str, host: str, ref: str, changes: dict[str, Any],
            caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: containers.update_container(
@@ -158,7 +179,7 @@ def _removable_by(job: JobContext, caller: dict[str, Any]):
     return check
 
 
-@shared_task(bind=True, base=JobTask, name="containers.prune")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_PRUNE)
 def prune(self: JobTask, job_id: str, host: str, labels: list[str], until: str | None,
           managed_only: bool, caller: dict[str, Any]) -> None:
     def operation(job: JobContext) -> dict[str, Any]:
@@ -172,7 +193,7 @@ def prune(self: JobTask, job_id: str, host: str, labels: list[str], until: str |
     self.run_job(job_id, host, operation)
 
 
-@shared_task(bind=True, base=JobTask, name="containers.remove_matching")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_REMOVE_MATCHING)
 def remove_matching(self: JobTask, job_id: str, host: str, match: dict[str, Any], force: bool,
                     volumes: bool, managed_only: bool, caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: containers.remove_matching(
@@ -203,31 +224,31 @@ def container_read(name: str, action: str, read: Callable[..., Any]) -> Task:
     return shared_task(bind=True, base=QueryTask, name=name)(run)
 
 
-list_ = engine_read("containers.list",
+list_ = engine_read(CONTAINERS_LIST,
                     lambda client, args: containers.list_containers(client, **args))
-exists = engine_read("containers.exists", containers.container_exists)
-inspect = container_read("containers.inspect", "inspect", lambda client, info: info)
-logs = container_read("containers.logs", "logs", lambda client, info, args:
+exists = engine_read(CONTAINERS_EXISTS, containers.container_exists)
+inspect = container_read(CONTAINERS_INSPECT, "inspect", lambda client, info: info)
+logs = container_read(CONTAINERS_LOGS, "logs", lambda client, info, args:
                       containers.container_logs(client, info["Id"], **args))
-top = container_read("containers.top", "top", lambda client, info, ps_args:
+top = container_read(CONTAINERS_TOP, "top", lambda client, info, ps_args:
                      containers.container_top(client, info["Id"], ps_args))
-stats = container_read("containers.stats", "stats",
+stats = container_read(CONTAINERS_STATS, "stats",
                        lambda client, info: containers.container_stats(client, info["Id"]))
-changes = container_read("containers.changes", "changes",
+changes = container_read(CONTAINERS_CHANGES, "changes",
                          lambda client, info: containers.container_changes(client, info["Id"]))
-ports = container_read("containers.ports", "port",
+ports = container_read(CONTAINERS_PORTS, "port",
                        lambda client, info: containers.container_ports(client, info["Id"]))
 # A precheck before an upload is spooled: may the caller do ``action`` to the container?
 check_access = engine_read(
-    "containers.check_access",
+    CONTAINERS_CHECK_ACCESS,
     lambda client, caller, ref, action, host: guard.require_access(
         client, ref, Principal.from_caller(caller), action, host_policy(host))["Id"])
 check_running = container_read(
-    "containers.check_running", "exec",
+    CONTAINERS_CHECK_RUNNING, "exec",
     lambda client, info, doing: containers.require_running(client, info["Id"], doing)["Id"])
 
 
-@shared_task(bind=True, base=JobTask, name="containers.commit")
+@shared_task(bind=True, base=JobTask, name=CONTAINERS_COMMIT)
 def commit(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
            push_repository: str | None, caller: dict[str, Any]) -> None:
     """``docker commit`` and, when asked, ``docker push`` of the new image."""

@@ -6,10 +6,11 @@ from celery import shared_task
 
 from app.engine import events, system
 from app.runtime import runtime
+from app.task_names import HOSTS_DF, HOSTS_EVENTS, HOSTS_INFO, HOSTS_SUMMARY, HOSTS_VERSION
 from tasks.base import QueryTask
 
 
-@shared_task(bind=True, base=QueryTask, name="hosts.summary")
+@shared_task(bind=True, base=QueryTask, name=HOSTS_SUMMARY)
 def host_summary(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
     def read(client):
         summary = system.host_summary(client)
@@ -19,22 +20,22 @@ def host_summary(self: QueryTask, reply_id: str, host: str, revision: int) -> No
     self.reply(reply_id, host, revision, read)
 
 
-@shared_task(bind=True, base=QueryTask, name="hosts.info")
+@shared_task(bind=True, base=QueryTask, name=HOSTS_INFO)
 def host_info(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
     self.reply(reply_id, host, revision, system.engine_info)
 
 
-@shared_task(bind=True, base=QueryTask, name="hosts.version")
+@shared_task(bind=True, base=QueryTask, name=HOSTS_VERSION)
 def host_version(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
     self.reply(reply_id, host, revision, system.engine_version)
 
 
-@shared_task(bind=True, base=QueryTask, name="hosts.df")
+@shared_task(bind=True, base=QueryTask, name=HOSTS_DF)
 def host_df(self: QueryTask, reply_id: str, host: str, revision: int) -> None:
     self.reply(reply_id, host, revision, system.disk_usage)
 
 
-@shared_task(bind=True, base=QueryTask, name="hosts.events")
+@shared_task(bind=True, base=QueryTask, name=HOSTS_EVENTS)
 def host_events(self: QueryTask, reply_id: str, host: str, revision: int, since: float,
                 until: float, filters: dict[str, list[str]], limit: int) -> None:
     self.reply(reply_id, host, revision,

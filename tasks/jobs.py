@@ -7,11 +7,12 @@ import logging
 from celery import shared_task
 
 from app.runtime import runtime
+from app.task_names import JOBS_PRUNE_INDEX
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="jobs.prune_index", acks_late=False)
+@shared_task(name=JOBS_PRUNE_INDEX, acks_late=False)
 def prune_index() -> int:
     removed = runtime().jobs.prune_index()
     logger.info("pruned %s expired job ids from the index", removed)

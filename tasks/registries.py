@@ -7,6 +7,12 @@ from celery import shared_task
 from app import registry_client
 from app.registry_client import RegistryEndpoint
 from app.runtime import runtime
+from app.task_names import (
+    REGISTRIES_CHECK,
+    REGISTRIES_DELETE_MANIFEST,
+    REGISTRIES_REPOSITORIES,
+    REGISTRIES_TAGS,
+)
 from tasks.base import QueryTask
 
 
@@ -16,25 +22,25 @@ def endpoint(name: str) -> RegistryEndpoint:
     return store.endpoint(store.get(name))
 
 
-@shared_task(bind=True, base=QueryTask, name="registries.check")
+@shared_task(bind=True, base=QueryTask, name=REGISTRIES_CHECK)
 def check(self: QueryTask, reply_id: str, name: str) -> None:
     self.reply_plain(reply_id, lambda: registry_client.check(endpoint(name)))
 
 
-@shared_task(bind=True, base=QueryTask, name="registries.repositories")
+@shared_task(bind=True, base=QueryTask, name=REGISTRIES_REPOSITORIES)
 def repositories(self: QueryTask, reply_id: str, name: str, n: int | None,
                  last: str | None) -> None:
     self.reply_plain(reply_id, lambda: registry_client.list_repositories(endpoint(name), n, last))
 
 
-@shared_task(bind=True, base=QueryTask, name="registries.tags")
+@shared_task(bind=True, base=QueryTask, name=REGISTRIES_TAGS)
 def tags(self: QueryTask, reply_id: str, name: str, repository: str, n: int | None,
          last: str | None) -> None:
     self.reply_plain(reply_id,
                      lambda: registry_client.list_tags(endpoint(name), repository, n, last))
 
 
-@shared_task(bind=True, base=QueryTask, name="registries.delete_manifest")
+@shared_task(bind=True, base=QueryTask, name=REGISTRIES_DELETE_MANIFEST)
 def delete_manifest(self: QueryTask, reply_id: str, name: str, repository: str,
                     reference: str) -> None:
     self.reply_plain(reply_id, lambda: registry_client.delete_manifest(endpoint(name),

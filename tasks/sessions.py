@@ -39,6 +39,7 @@ from app.sessions import (
     worker_beat_key,
 )
 from app.store import get_redis
+from app.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
 from tasks.base import client_for, engine_clients, to_problem
 from tasks.containers import container_read, host_policy
 
@@ -177,7 +178,7 @@ class SessionPump:
                     ending or "client left")
 
 
-@shared_task(bind=True, name="sessions.run", acks_late=False)
+@shared_task(bind=True, name=SESSIONS_RUN, acks_late=False)
 def run(self: Task, session_id: str, host: str, revision: int, caller: dict[str, Any],
         container_id: str, spec: dict[str, Any], limits: dict[str, float]) -> None:
     """Open the session on the engine and start its pump; refusals go to the API as errors.
@@ -202,7 +203,7 @@ def run(self: Task, session_id: str, host: str, revision: int, caller: dict[str,
     SessionPump(session_id, host, engine, limits["idle_seconds"], limits["max_seconds"]).start()
 
 
-@shared_task(bind=True, name="sessions.reap", acks_late=False)
+@shared_task(bind=True, name=SESSIONS_REAP, acks_late=False)
 def reap(self: Task, session_id: str, host: str, revision: int, container_id: str) -> None:
     """Kill the process of a session whose worker died (it carries the session's marker)."""
     kill_marked(client_for(host, revision), container_id, session_id)  # best effort
@@ -222,5 +223,5 @@ def end_sessions_on_shutdown(**_: object) -> None:
 
 # The precheck at creation: the caller may open a session in this running container.
 check = container_read(
-    "sessions.check", "session",
+    SESSIONS_CHECK, "session",
     lambda client, info: require_running(client, info["Id"], "open a session in")["Id"])

@@ -10,6 +10,15 @@ from celery import shared_task
 
 from app.auth import Principal
 from app.engine import guard, transfers
+from app.task_names import (
+    TRANSFERS_ARCHIVE_IN,
+    TRANSFERS_ARCHIVE_OUT,
+    TRANSFERS_FOLLOW_EVENTS,
+    TRANSFERS_FOLLOW_LOGS,
+    TRANSFERS_IMPORT,
+    TRANSFERS_LOAD,
+    TRANSFERS_SAVE,
+)
 from tasks.base import JobContext, JobTask, StreamTask
 from tasks.containers import guarded, host_policy
 
@@ -42,26 +51,26 @@ def _allowed(client, host: str, caller: dict[str, Any], ref: str, action: str) -
                                 host_policy(host))["Id"]
 
 
-@shared_task(bind=True, base=StreamTask, name="transfers.archive_out")
+@shared_task(bind=True, base=StreamTask, name=TRANSFERS_ARCHIVE_OUT)
 def archive_out(self: StreamTask, pipe_id: str, host: str, revision: int, caller: dict[str, Any],
                 ref: str, path: str) -> None:
     self.stream(pipe_id, host, revision, lambda client: transfers.archive_out(
         client, _allowed(client, host, caller, ref, "archive"), path))
 
 
-@shared_task(bind=True, base=StreamTask, name="transfers.save")
+@shared_task(bind=True, base=StreamTask, name=TRANSFERS_SAVE)
 def save(self: StreamTask, pipe_id: str, host: str, revision: int, refs: list[str]) -> None:
     self.stream(pipe_id, host, revision, lambda client: transfers.save_images(client, refs))
 
 
-@shared_task(bind=True, base=StreamTask, name="transfers.follow_logs")
+@shared_task(bind=True, base=StreamTask, name=TRANSFERS_FOLLOW_LOGS)
 def follow_logs(self: StreamTask, pipe_id: str, host: str, revision: int, caller: dict[str, Any],
                 ref: str, args: dict[str, Any]) -> None:
     self.stream(pipe_id, host, revision, lambda client: transfers.follow_logs(
         client, _allowed(client, host, caller, ref, "logs"), **args))
 
 
-@shared_task(bind=True, base=StreamTask, name="transfers.follow_events")
+@shared_task(bind=True, base=StreamTask, name=TRANSFERS_FOLLOW_EVENTS)
 def follow_events(self: StreamTask, pipe_id: str, host: str, revision: int,
                   args: dict[str, Any]) -> None:
     self.stream(pipe_id, host, revision, lambda client: transfers.follow_events(client, **args))
@@ -70,20 +79,20 @@ def follow_events(self: StreamTask, pipe_id: str, host: str, revision: int,
 # -- uploads ------------------------------------------------------------------------------
 
 
-@shared_task(bind=True, base=JobTask, name="transfers.archive_in")
+@shared_task(bind=True, base=JobTask, name=TRANSFERS_ARCHIVE_IN)
 def archive_in(self: JobTask, job_id: str, host: str, ref: str, path: str, spool: str,
                caller: dict[str, Any]) -> None:
     _consuming(self, job_id, host, spool, lambda job, file: transfers.archive_in(
         job.client, guarded(job, ref, caller, "archive"), path, file))
 
 
-@shared_task(bind=True, base=JobTask, name="transfers.load")
+@shared_task(bind=True, base=JobTask, name=TRANSFERS_LOAD)
 def load(self: JobTask, job_id: str, host: str, spool: str) -> None:
     _consuming(self, job_id, host, spool,
                lambda job, file: transfers.load_images(job.client, file, on_line=job.log))
 
 
-@shared_task(bind=True, base=JobTask, name="transfers.import")
+@shared_task(bind=True, base=JobTask, name=TRANSFERS_IMPORT)
 def import_(self: JobTask, job_id: str, host: str, spool: str, repository: str | None,
             tag: str | None, changes: list[str]) -> None:
     _consuming(self, job_id, host, spool,

@@ -8,19 +8,27 @@ from celery import shared_task
 
 from app.auth import Principal
 from app.engine import guard, volumes
+from app.task_names import (
+    VOLUMES_CREATE,
+    VOLUMES_FIND,
+    VOLUMES_INSPECT,
+    VOLUMES_LIST,
+    VOLUMES_PRUNE,
+    VOLUMES_REMOVE,
+)
 from tasks.base import JobContext, JobTask, engine_read
 
 # -- jobs ---------------------------------------------------------------------------------
 
 
-@shared_task(bind=True, base=JobTask, name="volumes.create")
+@shared_task(bind=True, base=JobTask, name=VOLUMES_CREATE)
 def create(self: JobTask, job_id: str, host: str, name: str | None, driver: str,
            labels: dict[str, str]) -> None:
     self.run_job(job_id, host,
                  lambda job: volumes.create_volume(job.client, name, driver, labels, job_id))
 
 
-@shared_task(bind=True, base=JobTask, name="volumes.remove")
+@shared_task(bind=True, base=JobTask, name=VOLUMES_REMOVE)
 def remove(self: JobTask, job_id: str, host: str, name: str, force: bool,
            caller: dict[str, Any]) -> None:
     def operation(job: JobContext) -> dict[str, Any]:
@@ -30,7 +38,7 @@ def remove(self: JobTask, job_id: str, host: str, name: str, force: bool,
     self.run_job(job_id, host, operation)
 
 
-@shared_task(bind=True, base=JobTask, name="volumes.prune")
+@shared_task(bind=True, base=JobTask, name=VOLUMES_PRUNE)
 def prune(self: JobTask, job_id: str, host: str, filters: dict[str, Any],
           caller: dict[str, Any]) -> None:
     self.run_job(job_id, host, lambda job: volumes.prune_volumes(
@@ -40,6 +48,6 @@ def prune(self: JobTask, job_id: str, host: str, filters: dict[str, Any],
 # -- reads --------------------------------------------------------------------------------
 
 
-list_ = engine_read("volumes.list", lambda client, args: volumes.list_volumes(client, **args))
-inspect = engine_read("volumes.inspect", volumes.inspect_volume)
-find = engine_read("volumes.find", volumes.find_volume)
+list_ = engine_read(VOLUMES_LIST, lambda client, args: volumes.list_volumes(client, **args))
+inspect = engine_read(VOLUMES_INSPECT, volumes.inspect_volume)
+find = engine_read(VOLUMES_FIND, volumes.find_volume)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
-from app.webhooks import attempt_delivery, retry_delay, webhook_settings
+from app.runtime import runtime
+from app.task_names import WEBHOOKS_DELIVER
+from app.webhooks import attempt_delivery, retry_delay
 
 
-@shared_task(bind=True, name="webhooks.deliver", acks_late=True, max_retries=None,
+@shared_task(bind=True, name=WEBHOOKS_DELIVER, acks_late=True, max_retries=None,
              ignore_result=True)
 def deliver(self: Task, delivery_id: str) -> None:
     attempt = self.request.retries + 1
@@ -15,5 +17,5 @@ def deliver(self: Task, delivery_id: str) -> None:
     if not outcome.done:
         # The backoff base is a float (tests use half a second), which Celery's
         # retry_backoff cannot take; the countdown is computed the same way.
-        raise self.retry(countdown=retry_delay(attempt), queue=webhook_settings().queue,
-                         max_retries=webhook_settings().max_attempts)
+        raise self.retry(countdown=retry_delay(attempt), queue=runtime().settings.webhook_queue,
+                         max_retries=runtime().settings.webhook_max_attempts)

@@ -76,10 +76,6 @@ def ensure_image(client: docker.DockerClient, reference: str, policy: str,
         raise NotFoundError(f"image '{reference}' is not on the host and pull is 'never'")
 
 
-def describe(spec_image: str, inspect: dict[str, Any]) -> dict[str, Any]:
-    return {"reference": spec_image, "id": inspect.get("Id")}
-
-
 # -- references -----------------------------------------------------------------------------
 
 def explicit_registry(reference: str) -> str | None:

@@ -38,7 +38,7 @@ def test_of_two_beat_processes_one_leads_and_the_other_takes_over_when_it_dies(
     for name in ("a", "b"):
         log = open(folder / f"beat-{name}.log", "ab")  # noqa: SIM115 (lives with the process)
         beats.append(subprocess.Popen(
-            [str(VENV_BIN / "celery"), "-A", "wsgi:celery", "beat", "-s",
+            [str(VENV_BIN / "celery"), "-A", "app.celery_app:celery", "beat", "-s",
              str(folder / f"schedule-{name}"), "-l", "INFO"], cwd=ROOT, env=stack_env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     try:

@@ -45,7 +45,7 @@ class Stack:
         args = [
             str(VENV_BIN / "celery"),
             "-A",
-            "wsgi:celery",
+            "app.celery_app:celery",
             "worker",
             "-Q",
             queues,

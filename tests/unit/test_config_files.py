@@ -9,7 +9,8 @@ import redis
 
 from app.config import Settings, SettingsError
 
-SECRETS = ("DOCKYARD_SECRET_KEY", "DOCKYARD_ADMIN_TOKEN", "DOCKYARD_REDIS_PASSWORD")
+SECRETS = ("DOCKYARD_SECRET_KEY", "DOCKYARD_ADMIN_TOKEN", "DOCKYARD_REDIS_PASSWORD",
+           "DOCKYARD_WEBHOOK_SECRET", "DOCKYARD_SLACK_SIGNING_SECRET", "DOCKYARD_MATTERMOST_TOKEN")
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +30,9 @@ def secret_file(tmp_path: Path, name: str, text: str) -> Path:
 
 @pytest.mark.parametrize(("variable", "attribute"), [
     ("DOCKYARD_SECRET_KEY", "secret_key"), ("DOCKYARD_ADMIN_TOKEN", "admin_token"),
-    ("DOCKYARD_REDIS_PASSWORD", "redis_password")])
+    ("DOCKYARD_REDIS_PASSWORD", "redis_password"), ("DOCKYARD_WEBHOOK_SECRET", "webhook_secret"),
+    ("DOCKYARD_SLACK_SIGNING_SECRET", "slack_signing_secret"),
+    ("DOCKYARD_MATTERMOST_TOKEN", "mattermost_token")])
 def test_a_file_variable_is_read_without_its_trailing_newline(
         clean_env: pytest.MonkeyPatch, tmp_path: Path, variable: str, attribute: str) -> None:
     clean_env.setenv(f"{variable}_FILE", str(secret_file(tmp_path, "s", "from-the-file \n")))

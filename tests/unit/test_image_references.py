@@ -15,7 +15,7 @@ from schemas.images import (
     is_repository,
     prune_filters,
 )
-from schemas.volumes import VolumeCreateSchema
+from schemas.volumes import VolumeCreateSchema, VolumePruneSchema
 
 
 @pytest.mark.parametrize("name", [
@@ -95,12 +95,37 @@ def test_pull_spec_refuses_an_invalid_reference():
     assert "image" in caught.value.messages
 
 
-def test_prune_filters_keep_docker_names_and_refuse_unknown_ones():
-    loaded = ImagePruneSchema().load({"filters": {"label": ["a=b"], "label!": ["c"]}})
+def test_prune_filters_map_label_not_to_dockers_label_bang_and_refuse_unknown_ones():
+    loaded = ImagePruneSchema().load({"filters": {"label": ["a=b"], "label_not": ["c"]}})
     assert loaded["all"] is False
     assert prune_filters(loaded["filters"]) == {"label": ["a=b"], "label!": ["c"]}
     with pytest.raises(ValidationError):
         ImagePruneSchema().load({"filters": {"dangling": ["false"]}})
+
+
+@pytest.mark.parametrize("schema", [ImagePruneSchema, VolumePruneSchema])
+def test_prune_filters_still_accept_label_bang_but_not_beside_label_not(schema):
+    loaded = schema().load({"filters": {"label!": ["c"]}})
+    assert loaded["filters"] == {"label_not": ["c"]}
+    with pytest.raises(ValidationError) as caught:
+        schema().load({"filters": {"label!": ["c"], "label_not": ["d"]}})
+    assert "label_not" in caught.value.messages["filters"]
+
+
+@pytest.mark.parametrize("schema", ["ImagePruneFilters", "VolumePruneFilters"])
+def test_documented_prune_filters_have_names_a_generator_can_map(schema):
+    from apispec import APISpec
+    from apispec.ext.marshmallow import MarshmallowPlugin
+
+    from schemas.images import ImagePruneFiltersSchema
+    from schemas.volumes import VolumePruneFiltersSchema
+
+    spec = APISpec("t", "1", "3.0.3", plugins=[MarshmallowPlugin()])
+    spec.components.schema("ImagePruneFilters", schema=ImagePruneFiltersSchema)
+    spec.components.schema("VolumePruneFilters", schema=VolumePruneFiltersSchema)
+    properties = spec.to_dict()["components"]["schemas"][schema]["properties"]
+    assert "label_not" in properties
+    assert all(name.isidentifier() for name in properties), sorted(properties)
 
 
 def test_volume_create_refuses_driver_options_and_one_character_names():

@@ -11,6 +11,15 @@ import pytest
 from flask import Flask, g
 
 from app import logs
+from app.store import get_settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Each test reads DOCKYARD_LOG_* as it set them; none leaves its settings to the next."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 PEM = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nqhkiG9w0BAQEFAASC==\n"
        "-----END PRIVATE KEY-----")
@@ -22,7 +31,8 @@ def emit(monkeypatch: pytest.MonkeyPatch):
 
     def emit(fmt: str, message: str, *args: object, logger: str = "app.test",
              exc: BaseException | None = None, **extra: object) -> str:
-        monkeypatch.setenv(logs.FORMAT_ENV, fmt)
+        monkeypatch.setenv("DOCKYARD_LOG_FORMAT", fmt)
+        get_settings.cache_clear()  # settings are read once per process
         stream = io.StringIO()
         handler = logs.make_handler(stream)
         log = logging.getLogger(logger)
@@ -151,9 +161,11 @@ def test_request_id_travels_in_the_task_headers_to_the_worker() -> None:
 
 
 def test_format_defaults_to_text_and_json_is_chosen_by_the_variable(monkeypatch) -> None:
-    monkeypatch.delenv(logs.FORMAT_ENV, raising=False)
+    monkeypatch.delenv("DOCKYARD_LOG_FORMAT", raising=False)
+    get_settings.cache_clear()
     assert logs.log_format() == "text"
-    monkeypatch.setenv(logs.FORMAT_ENV, "JSON")
+    monkeypatch.setenv("DOCKYARD_LOG_FORMAT", "JSON")
+    get_settings.cache_clear()
     assert logs.log_format() == "json"
     config = logs.gunicorn_logconfig()
     assert config["formatters"]["dockyard"]["()"] == "app.logs.JsonFormatter"
