@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import os
+
 from celery import Celery, signals
 from celery.schedules import crontab
 
@@ -15,7 +18,9 @@ def make_celery(settings: Settings) -> Celery:
     Delivery is at-least-once: a task is acknowledged only after it ran, and a task
     whose worker died is redelivered, so every task must be idempotent.
     """
-    celery = Celery("dockyard", broker=settings.redis_url, include=["tasks"])
+    # No include=["tasks"]: the API and beat send tasks by name and never load the task
+    # modules (nor docker-py and paramiko with them); workers import them at start-up.
+    celery = Celery("dockyard", broker=settings.redis_url)
     limit = settings.task_time_limit_seconds
     celery.conf.update(
         task_acks_late=True,
@@ -48,9 +53,28 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     _wire_logging()
+    signals.celeryd_init.connect(_import_tasks, weak=False, dispatch_uid="dockyard-tasks")
+    signals.worker_init.connect(_freeze_heap, weak=False, dispatch_uid="dockyard-freeze")
+    # gunicorn forks its workers with os.fork (no multiprocessing hooks): a child must not
+    # reuse the broker connections of a parent that preloaded the app.
+    os.register_at_fork(after_in_child=celery._after_fork)
     # After the logging receivers: the signature covers every header they add.
     signing.install(celery, settings)
     return celery
+
+
+def _import_tasks(**_: object) -> None:
+    """Register the task modules in a worker (before its pool forks, so children share them)."""
+    import tasks  # noqa: F401 (importing registers the tasks)
+
+
+def _freeze_heap(**_: object) -> None:
+    """Keep the collector off what the worker loaded, so pool children share those pages.
+
+    A prefork child is forked after this; a full collection in it would otherwise write to
+    every object header and copy the parent's heap page by page.
+    """
+    gc.freeze()
 
 
 def _wire_logging() -> None:

@@ -126,7 +126,8 @@ def main() -> int:
     print(table(["processes", "count", "PSS MiB"], rows))
     print()
     print(table(["check", "value", "target", "verdict"],
-                [["idle stack PSS", f"{mib:.0f} MiB", f"≤ {TARGET_MIB:.0f} MiB", verdict(mib <= TARGET_MIB)]]))
+                [["idle stack PSS", f"{mib:.0f} MiB", f"≤ {TARGET_MIB:.0f} MiB",
+                  verdict(mib <= TARGET_MIB)]]))
     print()
     record("pss", "idle stack PSS", mib, f"{mib:.0f} MiB", f"≤ {TARGET_MIB:.0f} MiB",
            mib <= TARGET_MIB, "bench/pss.py")
