@@ -38,6 +38,7 @@ from bench.common import (
     table,
     verdict,
 )
+from bench.figures import record
 
 LABEL_VALUE = "list"
 
@@ -130,6 +131,8 @@ def run(count: int, rounds: int) -> int:
         ["API / docker-py", ratio(api_s.median, sdk_s.median), "", ""],
     ]))
     print(f"\n{overlap_note(log)}\n")
+    record("list", f"list {count}: API / `docker ps -a` (medians)", api_cli, f"{api_cli:.2f}x",
+           "≤ 2.00x", api_cli <= 2.0, "bench/list.py")
     return 0
 
 
