@@ -109,6 +109,14 @@ preload_app = True
 _prepare_metrics_dir()
 
 
+def when_ready(server):
+    """Load, once in the master, what every worker would otherwise load on its first request."""
+    from app.celery import load_before_fork
+    from app.runtime import runtime
+
+    load_before_fork(runtime().celery)
+
+
 def pre_fork(server, worker):
     """Freeze what the master loaded, so no worker's collector writes to the shared pages."""
     import gc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 
 from celery import Celery, signals
@@ -61,6 +62,23 @@ def make_celery(settings: Settings) -> Celery:
     # After the logging receivers: the signature covers every header they add.
     signing.install(celery, settings)
     return celery
+
+
+def load_before_fork(celery: Celery) -> None:
+    """Import what the first send or lane check would, so forked children share it.
+
+    Celery and kombu load their producer and transport machinery on first use; in a
+    preloading parent (gunicorn's master) that would happen in every child instead. No
+    connection is opened here.
+    """
+    for module in ("celery.app.task", "celery.canvas", "celery.result",
+                   "prometheus_client.multiprocess"):
+        importlib.import_module(module)
+    celery.loader.import_default_modules  # noqa: B018 (the loader is built on first access)
+    celery.amqp  # noqa: B018
+    connection = celery.connection_for_write()
+    connection.transport  # noqa: B018 (imports kombu's Redis transport; no socket yet)
+    connection.release()
 
 
 def _import_tasks(**_: object) -> None:
