@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 API_URL = os.environ.get("DOCKYARD_BENCH_API", "http://127.0.0.1:8000")
 TEST_IMAGE = os.environ.get("DOCKYARD_BENCH_IMAGE", "dockyard-test/busybox:latest")
-BENCH_LABEL = "dockyard.bench"
+# Not under dockyard.*: those labels are reserved for Dockyard itself (policy rule reserved-labels).
+BENCH_LABEL = "bench.dockyard"
 PYTEST_PATTERN = "bin/pytest"
 
 

@@ -1,6 +1,6 @@
 """Listing 200 containers: Dockyard's API vs docker-py (sparse) vs `docker ps -a`.
 
-Creates and starts 200 busybox `sleep 3600` containers labelled ``dockyard.bench=list``,
+Creates and starts 200 busybox `sleep 3600` containers labelled ``bench.dockyard=list``,
 times each method in interleaved rounds (order rotated per round), and always removes the
 200 containers at the end.
 
