@@ -20,7 +20,7 @@ from api.common import accepts, principal, require_json_object, requires, start_
 from api.hosts import host_record
 from app import crypto, dockerfiles
 from app.dockerfiles import dockerfiles_in_context
-from app.engine.images import resolve_in_registry, split_reference
+from app.engine.references import resolve_in_registry, split_reference
 from app.errors import (
     BadRequestError,
     InvalidInputError,

@@ -13,7 +13,7 @@ from api.hosts import host_record
 from api.images import caller_policy, check_registry_credentials, stored_registry_address
 from api.transfers import sse_response
 from app.dispatch import open_stream, run_query
-from app.engine.images import resolve_in_registry
+from app.engine.references import resolve_in_registry
 from app.errors import ConflictError, ForbiddenError, InvalidInputError
 from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime

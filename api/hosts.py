@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from api.common import principal, redacted, requires
 from app import hosts as hostviews
 from app.dispatch import lane_alive, run_query
-from app.engine.events import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, parse_event_time
+from app.engine.event_times import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, parse_event_time
 from app.errors import DockyardError, InvalidInputError
 from app.hosts import queues_for
 from app.runtime import runtime

@@ -12,7 +12,7 @@ from flask_smorest import Blueprint
 from api.common import principal, redacted, requires, start_job
 from api.hosts import host_record
 from app.dispatch import run_query
-from app.engine.images import resolve_in_registry, split_reference
+from app.engine.references import resolve_in_registry, split_reference
 from app.errors import InvalidInputError, NotFoundError
 from app.policy import (
     Policy,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
+import os
+
 from celery import Celery, signals
 from celery.schedules import crontab
 
@@ -17,8 +21,10 @@ def make_celery(settings: Settings) -> Celery:
     Delivery is at-least-once: a task is acknowledged only after it ran, and a task
     whose worker died is redelivered, so every task must be idempotent.
     """
+    # No include=["tasks"]: the API and beat send tasks by name and never load the task
+    # modules (nor docker-py and paramiko with them); workers import them at start-up.
     broker, transport = broker_url_and_options(settings)
-    celery = Celery("dockyard", broker=broker, include=["tasks"])
+    celery = Celery("dockyard", broker=broker)
     limit = settings.task_time_limit_seconds
     celery.conf.update(
         task_acks_late=True,
@@ -54,9 +60,45 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     _wire_logging()
+    signals.celeryd_init.connect(_import_tasks, weak=False, dispatch_uid="dockyard-tasks")
+    signals.worker_init.connect(_freeze_heap, weak=False, dispatch_uid="dockyard-freeze")
+    # gunicorn forks its workers with os.fork (no multiprocessing hooks): a child must not
+    # reuse the broker connections of a parent that preloaded the app.
+    os.register_at_fork(after_in_child=celery._after_fork)
     # After the logging receivers: the signature covers every header they add.
     signing.install(celery, settings)
     return celery
+
+
+def load_before_fork(celery: Celery) -> None:
+    """Import what the first send or lane check would, so forked children share it.
+
+    Celery and kombu load their producer and transport machinery on first use; in a
+    preloading parent (gunicorn's master) that would happen in every child instead. No
+    connection is opened here.
+    """
+    for module in ("celery.app.task", "celery.canvas", "celery.result",
+                   "prometheus_client.multiprocess"):
+        importlib.import_module(module)
+    celery.loader.import_default_modules  # noqa: B018 (the loader is built on first access)
+    celery.amqp  # noqa: B018
+    connection = celery.connection_for_write()
+    connection.transport  # noqa: B018 (imports kombu's Redis transport; no socket yet)
+    connection.release()
+
+
+def _import_tasks(**_: object) -> None:
+    """Register the task modules in a worker (before its pool forks, so children share them)."""
+    import tasks  # noqa: F401 (importing registers the tasks)
+
+
+def _freeze_heap(**_: object) -> None:
+    """Keep the collector off what the worker loaded, so pool children share those pages.
+
+    A prefork child is forked after this; a full collection in it would otherwise write to
+    every object header and copy the parent's heap page by page.
+    """
+    gc.freeze()
 
 
 def _wire_logging() -> None:

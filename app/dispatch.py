@@ -59,9 +59,12 @@ def require_lane(queue: str, host: str | None) -> None:
         NoWorkerError: the lane has no live consumer.
     """
     if not lane_alive(queue):
-        where = f" for host '{host}'" if host else ""
-        raise NoWorkerError(f"no live worker consumes queue '{queue}'{where}", queue=queue,
-                            host=host)
+        raise _no_worker(queue, host)
+
+
+def _no_worker(queue: str, host: str | None) -> NoWorkerError:
+    where = f" for host '{host}'" if host else ""
+    return NoWorkerError(f"no live worker consumes queue '{queue}'{where}", queue=queue, host=host)
 
 
 def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] | None,
@@ -84,17 +87,16 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     rt = runtime()
     host = host_record["name"] if host_record else None
     queue = queue or (queues_for(host_record)[0] if host_record else "engine.ops")
-    require_lane(queue, host)
     record = rt.jobs.new_record(kind, host, target, principal.name, principal.token_id, queue,
                                 parent=parent, spool=spool)
-    if idempotency is not None:
-        earlier = rt.idempotency.claim(principal.token_id, idempotency[0], idempotency[1],
-                                       record["id"])
-        if earlier is not None:
-            return rt.jobs.get(earlier), False
-    pipe = get_redis().pipeline(transaction=False)
-    rt.jobs.add_to_pipeline(pipe, record)
-    pipe.execute()
+    claim = (rt.idempotency.claim_for(principal.token_id, idempotency[0], idempotency[1],
+                                      record["id"]) if idempotency is not None else None)
+    # One round trip: lane check, key claim and the record (see JobStore.create).
+    outcome, held = rt.jobs.create(record, lane_key(queue), claim)
+    if outcome == "no-lane":
+        raise _no_worker(queue, host)
+    if outcome == "claimed":
+        return rt.jobs.get(rt.idempotency.earlier_job(held, idempotency[1])), False
     task_args = [record["id"], host, *args] if host_record else [record["id"], *args]
     # argsrepr/kwargsrepr: Celery would otherwise repr the spec into the message headers,
     # which costs CPU per job and copies the spec where nobody reads it.

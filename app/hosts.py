@@ -14,8 +14,6 @@ from cryptography.hazmat.primitives import serialization
 
 from app import crypto
 from app.config import Settings
-from app.engine.ssh import SSHMaterialError
-from app.engine.ssh import validate_material as validate_ssh_material
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.store import PREFIX, utcnow
 
@@ -89,8 +87,12 @@ def validate_ssh(ssh: dict[str, str | None], url: str) -> None:
         InvalidInputError: a field does not parse, the passphrase does not fit the key, or
             known_hosts has no entry for the URL's server.
     """
+    # Imported here: paramiko and docker-py are worker libraries; the API loads them only
+    # when an ssh:// host is registered (see docs/benchmarks.md, idle memory).
+    from app.engine.ssh import SSHMaterialError, validate_material
+
     try:
-        validate_ssh_material(ssh, url)
+        validate_material(ssh, url)
     except SSHMaterialError as exc:
         raise InvalidInputError(f"ssh {exc.field}: {exc.message}",
                                 errors={"ssh": {exc.field: [exc.message]}}) from None

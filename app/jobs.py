@@ -41,6 +41,33 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'state', 'data'
 return {1, cur}
 """
 
+# Creates a job in one round trip: the lane's liveness (a worker's heartbeat score is the
+# time it is good until), the Idempotency-Key claim, the record, the index and the first
+# event. Nothing is written when the lane is dead or the key was already claimed.
+_CREATE = """
+if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then return {'no-lane'} end
+if KEYS[5] then
+  if not redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[7]) then
+    return {'claimed', redis.call('GET', KEYS[5])}
+  end
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'type', 'state', 'data', ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+return {'created'}
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An Idempotency-Key claim to make with a job: the Redis key, what it holds, its TTL."""
+
+    key: str
+    value: str
+    ttl: int
+
 
 def job_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
@@ -67,6 +94,7 @@ class JobStore:
         self.redis = client
         self.retention = retention_seconds
         self._transition = client.register_script(_TRANSITION)
+        self._create = client.register_script(_CREATE)
 
     # -- creation ---------------------------------------------------------------------
 
@@ -91,6 +119,22 @@ class JobStore:
         pipe.xadd(events_key(record["id"]), {"type": "state", "data": json.dumps({"state": QUEUED})},
                   maxlen=_EVENTS_MAXLEN, approximate=True)
         pipe.expire(events_key(record["id"]), self.retention)
+
+    def create(self, record: dict[str, Any], lane: str, claim: Claim | None) -> tuple[str, str | None]:
+        """Write ``record`` if the lane (a heartbeat key) is live and ``claim`` is free.
+
+        Returns:
+            ("created", None); ("no-lane", None) and nothing written; or ("claimed", the
+            value the key already holds) and nothing written.
+        """
+        keys = [lane, job_key(record["id"]), _INDEX, events_key(record["id"])]
+        fields = [item for pair in _encode(record).items() for item in pair]
+        args = [time.time(), self.retention, record["id"], json.dumps({"state": QUEUED}),
+                _EVENTS_MAXLEN, claim.value if claim else "", claim.ttl if claim else 0, *fields]
+        if claim is not None:
+            keys.append(claim.key)
+        outcome = self._create(keys=keys, args=args)
+        return outcome[0], (outcome[1] if len(outcome) > 1 else None)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -309,6 +353,19 @@ class IdempotencyStore:
                 "Idempotency-Key was already used with a different request",
                 errors={"Idempotency-Key": ["already used with a different request"]})
         return earlier["job"]
+
+    def claim_for(self, token_id: str, key: str, fingerprint: str, job_id: str) -> Claim:
+        """The claim ``JobStore.create`` makes with the job (see ``claim``)."""
+        return Claim(self._key(token_id, key), json.dumps({"job": job_id, "fp": fingerprint}),
+                     self.retention)
+
+    def earlier_job(self, held: str, fingerprint: str) -> str:
+        """The job id a claimed key holds.
+
+        Raises:
+            InvalidInputError: the key was used with a different request.
+        """
+        return self._check(json.loads(held), fingerprint)
 
     def claim(self, token_id: str, key: str, fingerprint: str, job_id: str) -> str | None:
         """Claim ``key`` for ``job_id``; returns the earlier job id if the key was used.

@@ -38,6 +38,7 @@ from bench.common import (
     verdict,
     wait_quiet,
 )
+from bench.figures import record
 from bench.streams import RssSampler
 from tests.support.stack import Stack, free_port
 
@@ -184,9 +185,22 @@ def measure(stack: Stack, container, state: Path) -> None:
          f"{mib / zstd_seconds:.0f} MiB/s",
          f"stored {zstd_part['size'] / 2**20:.0f} MiB of {zstd_part['uncompressed_size'] / 2**20:.0f}"],
     ]))
-    print(f"\nops worker pool RSS: baseline {max(baselines):.0f} MiB, peak {peak:.0f} MiB "
-          f"(target <= 150 MiB: {verdict(peak <= 150)}); throughput vs CLI "
-          f"{api_tp / cli_tp:.2f}x (target >= 0.9x: {verdict(api_tp / cli_tp >= 0.9)})")
+    vs_cli, vs_sync = api_tp / cli_tp, api_tp / sync_tp
+    print()
+    print(table(["check", "value", "target", "verdict"], [
+        ["backup none / `docker export -o`", f"{vs_cli:.2f}x", "≥ 0.95x", verdict(vs_cli >= 0.95)],
+        ["backup none / `docker export -o` + fsync", f"{vs_sync:.2f}x", "≥ 1.00x",
+         verdict(vs_sync >= 1.0)],
+        ["peak ops-worker RSS", f"{peak:.0f} MiB (baseline {max(baselines):.0f})", "≤ 100 MiB",
+         verdict(peak <= 100)],
+    ]))
+    print()
+    record("backup", f"backup none / `docker export -o` ({mib:.0f} MiB, median of {ROUNDS})", vs_cli,
+           f"{vs_cli:.2f}x", "≥ 0.95x", vs_cli >= 0.95, "bench/backup.py")
+    record("backup_fsync", "backup none / `docker export -o` + fsync", vs_sync, f"{vs_sync:.2f}x",
+           "≥ 1.00x", vs_sync >= 1.0, "bench/backup.py")
+    record("backup_rss", "peak ops-worker RSS during the backup", peak, f"{peak:.0f} MiB",
+           "≤ 100 MiB", peak <= 100, "bench/backup.py")
     session.delete(f"{base}/backups/{zstd_manifest['id']}")
 
 

@@ -28,7 +28,7 @@ from tests.support.stack import Stack
 TOTAL = int(os.environ.get("DOCKYARD_BENCH_FLEET_N", "60"))
 ROUNDS = int(os.environ.get("DOCKYARD_BENCH_FLEET_ROUNDS", "3"))
 SLOTS = 4
-LABEL = "dockyard.bench"
+LABEL = "bench.dockyard"  # dockyard.* labels are reserved for Dockyard
 
 
 def spec(name: str) -> dict:

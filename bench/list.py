@@ -1,6 +1,6 @@
 """Listing 200 containers: Dockyard's API vs docker-py (sparse) vs `docker ps -a`.
 
-Creates and starts 200 busybox `sleep 3600` containers labelled ``dockyard.bench=list``,
+Creates and starts 200 busybox `sleep 3600` containers labelled ``bench.dockyard=list``,
 times each method in interleaved rounds (order rotated per round), and always removes the
 200 containers at the end.
 
@@ -38,6 +38,7 @@ from bench.common import (
     table,
     verdict,
 )
+from bench.figures import record
 
 LABEL_VALUE = "list"
 
@@ -130,6 +131,8 @@ def run(count: int, rounds: int) -> int:
         ["API / docker-py", ratio(api_s.median, sdk_s.median), "", ""],
     ]))
     print(f"\n{overlap_note(log)}\n")
+    record("list", f"list {count}: API / `docker ps -a` (medians)", api_cli, f"{api_cli:.2f}x",
+           "≤ 2.00x", api_cli <= 2.0, "bench/list.py")
     return 0
 
 

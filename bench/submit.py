@@ -58,6 +58,7 @@ from bench.common import (
     verdict,
     wait_quiet,
 )
+from bench.figures import record
 from bench.loadgen import LoadResult, closed_loop, open_loop
 
 SINK = os.environ.get("DOCKYARD_BENCH_SINK", "bench-sink")
@@ -488,11 +489,19 @@ def report_closed(closed: list[Run], args: argparse.Namespace) -> None:
     dy = next(r for r in closed if r.target == "Dockyard")
     ref = next(r for r in closed if r.target == "reference")
     rel = dy.rate / ref.rate if ref.rate else 0.0
+    per_job = [r.server_cpu / r.result.accepted if r.result.accepted else 0.0 for r in (dy, ref)]
+    cpu_rel = per_job[0] / per_job[1] if per_job[1] else float("inf")
     print()
     print(table(["closed-loop check", "value", "target", "verdict"], [
         ["Dockyard accepted jobs/s", f"{dy.rate:.0f}", "≥ 1000", verdict(dy.rate >= 1000)],
-        ["Dockyard / reference", f"{rel:.2f}x", "≥ 0.70x", verdict(rel >= 0.7)],
+        ["Dockyard / reference", f"{rel:.2f}x", "≥ 0.80x", verdict(rel >= 0.8)],
+        ["server CPU per job / reference's", f"{cpu_rel:.2f}x", "≤ 1.30x", verdict(cpu_rel <= 1.3)],
     ]))
+    record("submit_rate", "accepted jobs/s closed loop / bare reference", rel,
+           f"{rel:.2f}x ({dy.rate:.0f} / {ref.rate:.0f})", "≥ 0.80x", rel >= 0.8, "bench/submit.py")
+    record("submit_cpu", "server CPU per job / reference's", cpu_rel,
+           f"{cpu_rel:.2f}x ({dy.cpu_ms_per_job()} / {ref.cpu_ms_per_job()} ms)", "≤ 1.30x",
+           cpu_rel <= 1.3, "bench/submit.py")
     print()
 
 
@@ -514,6 +523,11 @@ def report_open(opened: list[Run], args: argparse.Namespace) -> None:
             p99 = percentile(r.result.latencies, 99) * 1000
             checks.append([f"Dockyard p99 at {args.rate:g}/s ({r.tool})", f"{p99:.1f} ms",
                            "≤ 25 ms", verdict(p99 <= 25)])
+            if r.tool == "loadgen":
+                ref = next((o for o in opened if o.target == "reference" and o.tool == r.tool), None)
+                shown = f"{p99:.1f} ms" + (f" (reference {ref.pct_ms(99)} ms)" if ref else "")
+                record("submit_p99", f"p99 at a constant {args.rate:g} jobs/s (loadgen)", p99, shown,
+                       "≤ 25 ms", p99 <= 25, "bench/submit.py")
     print(table(["open-loop check", "value", "target", "verdict"], checks))
 
 

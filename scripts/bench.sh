@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# `make bench`: the issue-3 benchmarks (see docs/benchmarks.md). Makes sure the services and
-# the API are up, then runs provision, list and submit (or the ones named as arguments:
-# `bash scripts/bench.sh submit`). Each prints a markdown table; all of them are also
-# written to $STATE_DIR/bench/results-<UTC time>.md. Only loopback addresses are loaded.
+# `make bench`: every issue-17 figure in one run (see docs/benchmarks.md). Makes sure the
+# services and the `make run` stack (API, both lanes, beat) are up, then runs pss (idle
+# memory, first, while the stack is idle), provision, list, submit and backup (or the ones
+# named as arguments: `bash scripts/bench.sh submit`). Each prints markdown tables and
+# records its figures; bench/summary.py then prints one table with a verdict per target and
+# writes it, with the machine, the time and what else ran (uptime, top before and after),
+# into docs/benchmarks.md. Everything is also kept in $STATE_DIR/bench/results-<UTC time>.md.
+# Only loopback addresses are loaded. The stack is used as it runs: after changing the code,
+# `make stop` first so that the benchmark measures it.
 # Knobs: BENCH_ROUNDS (provision/list rounds, default 20), BENCH_CONTAINERS (list, 200),
 # BENCH_DURATION (closed loop s, 30), BENCH_RATE (open loop req/s, 500),
-# BENCH_OPEN_DURATION (open loop s, 25).
+# BENCH_OPEN_DURATION (open loop s, 25), BENCH_RETRIES (re-runs of an overlapped load run, 4),
+# DOCKYARD_BENCH_BACKUP_MIB (1024),
+# DOCKYARD_BENCH_BACKUP_ROUNDS (3), DOCKYARD_BENCH_QUIET_LIMIT (s to wait for other pytest
+# runs before measuring anyway, overlap reported; 1800), BENCH_DOC=0 (leave docs/benchmarks.md).
 source "$(dirname "$0")/lib.sh"
 
 bash "$ROOT/scripts/bootstrap.sh"
@@ -32,23 +40,41 @@ fi
 export DOCKYARD_BENCH_API="http://$bind"
 out_dir="$STATE_DIR/bench"
 mkdir -p "$out_dir"
-out="$out_dir/results-$(date -u +%Y%m%dT%H%M%SZ).md"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+out="$out_dir/results-$stamp.md"
+notes="$out_dir/notes-$stamp.txt"
+export DOCKYARD_BENCH_FIGURES="$out_dir/figures-$stamp.jsonl"
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(provision list submit)
+[ ${#benches[@]} -gt 0 ] || benches=(pss provision list submit backup)
 rounds="${BENCH_ROUNDS:-20}"
 
+machine_load() {  # what else is running: load average and the busiest processes
+  echo "== $1 ($(date -u '+%Y-%m-%d %H:%M:%S') UTC)"
+  uptime
+  top -bn1 -w 160 | sed -n '7,15p' | cut -c1-120
+  echo "pytest runs: $(pgrep -fc 'bin/pytest' || true)"
+}
+
 cd "$ROOT"
+machine_load "before" > "$notes"
 status=0
 for bench in "${benches[@]}"; do
   case "$bench" in
+    pss) args=() ;;
+    backup) args=() ;;
     provision) args=(--rounds "$rounds") ;;
     list) args=(--rounds "$rounds" --containers "${BENCH_CONTAINERS:-200}") ;;
     submit) args=(--duration "${BENCH_DURATION:-30}" --rate "${BENCH_RATE:-500}"
-                  --open-duration "${BENCH_OPEN_DURATION:-25}") ;;
-    *) log "unknown benchmark '$bench' (provision, list, submit)"; exit 2 ;;
+                  --open-duration "${BENCH_OPEN_DURATION:-25}" --retries "${BENCH_RETRIES:-4}") ;;
+    *) log "unknown benchmark '$bench' (pss, provision, list, submit, backup)"; exit 2 ;;
   esac
   log "running bench/$bench.py ${args[*]}"
-  "$VENV/bin/python" -m "bench.$bench" "${args[@]}" | tee -a "$out" || status=1
+  "$VENV/bin/python" -m "bench.$bench" ${args[@]+"${args[@]}"} | tee -a "$out" || status=1
 done
+machine_load "after" >> "$notes"
+summary=(--figures "$DOCKYARD_BENCH_FIGURES" --notes "$notes" --output "$out"
+         --ran "$(IFS=,; echo "${benches[*]}")" --command "make bench${*:+ ($*)}")
+[ "${BENCH_DOC:-1}" = 1 ] || summary+=(--no-doc)
+"$VENV/bin/python" -m bench.summary "${summary[@]}" | tee -a "$out" || status=1
 log "results written to $out"
 exit $status

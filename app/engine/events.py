@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import time
-from datetime import datetime
 from typing import Any
 
 import docker
 
-EVENT_LIMIT = 10_000
-MAX_WINDOW_SECONDS = 24 * 3600
-DEFAULT_WINDOW_SECONDS = 3600
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-
-
-def parse_event_time(value: str, now: float) -> float:
-    """A time as ``docker events`` takes it: unix seconds, RFC 3339, or a duration ago (``10m``).
-
-    Raises:
-        ValueError: none of those.
-    """
-    value = value.strip()
-    match = _DURATION.match(value)
-    if match:
-        return now - float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"'{value}' has no time zone")
-    return moment.timestamp()
+# Re-exported: the window helpers moved to a module without docker-py (the API uses them).
+from app.engine.event_times import (  # noqa: F401
+    DEFAULT_WINDOW_SECONDS,
+    EVENT_LIMIT,
+    MAX_WINDOW_SECONDS,
+    parse_event_time,
+)
 
 
 def event_view(raw: dict[str, Any]) -> dict[str, Any]:

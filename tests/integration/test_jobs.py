@@ -180,3 +180,23 @@ def test_job_of_another_host_is_hidden_from_a_scoped_token(operator, make_token,
     scoped = make_token("viewer", hosts=["elsewhere"])
     assert scoped.get(f"/jobs/{job['id']}").status_code == 404
     assert job["id"] not in {j["id"] for j in scoped.get("/jobs").json()["items"]}
+
+
+def test_job_for_a_lane_no_worker_consumes_is_503_and_records_neither_job_nor_key(
+        admin, operator, test_redis, unique):
+    # An agent-routed host whose agent never started: its lanes have no heartbeat.
+    response = admin.post("/hosts", json={"name": unique, "url": "unix:///var/run/docker.sock",
+                                          "route": "agent"})
+    assert response.status_code == 201, response.text
+    try:
+        jobs_before = test_redis.zcard("dy:jobs")
+        idem_before = set(test_redis.scan_iter("dy:idem:*"))
+        refused = operator.post(f"/hosts/{unique}/containers/{unique}/start",
+                                headers={"Idempotency-Key": unique})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["queue"] == f"host.{unique}.ops"
+        assert test_redis.zcard("dy:jobs") == jobs_before
+        assert set(test_redis.scan_iter("dy:idem:*")) == idem_before
+        assert operator.get("/jobs", params={"host": unique}).json()["items"] == []
+    finally:
+        admin.delete(f"/hosts/{unique}")
