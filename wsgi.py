@@ -1,7 +1,7 @@
-"""WSGI entry point for gunicorn (``wsgi:app``); ``celery -A wsgi:celery`` finds the Celery app here too.
+"""WSGI entry point for gunicorn (``wsgi:app``).
 
-Both are built on first access, so Celery workers and beat never build the Flask app (its
-views, schemas and OpenAPI spec are tens of MiB per process they would not use).
+The Flask app is built on first access (with gunicorn's ``preload_app``, once in the
+master). Celery processes start from ``app.celery_app:celery`` and never build it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,4 @@ def __getattr__(name: str) -> Any:
 
         globals()["app"] = create_app()
         return globals()["app"]
-    if name == "celery":
-        from app.runtime import runtime
-
-        globals()["celery"] = runtime().celery
-        return globals()["celery"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,7 @@
-"""The Celery app for workers that need no Flask app (agents): ``celery -A app.celery_app``."""
+"""The Celery app every worker, agent and beat starts from: ``celery -A app.celery_app``.
+
+It builds no Flask app; workers import the task modules on start-up (``app.celery``).
+"""
 
 from app.runtime import runtime
 

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ONLY = ("docker", "paramiko", "tasks")
 
@@ -31,15 +29,14 @@ def test_api_app_imports_neither_docker_py_nor_paramiko(tmp_path: Path) -> None:
     assert _loaded_after("from wsgi import app", tmp_path) == set()
 
 
-@pytest.mark.parametrize("entry", ["wsgi", "app.celery_app"])
-def test_beat_loads_no_task_module_nor_engine_library(entry: str, tmp_path: Path) -> None:
-    # What `celery -A <entry>:celery beat` runs before scheduling (Beat.init_loader).
-    code = f"from {entry} import celery\ncelery.loader.init_worker()\ncelery.finalize()"
+def test_beat_loads_no_task_module_nor_engine_library(tmp_path: Path) -> None:
+    # What `celery -A app.celery_app:celery beat` runs before scheduling (Beat.init_loader).
+    code = "from app.celery_app import celery\ncelery.loader.init_worker()\ncelery.finalize()"
     assert _loaded_after(code, tmp_path) == set()
 
 
 def test_worker_start_up_registers_the_tasks(tmp_path: Path) -> None:
-    code = ("from celery import signals\nfrom wsgi import celery\n"
+    code = ("from celery import signals\nfrom app.celery_app import celery\n"
             "signals.celeryd_init.send(sender='unit', instance=None, conf=celery.conf, options={})\n"
             "assert 'containers.provision' in celery.tasks, sorted(celery.tasks)")
     assert _loaded_after(code, tmp_path) >= {"docker", "tasks"}
