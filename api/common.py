@@ -88,8 +88,13 @@ def job_answer(record: dict[str, Any], wait: float | None = None) -> tuple[dict,
 def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | None,
               args: list[Any], body: Any = None,
               precheck: Callable[[], None] | None = None,
-              spool: Path | None = None) -> tuple[dict, int, dict]:
+              spool: Path | None = None,
+              submit: Callable[[tuple[str, str] | None], tuple[dict[str, Any], bool]] | None = None
+              ) -> tuple[dict, int, dict]:
     """Record and enqueue a job for the current request, honouring Idempotency-Key.
+
+    ``submit`` replaces the one-host submission (placement and fan-out pass their own); it
+    gets the Idempotency-Key claim and answers (record, created).
 
     ``spool`` is an upload already on disk that the job consumes: it is deleted when the job
     is refused (any error here), when a replay answers with an earlier job, and, as the job
@@ -101,7 +106,8 @@ def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | No
     refused with 422 before anything is recorded if its host is not allowed.
     """
     try:
-        record, created = _record_job(kind, host_record, target, args, body, precheck, spool)
+        record, created = _record_job(kind, host_record, target, args, body, precheck, spool,
+                                      submit)
     except BaseException:
         if spool is not None:
             spool.unlink(missing_ok=True)
@@ -113,7 +119,7 @@ def start_job(kind: str, *, host_record: dict[str, Any] | None, target: str | No
 
 def _record_job(kind: str, host_record: dict[str, Any] | None, target: str | None,
                 args: list[Any], body: Any, precheck: Callable[[], None] | None,
-                spool: Path | None) -> tuple[dict[str, Any], bool]:
+                spool: Path | None, submit: Callable | None) -> tuple[dict[str, Any], bool]:
     """The job this request made now (True), or the one an Idempotency-Key replays (False)."""
     callback = request.headers.get(CALLBACK_HEADER) or g.get("callback_url")
     if callback is not None:
@@ -129,9 +135,12 @@ def _record_job(kind: str, host_record: dict[str, Any] | None, target: str | Non
         idempotency = (key, fingerprint)
     if precheck is not None:
         precheck()
-    record, created = submit_job(kind, principal(), host_record=host_record, target=target,
-                                 args=args, idempotency=idempotency,
-                                 spool=str(spool) if spool is not None else None)
+    if submit is not None:
+        record, created = submit(idempotency)
+    else:
+        record, created = submit_job(kind, principal(), host_record=host_record, target=target,
+                                     args=args, idempotency=idempotency,
+                                     spool=str(spool) if spool is not None else None)
     if callback is not None and created:
         watch_job(record["id"], {"format": "dockyard", "url": callback})
     return record, created

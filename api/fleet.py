@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import job_answer, principal, requires
+from api.common import principal, requires, start_job
 from api.images import check_registry_credentials
 from app.dispatch import run_queries, submit_fanout, submit_job
 from app.errors import ConflictError
@@ -32,24 +31,30 @@ class PlacedContainers(MethodView):
         caller = principal()
         policy_from_settings(runtime().settings).enforce(body, caller.role == "admin")
         check_registry_credentials(body["image"], body.get("registry"))
-        targets = select_hosts(runtime().hosts.list(), placement["labels"], placement["mode"],
-                               caller)
-        if body["name"] and not body["replace"]:
-            taken = [r["name"] for r, used in zip(
-                targets, run_queries([(CONTAINERS_EXISTS, r, [body["name"]]) for r in targets]),
-                strict=True) if used is True]
-            if taken:
-                raise ConflictError(f"container name '{body['name']}' is already in use on "
-                                    f"{', '.join(taken)}", name=body["name"], hosts=taken)
-        key = request.headers.get("Idempotency-Key")
-        idempotency = (key, runtime().idempotency.fingerprint(
-            request.method, request.path, request.get_json(silent=True))) if key else None
         args = [body, caller.as_caller()]
         target = body["name"] or body["image"]
-        if placement["mode"] == "all":
-            record, _ = submit_fanout(CONTAINERS_PROVISION, caller, host_records=targets,
-                                      target=target, args=args, idempotency=idempotency)
-        else:
-            record, _ = submit_job(CONTAINERS_PROVISION, caller, host_record=targets[0],
-                                   target=target, args=args, idempotency=idempotency)
-        return job_answer(record)
+        targets: list[dict[str, Any]] = []
+
+        def place() -> None:
+            # After an Idempotency-Key replay has had its chance: a retried placement answers
+            # with its original job, not with a 409 for the name it took itself.
+            targets.extend(select_hosts(runtime().hosts.list(), placement["labels"],
+                                        placement["mode"], caller))
+            if body["name"] and not body["replace"]:
+                taken = [r["name"] for r, used in zip(
+                    targets, run_queries([(CONTAINERS_EXISTS, r, [body["name"]])
+                                          for r in targets]), strict=True) if used is True]
+                if taken:
+                    raise ConflictError(f"container name '{body['name']}' is already in use "
+                                        f"on {', '.join(taken)}", name=body["name"], hosts=taken)
+
+        def submit(idempotency: tuple[str, str] | None) -> tuple[dict[str, Any], bool]:
+            if placement["mode"] == "all":
+                return submit_fanout(CONTAINERS_PROVISION, caller, host_records=targets,
+                                     target=target, args=args, idempotency=idempotency)
+            return submit_job(CONTAINERS_PROVISION, caller, host_record=targets[0],
+                              target=target, args=args, idempotency=idempotency)
+
+        # The same path as every other submission: Idempotency-Key, callback_url, audit.
+        return start_job(CONTAINERS_PROVISION, host_record=None, target=target, args=args,
+                         precheck=place, submit=submit)

@@ -245,3 +245,38 @@ def test_link_lost_mid_job_fails_naming_the_host_then_recovers(operator: Api,
         "image": BUSYBOX, "name": name, "command": ["sleep", "300"], "replace": True}).json()
     assert retry["state"] == "succeeded", retry
     tls_engine.client().containers.get(name).remove(force=True)
+
+
+def test_a_retried_placement_answers_its_original_job_and_posts_its_callback(
+        operator: Api, unique: str, cleanup) -> None:
+    """Placement goes through the one submission path: the Idempotency-Key is looked up
+    before the name check, and callback_url is honoured."""
+    from tests.integration.test_webhooks import Receiver, signed_payload
+
+    cleanup.append(unique)
+    receiver = Receiver()
+    placed_on = "local"
+    try:
+        body = {"image": BUSYBOX, "name": unique, "command": ["sleep", "60"],
+                "placement": {"labels": {}, "mode": "least-loaded"},
+                "callback_url": receiver.url + "/placed"}
+        headers = {"Idempotency-Key": f"place-{unique}"}
+        first = operator.post("/hosts/auto/containers", params={"wait": 60}, json=body,
+                              headers=headers)
+        assert first.status_code == 200 and first.json()["state"] == "succeeded", first.text
+        again = operator.post("/hosts/auto/containers", params={"wait": 60}, json=body,
+                              headers=headers)
+        assert again.status_code == 200, again.text  # not a 409 for the name it took itself
+        assert again.json()["id"] == first.json()["id"]
+        placed_on = first.json()["host"]
+        listed = operator.get(f"/hosts/{placed_on}/containers", params={"name": unique, "all": True})
+        assert [c["name"] for c in listed.json()] == [unique], listed.text
+        eventually(lambda: receiver.to("/placed"))
+        payload = signed_payload(receiver.to("/placed")[0])
+        assert payload["type"] == "job.succeeded" and payload["data"]["id"] == first.json()["id"]
+        assert len(receiver.to("/placed")) == 1  # the replay posts nothing more
+    finally:
+        receiver.close()
+        if placed_on != "local":  # cleanup removes it from the local engine only
+            operator.delete(f"/hosts/{placed_on}/containers/{unique}",
+                            params={"force": True, "wait": 30})
