@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import redis
+import redis.sentinel
 from flask import Blueprint, Response, jsonify, request
 
 from app import metrics
@@ -10,6 +14,7 @@ from app.hosts import queues_for
 from app.runtime import runtime
 from app.store import get_redis, is_loopback_url, redis_is_open
 
+logger = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
 
 
@@ -29,11 +34,10 @@ def readyz():
         checks["redis"] = True
         open_redis = redis_is_open(get_redis())
     except Exception as exc:
-        # The reason names what is wrong: a sentinel that does not answer, a master the
-        # sentinels do not know, a refused password.
         checks["redis"] = False
+        logger.warning("readyz: Redis unavailable: %s: %s", type(exc).__name__, exc)
         return jsonify({"status": "unavailable", "checks": checks,
-                        "reason": f"Redis: {type(exc).__name__}: {exc}"[:300]}), 503
+                        "reason": _redis_reason(exc, settings)}), 503
     # Redis holds the tokens, the queues and the job records: one that answers anybody is
     # a control plane open to anybody on its network.
     checks["redis_auth"] = not open_redis
@@ -54,6 +58,20 @@ def readyz():
     ready = checks["redis"] and all(routes.values())
     return jsonify({"status": "ready" if ready else "degraded", "checks": checks}), \
         200 if ready else 503
+
+
+def _redis_reason(exc: Exception, settings) -> str:
+    """What is wrong with Redis, in words an unauthenticated prober may read: no address,
+    no server message (those go to the log)."""
+    if isinstance(exc, redis.sentinel.MasterNotFoundError):
+        return (f"no sentinel answers for master '{settings.redis_master}' "
+                "(DOCKYARD_REDIS_MASTER, DOCKYARD_REDIS_SENTINELS)")
+    if isinstance(exc, redis.AuthenticationError):
+        return "Redis refused the password (DOCKYARD_REDIS_PASSWORD)"
+    if isinstance(exc, redis.ConnectionError):
+        return "Redis does not answer" + (" (nor do its sentinels)" if settings.redis_sentinels
+                                          else "")
+    return f"Redis: {type(exc).__name__}"
 
 
 @blp.get("/metrics")

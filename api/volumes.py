@@ -11,7 +11,7 @@ from api.common import principal, requires, start_job
 from api.hosts import host_record
 from app.dispatch import run_query
 from app.errors import ConflictError
-from app.policy import SCOPE_LABEL, Violation, raise_for
+from app.policy import SCOPE_LABEL, Violation, label_violations, raise_for
 from app.task_names import (
     VOLUMES_CREATE,
     VOLUMES_FIND,
@@ -79,8 +79,7 @@ def _check_volume_spec(spec: dict) -> None:
     if spec["driver"] != "local":
         found.append(Violation("volume-drivers", f"driver '{spec['driver']}' is not allowed; "
                                                  "only 'local' volumes may be created"))
-    found += [Violation("reserved-labels", f"label '{key}' is reserved for Dockyard")
-              for key in spec["labels"] if key.startswith("dockyard.")]
+    found += label_violations(spec["labels"])
     raise_for(found)
 
 

@@ -106,9 +106,7 @@ class Policy:
             yield Violation("no-sysctls", "sysctls are not allowed")
         if spec.get("security_opt"):
             yield Violation("no-security-opt", "security options are not allowed")
-        for key in spec.get("labels") or {}:
-            if key.startswith("dockyard.") and key not in _SETTABLE_DOCKYARD_LABELS:
-                yield Violation("reserved-labels", f"label '{key}' is reserved for Dockyard")
+        yield from label_violations(spec.get("labels") or {})
         for volume in spec.get("volumes") or []:
             if volume.get("type") == "bind":
                 yield from self.bind_violations(volume["source"])
@@ -233,6 +231,14 @@ class Policy:
             if mount.get("Type") == "bind":
                 found.extend(self.bind_violations(mount.get("Source") or ""))
         return _unique(found)
+
+
+def label_violations(labels: dict[str, str]) -> list[Violation]:
+    """Labels under Dockyard's reserved prefix that a request may not set (containers and
+    volumes alike)."""
+    return [Violation("reserved-labels", f"label '{key}' is reserved for Dockyard")
+            for key in labels
+            if key.startswith("dockyard.") and key not in _SETTABLE_DOCKYARD_LABELS]
 
 
 def volume_names(info: dict[str, Any]) -> list[str]:

@@ -62,12 +62,34 @@ def registry_auth(image: str, registry_name: str | None) -> dict[str, str] | Non
     return None
 
 
-def host_policy(host: str) -> Policy:
-    """The policy as it applies on ``host`` (its own engine socket is never mountable)."""
+_policies: dict[tuple[str, int], Policy] = {}
+
+
+def host_policy(host: str, revision: int | None = None) -> Policy:
+    """The policy as it applies on ``host`` (its own engine socket is never mountable).
+
+    With the host record's ``revision`` (reads carry it) the policy is kept per revision, so
+    a read costs no extra Redis round trip; a changed record has a new revision.
+    """
+    if revision is not None and (host, revision) in _policies:
+        return _policies[(host, revision)]
     record = runtime().hosts.get(host)
     socket_path = record["url"].removeprefix("unix://") if record["url"].startswith("unix://") \
         else None
-    return policy_from_settings(runtime().settings, socket_path)
+    policy = policy_from_settings(runtime().settings, socket_path)
+    if revision is not None:
+        if len(_policies) > 1000:
+            _policies.clear()
+        _policies[(host, revision)] = policy
+    return policy
+
+
+def accessible(client: docker.DockerClient, host: str, caller: dict[str, Any], ref: str,
+               action: str, revision: int | None = None) -> dict[str, Any]:
+    """The container's inspect, once ``caller`` is found allowed to ``action`` it on ``host``
+    (``guard.require_access``): the one check every container job, read and stream makes."""
+    return guard.require_access(client, ref, Principal.from_caller(caller), action,
+                                host_policy(host, revision))
 
 
 def enforce_policy_on_host(job: JobContext, spec: dict[str, Any], caller: Principal) -> Policy:
@@ -83,9 +105,7 @@ def enforce_policy_on_host(job: JobContext, spec: dict[str, Any], caller: Princi
 
 def guarded(job: JobContext, ref: str, caller: dict[str, Any], action: str) -> str:
     """The container's id, once ``caller`` is found allowed to ``action`` it (see guard)."""
-    info = guard.require_access(job.client, ref, Principal.from_caller(caller), action,
-                                host_policy(job.host))
-    return info["Id"]
+    return accessible(job.client, job.host, caller, ref, action)["Id"]
 
 
 @shared_task(bind=True, base=JobTask, name=CONTAINERS_PROVISION)
@@ -214,9 +234,7 @@ def container_read(name: str, action: str, read: Callable[..., Any]) -> Task:
     def run(self: QueryTask, reply_id: str, host: str, revision: int, caller: dict[str, Any],
             ref: str, *args: Any) -> None:
         def answer(client: docker.DockerClient) -> Any:
-            info = guard.require_access(client, ref, Principal.from_caller(caller), action,
-                                        host_policy(host))
-            return read(client, info, *args)
+            return read(client, accessible(client, host, caller, ref, action, revision), *args)
 
         self.reply(reply_id, host, revision, answer)
 
@@ -241,8 +259,7 @@ ports = container_read(CONTAINERS_PORTS, "port",
 # A precheck before an upload is spooled: may the caller do ``action`` to the container?
 check_access = engine_read(
     CONTAINERS_CHECK_ACCESS,
-    lambda client, caller, ref, action, host: guard.require_access(
-        client, ref, Principal.from_caller(caller), action, host_policy(host))["Id"])
+    lambda client, caller, ref, action, host: accessible(client, host, caller, ref, action)["Id"])
 check_running = container_read(
     CONTAINERS_CHECK_RUNNING, "exec",
     lambda client, info, doing: containers.require_running(client, info["Id"], doing)["Id"])

@@ -19,8 +19,6 @@ import docker
 from celery import Task, shared_task
 from celery.signals import worker_shutting_down
 
-from app.auth import Principal
-from app.engine import guard
 from app.engine.containers import kill_marked, require_running
 from app.engine.sessions import EngineSession, open_attach, open_exec
 from app.pipes import CONTROL, DATA, END, PipeClosedError, PipeReader, PipeWriter
@@ -41,7 +39,7 @@ from app.sessions import (
 from app.store import get_redis
 from app.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
 from tasks.base import client_for, engine_clients, to_problem
-from tasks.containers import container_read, host_policy
+from tasks.containers import accessible, container_read
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +187,7 @@ def run(self: Task, session_id: str, host: str, revision: int, caller: dict[str,
     writer = PipeWriter(output_pipe(session_id))
     try:
         client = client_for(host, revision)
-        info = guard.require_access(client, container_id, Principal.from_caller(caller),
-                                    "session", host_policy(host))
+        info = accessible(client, host, caller, container_id, "session", revision)
         policy_from_settings(runtime().settings).enforce_exec(spec, caller["role"] == "admin")
         require_running(client, info["Id"], "open a session in")
         engine = open_attach(client, info, spec.get("size")) if spec.get("attach") else \

@@ -8,8 +8,7 @@ from typing import Any
 
 from celery import shared_task
 
-from app.auth import Principal
-from app.engine import guard, transfers
+from app.engine import transfers
 from app.task_names import (
     TRANSFERS_ARCHIVE_IN,
     TRANSFERS_ARCHIVE_OUT,
@@ -20,7 +19,7 @@ from app.task_names import (
     TRANSFERS_SAVE,
 )
 from tasks.base import JobContext, JobTask, StreamTask
-from tasks.containers import guarded, host_policy
+from tasks.containers import accessible, guarded
 
 
 def _consuming(task: JobTask, job_id: str, host: str, spool: str,
@@ -46,16 +45,11 @@ def _consuming(task: JobTask, job_id: str, host: str, spool: str,
 # -- downloads ----------------------------------------------------------------------------
 
 
-def _allowed(client, host: str, caller: dict[str, Any], ref: str, action: str) -> str:
-    return guard.require_access(client, ref, Principal.from_caller(caller), action,
-                                host_policy(host))["Id"]
-
-
 @shared_task(bind=True, base=StreamTask, name=TRANSFERS_ARCHIVE_OUT)
 def archive_out(self: StreamTask, pipe_id: str, host: str, revision: int, caller: dict[str, Any],
                 ref: str, path: str) -> None:
     self.stream(pipe_id, host, revision, lambda client: transfers.archive_out(
-        client, _allowed(client, host, caller, ref, "archive"), path))
+        client, accessible(client, host, caller, ref, "archive", revision)["Id"], path))
 
 
 @shared_task(bind=True, base=StreamTask, name=TRANSFERS_SAVE)
@@ -67,7 +61,7 @@ def save(self: StreamTask, pipe_id: str, host: str, revision: int, refs: list[st
 def follow_logs(self: StreamTask, pipe_id: str, host: str, revision: int, caller: dict[str, Any],
                 ref: str, args: dict[str, Any]) -> None:
     self.stream(pipe_id, host, revision, lambda client: transfers.follow_logs(
-        client, _allowed(client, host, caller, ref, "logs"), **args))
+        client, accessible(client, host, caller, ref, "logs", revision)["Id"], **args))
 
 
 @shared_task(bind=True, base=StreamTask, name=TRANSFERS_FOLLOW_EVENTS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from docker.types import Healthcheck, LogConfig, Mount
 
 from app.auth import Principal
 from app.engine import guard
+from app.engine.event_times import parse_event_time
 from app.engine.images import ensure_image
 from app.errors import ConflictError, EngineError, NotFoundError, QueryTimeoutError
 from app.policy import SCOPE_LABEL, Policy
@@ -735,7 +735,7 @@ def prune_one_by_one(client: docker.DockerClient, labels: list[str], until: str 
     filters: dict[str, Any] = {"status": ["exited", "created", "dead"]}
     if labels:
         filters["label"] = list(labels)
-    cutoff = _until_epoch(until) if until else None
+    cutoff = parse_event_time(until, time.time(), naive_utc=True) if until else None
     deleted, reclaimed = [], 0
     for row in client.api.containers(all=True, filters=filters, size=True):
         checkpoint()
@@ -750,23 +750,6 @@ def prune_one_by_one(client: docker.DockerClient, labels: list[str], until: str 
         deleted.append(row["Id"])
         reclaimed += row.get("SizeRw") or 0
     return {"deleted": deleted, "space_reclaimed": reclaimed}
-
-
-_DURATION_PART = re.compile(r"(\d+)(ms|h|m|s)")
-_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-
-
-def _until_epoch(until: str) -> float:
-    """The engine's ``until`` filter (Unix time, RFC 3339 or a Go duration ago) as Unix time."""
-    try:
-        return float(until)
-    except ValueError:
-        pass
-    if _DURATION_PART.fullmatch(until) or re.fullmatch(r"(\d+(ms|h|m|s))+", until):
-        ago = sum(int(n) * _DURATION_SECONDS[unit] for n, unit in _DURATION_PART.findall(until))
-        return time.time() - ago
-    from datetime import datetime
-    return datetime.fromisoformat(until.replace("Z", "+00:00").replace(" ", "T")).timestamp()
 
 
 def remove_matching(client: docker.DockerClient, match: dict[str, Any], *, force: bool,

@@ -69,9 +69,14 @@ class SentinelSet:
         client = redis.Redis(port=replica, password=self.password)
         eventually(lambda: _answers(lambda: client.info("replication")["master_link_status"]
                                     == "up"), timeout=30)
-        sentinel = redis.Redis(port=self.sentinel_ports[0], password=self.password)
-        eventually(lambda: _answers(lambda: sentinel.sentinel_master(MASTER)["num-other-sentinels"]
-                                    == 2), timeout=30)
+        # Every sentinel must know the others *and the replica* before a test kills the
+        # primary: a sentinel learns of replicas only from the primary's INFO, and with none
+        # known there is nothing to promote (the failover would never come).
+        for port in self.sentinel_ports:
+            sentinel = redis.Redis(port=port, password=self.password)
+            eventually(lambda sentinel=sentinel: _answers(
+                lambda: (master := sentinel.sentinel_master(MASTER))["num-other-sentinels"] == 2
+                and master["num-slaves"] == 1), timeout=30)
 
     def kill_primary(self) -> int:
         """SIGKILL whichever data server is the primary now; its port."""
