@@ -9,7 +9,7 @@ from flask import Response, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import principal, requires
+from api.common import answered, principal, requires
 from app import jobs as jobstates
 from app.errors import NotFoundError
 from app.runtime import runtime
@@ -64,7 +64,9 @@ class JobCancel(MethodView):
     def post(self, job_id: str) -> dict:
         """Cancel a job: a queued one at once, a running one at its next checkpoint."""
         visible_job(job_id)
-        return jobstates.public_view(runtime().jobs.request_cancel(job_id))
+        record = runtime().jobs.request_cancel(job_id)
+        answered(record)
+        return jobstates.public_view(record)
 
 
 @blp.route("/jobs/<string:job_id>/events")

@@ -272,10 +272,12 @@ def _audit_entry(response: Response) -> dict[str, Any]:
     principal = g.get("principal")
     args = request.view_args or {}
     body = request.get_json(silent=True) if request.is_json else None
-    answer = response.get_json(silent=True) if response.is_json and \
+    status = response.status_code
+    # Only a refusal's problem is read (for its rule); a job answer names its job in
+    # g.answered_job (api.common.answered), so a 202 body is never parsed again here.
+    answer = response.get_json(silent=True) if status >= 400 and response.is_json and \
         not response.direct_passthrough else None
     answer = answer if isinstance(answer, dict) else {}
-    status = response.status_code
     return {
         "ts": _utcnow(), "request_id": g.get("request_id"),
         "actor": principal.name if principal else None,
@@ -289,7 +291,7 @@ def _audit_entry(response: Response) -> dict[str, Any]:
         "rule": answer.get("rule"),
         "outcome": "denied" if status in _DENIED else "error" if status >= 400 else "ok",
         "status": status,
-        "job_id": answer.get("id") if answer.get("links", {}).get("events") else None,
+        "job_id": g.get("answered_job"),
         "chat": _chat_sender(),
     }
 
