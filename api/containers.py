@@ -8,7 +8,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import caller_context, principal, redacted, requires, start_job
+from api.common import caller_context, principal, redacted, requires, start_job, wait_seconds
 from api.hosts import host_record
 from api.images import caller_policy, check_registry_credentials, stored_registry_address
 from api.transfers import sse_response
@@ -103,16 +103,31 @@ class Containers(MethodView):
         check_spec_policy(spec)
         check_registry_credentials(spec["image"], spec.get("registry"))
 
-        def name_is_free() -> None:
-            if spec["name"] and not spec["replace"] and \
-                    run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
-                raise ConflictError(f"container name '{spec['name']}' is already in use on host "
-                                    f"'{host}'; pass replace: true to replace it",
-                                    name=spec["name"])
+        def name_taken(**extra: Any) -> ConflictError:
+            return ConflictError(f"container name '{spec['name']}' is already in use on host "
+                                 f"'{host}'; pass replace: true to replace it",
+                                 name=spec["name"], **extra)
 
-        return start_job(CONTAINERS_PROVISION, host_record=record,
-                         target=spec["name"] or spec["image"],
-                         args=[spec, caller_context()], precheck=name_is_free)
+        def name_is_free() -> None:
+            if run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
+                raise name_taken()
+
+        checked_by_worker = wait_seconds() > 0
+        # With ?wait the worker's create is the name check (no query-lane round trip here):
+        # a taken name fails the job with 409, answered as this 409 naming the failed job.
+        # Without ?wait the caller would only learn it from the job, so it is checked now.
+        precheck = name_is_free if spec["name"] and not spec["replace"] and \
+            not checked_by_worker else None
+        answer = start_job(CONTAINERS_PROVISION, host_record=record,
+                           target=spec["name"] or spec["image"],
+                           args=[spec, caller_context()], precheck=precheck)
+        view = answer[0]
+        if checked_by_worker and spec["name"] and not spec["replace"] and \
+                isinstance(view, dict) and view["state"] == "failed" and \
+                (view.get("error") or {}).get("status") == 409 and \
+                (view.get("error") or {}).get("name") == spec["name"]:
+            raise name_taken(job=view["id"])
+        return answer
 
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")

@@ -96,6 +96,9 @@ class JobContext:
     def __init__(self, job_id: str, host: str | None) -> None:
         self.job_id = job_id
         self.host = host
+        # True when this delivery found the job already running: an earlier delivery's
+        # worker was lost mid-run (see JobTask._run_job).
+        self.redelivered = False
         self._last_progress = 0.0
         self._client: docker.DockerClient | None = None
 
@@ -168,6 +171,7 @@ class JobTask(Task):
         if started.previous == jobstates.RUNNING:
             logger.warning("job %s redelivered; resuming", job_id)
         context = JobContext(job_id, host)
+        context.redelivered = started.previous == jobstates.RUNNING
         began = time.monotonic()
         try:
             context.check_cancelled()

@@ -119,7 +119,7 @@ def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any],
             auth=registry_auth(spec["image"], spec.get("registry")),
             progress=lambda done, total, unit, message: job.progress(
                 done, total, unit, message, force=unit == "steps" or done == total),
-            checkpoint=job.check_cancelled)
+            checkpoint=job.check_cancelled, redelivered=job.redelivered)
 
     self.run_job(job_id, host, operation)
 

@@ -230,15 +230,22 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
                         caller: Principal, policy: Policy,
                         auth: dict[str, str] | None = None,
                         progress: ProgressFn | None = None,
-                        checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                        checkpoint: Callable[[], None] = lambda: None,
+                        redelivered: bool = True) -> dict[str, Any]:
     """``docker run -d``: pull as the policy says, create, start, wait; clean up on failure.
 
     What the spec refers to on the engine (network, named volumes, volumes_from, bind
     sources) is judged before the create, and the created container's own mounts and
     config before it starts (``app.engine.guard``), for ``caller`` under ``policy``.
     A redelivered job adopts the container its earlier delivery made, so a provision runs
-    at most one container per job. ``checkpoint`` is called between steps and while
-    waiting; it raises to abandon the provision (e.g. on cancel), which removes the container.
+    at most one container per job; only a redelivery (``redelivered``: the job was already
+    running when this delivery took it) looks for one. ``checkpoint`` is called between
+    steps and while waiting; it raises to abandon the provision (e.g. on cancel), which
+    removes the container.
+
+    Engine calls for a fresh named container: the image check, create (its 409 is the name
+    check), the inspect the guard judges, start, the wait's inspects (the last one is the
+    result).
 
     Raises:
         ConflictError: the name is taken and ``replace`` is false.
@@ -249,7 +256,7 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
         if progress:
             progress(done, 4, "steps", message)
 
-    earlier = find_by_job(client, job_id)
+    earlier = find_by_job(client, job_id) if redelivered else None
     if earlier is not None:
         logger.info("job %s adopts container %s", job_id, earlier["Id"][:12])
         try:
@@ -268,6 +275,11 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     try:
         created = client.api.create_container(**_with_host_config(
             client, create_kwargs(spec, job_id, caller.scope)))
+    except docker.errors.APIError as exc:
+        _restore(client, displaced, spec.get("name"))
+        if exc.status_code == 409 and spec.get("name") and not displaced:
+            raise name_taken(spec["name"]) from None
+        raise
     except BaseException:
         _restore(client, displaced, spec.get("name"))
         raise
@@ -292,21 +304,26 @@ def _with_host_config(client: docker.DockerClient, kwargs: dict[str, Any]) -> di
     return kwargs
 
 
+def name_taken(name: str) -> ConflictError:
+    """The 409 of a provision whose name is taken (the API's own check says the same)."""
+    return ConflictError(f"container name '{name}' is already in use; pass replace: true to "
+                         f"replace it", name=name)
+
+
 def _displace(client: docker.DockerClient, spec: dict[str, Any], job_id: str, caller: Principal,
               policy: Policy) -> dict[str, Any] | None:
-    """Make room for a named container: 409 if taken, or set the old one aside when replacing.
+    """Set aside the container holding the name when replacing.
 
+    Without ``replace`` nothing is looked up: the create's own 409 is the name check.
     Replacing removes the old container, so the caller must be one who may remove it.
     """
     name = spec.get("name")
-    if not name:
+    if not name or not spec.get("replace"):
         return None
     try:
         old = client.api.inspect_container(name)
     except docker.errors.NotFound:
         return None
-    if not spec.get("replace"):
-        raise ConflictError(f"container name '{name}' is already in use", name=name)
     guard.require_access(client, old["Id"], caller, "remove", policy)
     was_running = old["State"]["Running"]
     if was_running:
@@ -339,22 +356,27 @@ def _discard(client: docker.DockerClient, container_id: str) -> None:
 def _finish(client: docker.DockerClient, container_id: str, spec: dict[str, Any], *,
             adopted: bool, step: Callable[[str, int], None] | None = None,
             checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    info = None
     if spec.get("start", True):
         if step:
             step("starting container", 2)
-        info = client.api.inspect_container(container_id)
-        if not info["State"]["Running"]:
+        # A container this delivery created has never run; an adopted one may have.
+        if not adopted or not client.api.inspect_container(container_id)["State"]["Running"]:
             client.api.start(container_id)
         wait_for = spec.get("wait_for", "running")
         if wait_for != "none":
             if step:
                 step(f"waiting for {wait_for}", 3)
-            _wait_for(client, container_id, wait_for, spec.get("wait_timeout", 60), checkpoint)
-    return describe_container(client.api.inspect_container(container_id), adopted=adopted)
+            info = _wait_for(client, container_id, wait_for, spec.get("wait_timeout", 60),
+                             checkpoint)
+    # The wait's last inspect already shows the container as it was found ready.
+    return describe_container(info or client.api.inspect_container(container_id),
+                              adopted=adopted)
 
 
 def _wait_for(client: docker.DockerClient, container_id: str, condition: str, timeout: float,
-              checkpoint: Callable[[], None]) -> None:
+              checkpoint: Callable[[], None]) -> dict[str, Any]:
+    """Poll until ``condition`` holds; answers the inspect that found it holding."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
@@ -368,12 +390,12 @@ def _wait_for(client: docker.DockerClient, container_id: str, condition: str, ti
                 + _last_log_line(client, container_id))
         health = (state.get("Health") or {}).get("Status")
         if condition == "running" and state["Running"]:
-            return
+            return info
         if condition == "healthy":
             if health is None:
                 raise ProvisionFailedError("wait_for 'healthy' needs a healthcheck in the spec or image")
             if health == "healthy":
-                return
+                return info
             if health == "unhealthy":
                 raise ProvisionFailedError("container became unhealthy" + _last_health_output(state))
         if time.monotonic() >= deadline:
