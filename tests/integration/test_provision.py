@@ -143,6 +143,31 @@ def test_restart_policy_memory_cpus_user_workdir_hostname_reach_the_engine(opera
     assert config["Cmd"] == ["sleep", "300"]
 
 
+def test_with_wait_a_taken_name_is_the_workers_409_naming_the_failed_job(operator, engine,
+                                                                         unique, cleanup):
+    cleanup.append(unique)
+    provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"]})
+    before = engine.api.inspect_container(unique)
+    without_wait = operator.post("/hosts/local/containers",
+                                 json={"image": BUSYBOX, "name": unique, "command": ["sleep", "1"]})
+    assert without_wait.status_code == 409  # checked by the API before anything is queued
+    assert "job" not in without_wait.json()
+    with_wait = operator.post("/hosts/local/containers", params={"wait": 30},
+                              json={"image": BUSYBOX, "name": unique, "command": ["sleep", "1"]})
+    assert with_wait.status_code == 409, with_wait.text
+    assert with_wait.headers["Content-Type"] == "application/problem+json"
+    problem = with_wait.json()
+    assert problem["detail"] == without_wait.json()["detail"]
+    assert problem["name"] == unique
+    job = operator.get(f"/jobs/{problem['job']}").json()
+    assert job["state"] == "failed" and job["error"]["status"] == 409
+    assert job["error"]["name"] == unique
+    assert containers_of_job(engine, problem["job"]) == []
+    after = engine.api.inspect_container(unique)
+    assert (after["Id"], after["State"]["StartedAt"], after["Config"]["Cmd"]) == \
+        (before["Id"], before["State"]["StartedAt"], before["Config"]["Cmd"])
+
+
 def test_replace_swaps_the_container_and_keeps_the_name(operator, engine, unique, cleanup):
     cleanup.append(unique)
     first = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"]})
