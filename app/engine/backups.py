@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import queue
 import socket
@@ -43,7 +44,41 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int | None, int | None, str, str], None]
 _HOLD = "hold.json"
-_QUEUED = 8
+# 1 MiB chunks waiting for the part writer (the writer's sha256 thread holds its own few):
+# enough to overlap the engine's socket with compression and the disk, few enough that a
+# backup's peak worker RSS stays under 100 MiB (docs/benchmarks.md).
+_QUEUED = 4
+# zstd's multithreaded mode: the input is cut into jobs of this size compressed on
+# ``threads`` workers while the next chunk is read (the frame stays one standard frame).
+_ZSTD_JOB_BYTES = 512 << 10
+_ZSTD_LEVEL = 3
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def zstd_compressor() -> Any:
+    """A level-3 zstd stream compressor: multithreaded (one thread per core) when there is
+    more than one core, with a content checksum in the frame either way."""
+    import zstandard
+
+    threads = -1 if _cores() > 1 else 0
+    params = zstandard.ZstdCompressionParameters.from_level(
+        _ZSTD_LEVEL, threads=threads, job_size=_ZSTD_JOB_BYTES if threads else 0,
+        write_checksum=1)
+    return zstandard.ZstdCompressor(compression_params=params).compressobj()
+
+
+def part_writer(path: Any, compression: str) -> PartWriter:
+    """A part writer; a zstd one compresses with ``zstd_compressor()``."""
+    writer = PartWriter(path, compression)
+    if compression == "zstd":
+        writer._compressor = zstd_compressor()  # same format, more threads
+    return writer
 
 
 class StallWatchdog:
@@ -231,7 +266,7 @@ def _write_parts(client: docker.DockerClient, info: dict[str, Any], staging: Any
     parts.append({"path": rootfs, "kind": "rootfs", "compression": compression,
                   **_copy(engine_stream(client, f"/containers/{info['Id']}/export", None, stall,
                                         "the container export"),
-                          PartWriter(staging / rootfs, compression), checkpoint,
+                          part_writer(staging / rootfs, compression), checkpoint,
                           lambda done: progress(1, total, "parts",
                                                 f"exporting the filesystem: {done >> 20} MiB"))})
     for index, mount in enumerate(mounts, start=2):
@@ -247,7 +282,7 @@ def _write_parts(client: docker.DockerClient, info: dict[str, Any], staging: Any
         stream = engine_stream(client, f"/containers/{info['Id']}/archive", {"path": target},
                                stall, f"the archive of {target}")
         parts.append({"path": relative, "compression": compression, "target": target, **entry,
-                      **_copy(stream, PartWriter(staging / relative, compression), checkpoint,
+                      **_copy(stream, part_writer(staging / relative, compression), checkpoint,
                               lambda _done: None)})
     progress(total, total, "parts", "parts written")
     return parts
