@@ -34,9 +34,11 @@ from bench.common import (
     docker_host,
     exit_on_sigterm,
     machine_summary,
+    redis_password,
     table,
     verdict,
     wait_quiet,
+    with_redis_password,
 )
 from bench.figures import record
 from bench.streams import RssSampler
@@ -50,21 +52,33 @@ TOKEN = "dy_bench-backup-" + uuid.uuid4().hex
 
 
 def private_redis(state: Path) -> tuple[subprocess.Popen, str]:
-    """A redis-server of the benchmark's own (no persistence), so no shared database is touched."""
+    """A redis-server of the benchmark's own (no persistence), so no shared database is touched.
+
+    It takes the stack's password (``DOCKYARD_REDIS_PASSWORD[_FILE]``, which the private
+    stack inherits and adds to the URL), as the stack's own Redis does; the password goes
+    to redis-server on its stdin, never on a command line. Answers the URL without it.
+    """
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(state)],
+    password = redis_password()
+    config = f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {state}\n"
+    if password:
+        config += f"requirepass \"{password}\"\n"
+    proc = subprocess.Popen(["redis-server", "-"], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    proc.stdin.write(config.encode())
+    proc.stdin.close()
     url = f"redis://127.0.0.1:{port}/0"
     import redis
 
     for _ in range(100):
         try:
-            redis.Redis.from_url(url).ping()
+            redis.Redis.from_url(with_redis_password(url)).ping()
             break
         except redis.exceptions.ConnectionError:
             time.sleep(0.1)
+    else:
+        sys.exit(f"the benchmark's redis-server on port {port} did not answer")
     return proc, url
 
 

@@ -188,11 +188,26 @@ def machine_summary() -> str:
 
 # -- Redis clean-up of what a benchmark made through the API ---------------------------------
 
+def redis_password() -> str:
+    """The stack's Redis password (``DOCKYARD_REDIS_PASSWORD`` or its ``_FILE``), or ''."""
+    from app.config import secret_from_env
+
+    return secret_from_env("DOCKYARD_REDIS_PASSWORD")
+
+
+def with_redis_password(url: str) -> str:
+    """``url`` with the stack's Redis password added, as Dockyard's own processes add it."""
+    from app.config import _with_password
+
+    password = redis_password()
+    return _with_password(url, password) if password else url
+
+
 def redis_client():
     import redis
 
-    return redis.Redis.from_url(os.environ.get("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                                decode_responses=True)
+    return redis.Redis.from_url(with_redis_password(
+        os.environ.get("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/0")), decode_responses=True)
 
 
 def forget_jobs(job_ids: Iterable[str]) -> int:

@@ -82,7 +82,9 @@ def main() -> None:
            "DOCKYARD_ADMIN_TOKEN": token, "DOCKYARD_LOCAL_ENGINE": docker_host()}
     import redis
 
-    redis.Redis.from_url(env["DOCKYARD_REDIS_URL"]).flushdb()
+    from bench.common import with_redis_password
+
+    redis.Redis.from_url(with_redis_password(env["DOCKYARD_REDIS_URL"])).flushdb()
     stack = Stack(env, Path(state) / "log")
     remote.start()
     try:

@@ -19,7 +19,12 @@ import redis
 from celery import Celery
 from flask import Flask, jsonify
 
+from app.config import _with_password, secret_from_env
+
 REDIS_URL = os.environ.get("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The stack's password (DOCKYARD_REDIS_PASSWORD or its _FILE), added as Dockyard adds it.
+if secret_from_env("DOCKYARD_REDIS_PASSWORD"):
+    REDIS_URL = _with_password(REDIS_URL, secret_from_env("DOCKYARD_REDIS_PASSWORD"))
 QUEUE = os.environ.get("DOCKYARD_BENCH_REF_QUEUE", "bench.reference")
 KEY_PREFIX = "bench:ref:"
 

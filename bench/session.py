@@ -31,7 +31,16 @@ import requests
 from simple_websocket import Client, ConnectionClosed
 
 from app.engine.sessions import Demultiplexer
-from bench.common import ROOT, TEST_IMAGE, Samples, docker_host, machine_summary, ms, table
+from bench.common import (
+    ROOT,
+    TEST_IMAGE,
+    Samples,
+    docker_host,
+    machine_summary,
+    ms,
+    table,
+    with_redis_password,
+)
 from bench.streams import RssSampler
 from tests.support.stack import Stack
 
@@ -48,7 +57,8 @@ def private_stack() -> Stack:
     env = {**os.environ, "DOCKYARD_REDIS_URL": REDIS_URL, "DOCKYARD_STATE_DIR": str(STATE_DIR),
            "DOCKYARD_SECRET_KEY": "bench-" + uuid.uuid4().hex, "DOCKYARD_ADMIN_TOKEN": TOKEN,
            "DOCKYARD_LOCAL_ENGINE": docker_host(), "DOCKYARD_TOKEN_CACHE_SECONDS": "2"}
-    redis.Redis.from_url(REDIS_URL).flushdb()  # this database is the benchmark's own
+    # this database is the benchmark's own
+    redis.Redis.from_url(with_redis_password(REDIS_URL)).flushdb()
     stack = Stack(env, STATE_DIR / "log")
     stack.start()
     return stack

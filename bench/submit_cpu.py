@@ -1,0 +1,130 @@
+"""CPU per job submission, in process: no gunicorn, no HTTP client, no other load in the way.
+
+The same code path a submission takes in a gunicorn worker (Flask app with every hook:
+token, rate limit, view, validation, the job's Lua script, the Celery publish, the 202
+body, the audit entry), driven back to back from Flask's test client, and ``submit_job``
+alone (record + publish), each timed with ``time.process_time`` (this process's CPU, all
+threads). The jobs go to the benchmark's sink host, whose lane is kept alive by a fake
+heartbeat and whose queue is emptied afterwards, as bench/submit.py does.
+
+Use a Redis database nobody else uses: the app writes its admin token, the sink host and
+(briefly) the jobs there, and everything the run made is removed at the end.
+
+    source .state/run/env
+    DOCKYARD_REDIS_URL=redis://127.0.0.1:6379/10 .venv/bin/python -m bench.submit_cpu [-n 2000]
+
+To compare with another checkout, copy this file into its bench/ and run it there: it
+uses only what the checkouts since issue 17's first pass have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine_summary, table
+from bench.submit import SINK, Sink
+
+
+class _TestHttp:
+    """What ``Sink`` needs of ``requests.Session``, answered by the in-process app."""
+
+    def __init__(self, client: Any, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def post(self, url: str, json: Any = None, timeout: float = 0) -> Any:
+        return _Reply(self.client.post(url, json=json, headers=self.headers))
+
+    def delete(self, url: str, timeout: float = 0) -> Any:
+        return _Reply(self.client.delete(url, headers=self.headers))
+
+
+class _Reply:
+    def __init__(self, response: Any) -> None:
+        self.status_code = response.status_code
+        self.text = response.get_data(as_text=True)
+
+
+def _cpu_ms_per_call(call: Any, count: int, rounds: int) -> list[float]:
+    """CPU ms per call, one figure per round of ``count`` calls."""
+    figures = []
+    for _ in range(rounds):
+        gc.collect()
+        started = time.process_time()
+        for _ in range(count):
+            call()
+        figures.append((time.process_time() - started) * 1000 / count)
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--count", type=int, default=1000, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    import logging
+
+    logging.disable(logging.INFO)  # gunicorn runs the app at INFO: no per-request line either
+    from app.dispatch import submit_job
+    from app.factory import create_app
+    from app.runtime import runtime
+
+    settings = runtime().settings
+    token = settings.admin_token
+    if not token:
+        sys.exit("DOCKYARD_ADMIN_TOKEN (or _FILE) must be set: source .state/run/env")
+    app = create_app()
+    client = app.test_client()
+    http = _TestHttp(client, token)
+    sink = Sink(http, "")
+    sink.setup()
+    try:
+        url = f"/api/v1/hosts/{SINK}/containers/x/start"
+        first = client.post(url, headers=http.headers)
+        if first.status_code != 202:
+            sys.exit(f"a submission was answered {first.status_code}: {first.get_data()[:300]!r}")
+        host_record = runtime().hosts.get(SINK)
+        principal = runtime().tokens.authenticate(f"Bearer {token}")
+
+        def request() -> None:
+            response = client.post(url, headers=http.headers)
+            if response.status_code != 202:
+                raise RuntimeError(f"answered {response.status_code}")
+
+        full = _cpu_ms_per_call(request, 50, 1)  # warm-up
+        full = _cpu_ms_per_call(request, args.count, args.rounds)
+        sink.drain()
+        rows = [["request through the Flask app (test client)", args.count * args.rounds,
+                 f"{statistics.median(full):.3f}", f"{min(full):.3f}", f"{max(full):.3f}"]]
+
+        def submit() -> None:
+            submit_job("containers.action", principal, host_record=host_record,
+                       target="x", args=["x", "start", {}, {}], idempotency=None)
+
+        alone = _cpu_ms_per_call(submit, args.count, args.rounds)
+        sink.drain()
+        rows.append(["submit_job alone (record + publish)", args.count * args.rounds,
+                     f"{statistics.median(alone):.3f}", f"{min(alone):.3f}",
+                     f"{max(alone):.3f}"])
+        body = json.loads(first.get_data())
+        print(machine_summary())
+        print(f"checkout: {Path(sys.modules['app'].__file__).resolve().parents[1]}; "
+              f"{args.rounds} rounds of {args.count} back to back; CPU of this process "
+              f"(time.process_time)\n")
+        print(table(["what", "calls", "median CPU ms/job", "min", "max"], rows))
+        print(f"\n(the 202 answered: kind {body['kind']}, state {body['state']})")
+    finally:
+        sink.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
