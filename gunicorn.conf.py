@@ -28,7 +28,10 @@ bind = os.environ.get("DOCKYARD_BIND") or "127.0.0.1:8000"
 # gthread: views mostly wait on Redis (long-polls, SSE, queries), so threads are cheap
 # concurrency; processes give CPU parallelism.
 worker_class = "gthread"
-workers = _env_int("DOCKYARD_API_WORKERS", _cores() * 2)
+# One process per core: the views spend their time waiting on Redis, which the threads
+# overlap, so a second process per core bought no throughput and cost ~15-20 MiB of private
+# pages each once requests touch the shared objects (docs/benchmarks.md, issue 17).
+workers = _env_int("DOCKYARD_API_WORKERS", _cores())
 threads = _env_int("DOCKYARD_API_THREADS", 16)
 # Long enough for ?wait=60 and streamed downloads; the gthread heartbeat is independent.
 timeout = 120

@@ -6,7 +6,7 @@ import ipaddress
 import json
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
@@ -16,8 +16,10 @@ from app import crypto
 from app.config import Settings
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.policy import image_registry, registry_host
-from app.registry_client import RegistryEndpoint, base_url
 from app.store import PREFIX, utcnow
+
+if TYPE_CHECKING:
+    from app.registry_client import RegistryEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +209,9 @@ class RegistryStore:
 
     def endpoint(self, record: dict[str, Any]) -> RegistryEndpoint:
         """How a worker reaches this registry's v2 API (the password unsealed in memory only)."""
+        # Imported here: it loads requests, which beat never needs.
+        from app.registry_client import RegistryEndpoint, base_url
+
         return RegistryEndpoint(name=record["name"], base_url=base_url(record["url"]),
                                 username=record.get("username") or None,
                                 password=self._password(record) or None,

@@ -40,3 +40,10 @@ def test_worker_start_up_registers_the_tasks(tmp_path: Path) -> None:
             "signals.celeryd_init.send(sender='unit', instance=None, conf=celery.conf, options={})\n"
             "assert 'containers.provision' in celery.tasks, sorted(celery.tasks)")
     assert _loaded_after(code, tmp_path) >= {"docker", "tasks"}
+
+
+def test_beat_loads_no_http_client(tmp_path: Path) -> None:
+    # requests (~5 MiB) is for workers talking to registries and for the CLI, not beat.
+    code = ("from app.celery_app import celery\ncelery.loader.init_worker()\ncelery.finalize()\n"
+            "import sys\nassert 'requests' not in sys.modules, 'beat loaded requests'")
+    assert _loaded_after(code, tmp_path) == set()
