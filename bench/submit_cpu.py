@@ -64,6 +64,77 @@ def _cpu_ms_per_call(call: Any, count: int, rounds: int) -> list[float]:
     return figures
 
 
+def _pieces(app: Any, count: int) -> list[list[str]]:
+    """The removed costs, measured directly: schema dump + jsonify against the dumped view,
+    the audit's parse of a 202 body, gunicorn's access atoms for a dropped line."""
+    try:
+        from api.common import dumped_job
+    except ImportError:  # a checkout before the second pass
+        return []
+    import datetime
+    import importlib.util
+    import logging
+
+    from flask import jsonify
+    from gunicorn import glogging
+    from gunicorn.config import Config
+
+    from app.jobs import JobStore, public_view
+    from app.logs import gunicorn_logconfig
+    from schemas.containers import ContainerStateJobSchema
+
+    record = JobStore.new_record(JobStore.__new__(JobStore), "containers.action", SINK, "x",
+                                 "admin", "t", f"host.{SINK}.ops")
+    schema = ContainerStateJobSchema()
+
+    def us(call: Any) -> float:
+        return statistics.median(_cpu_ms_per_call(call, count, 5)) * 1000
+
+    rows = []
+    with app.app_context():
+        rows.append(["202 body: schema dump + jsonify / dumped_job + json response",
+                     f"{us(lambda: jsonify(schema.dump(public_view(record)))):.0f}",
+                     f"{us(lambda: app.json.response(dumped_job(record))):.0f}"])
+        answer = app.json.response(dumped_job(record))
+        answer.status_code = 202
+        rows.append(["audit: parse the 202 body for its job id / read g.answered_job",
+                     f"{us(lambda: answer.get_json(silent=True)):.0f}", "~0"])
+    config = Config()
+    logconfig = gunicorn_logconfig()
+    logconfig["loggers"]["gunicorn.access"]["level"] = "WARNING"
+    config.set("logconfig_dict", logconfig)
+    loud = glogging.Logger(config)
+    spec = importlib.util.spec_from_file_location(
+        "_dockyard_gunicorn_conf", Path(sys.modules["app"].__file__).resolve().parents[1]
+        / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    quiet = conf.QuietAccessLogger(config)
+    environ = {"REQUEST_METHOD": "POST", "RAW_URI": f"/api/v1/hosts/{SINK}/containers/x/start",
+               "PATH_INFO": f"/api/v1/hosts/{SINK}/containers/x/start", "QUERY_STRING": "",
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+               "HTTP_AUTHORIZATION": "Bearer x", "HTTP_USER_AGENT": "hey/0.0.1",
+               "HTTP_HOST": "127.0.0.1:8000", "wsgi.url_scheme": "http", "SERVER_NAME": "x",
+               "SERVER_PORT": "8000", "CONTENT_LENGTH": "0", "HTTP_ACCEPT": "*/*"}
+
+    class _Resp:
+        status = "202 ACCEPTED"
+        sent = 420
+        headers = [("Content-Type", "application/json"), ("Location", "/api/v1/jobs/x"),
+                   ("X-Request-ID", "0" * 32), ("Content-Length", "420")]
+
+    class _Req:
+        headers = [("HOST", "127.0.0.1:8000"), ("AUTHORIZATION", "Bearer x"),
+                   ("USER-AGENT", "hey/0.0.1"), ("ACCEPT", "*/*")]
+
+    took = datetime.timedelta(microseconds=1500)
+    rows.append(["gunicorn access line dropped at WARNING: Logger / QuietAccessLogger",
+                 f"{us(lambda: loud.access(_Resp, _Req, environ, took)):.0f}",
+                 f"{us(lambda: quiet.access(_Resp, _Req, environ, took)):.0f}"])
+    logging.disable(logging.INFO)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--count", type=int, default=1000, help="calls per round")
@@ -115,12 +186,17 @@ def main() -> int:
                      f"{statistics.median(alone):.3f}", f"{min(alone):.3f}",
                      f"{max(alone):.3f}"])
         body = json.loads(first.get_data())
+        pieces = _pieces(app, args.count * args.rounds)
         print(machine_summary())
         print(f"checkout: {Path(sys.modules['app'].__file__).resolve().parents[1]}; "
               f"{args.rounds} rounds of {args.count} back to back; CPU of this process "
               f"(time.process_time)\n")
         print(table(["what", "calls", "median CPU ms/job", "min", "max"], rows))
         print(f"\n(the 202 answered: kind {body['kind']}, state {body['state']})")
+        if pieces:
+            print("\nWhat issue 17's second pass removed from each submission, the old way and "
+                  "the new way side by side in this process (median of 5 rounds):\n")
+            print(table(["piece", "before µs/job", "after µs/job"], pieces))
     finally:
         sink.teardown()
     return 0
