@@ -102,9 +102,16 @@ def dumped_job(record: dict[str, Any]) -> dict[str, Any] | None:
     return view
 
 
+ANSWERED_JOB = "dockyard.answered_job"
+
+
 def answered(record: dict[str, Any]) -> None:
-    """Name the job this request answers with, for its audit entry (no body parse there)."""
-    g.answered_job = record["id"]
+    """Name the job this request answers with, for its audit entry (no body parse there).
+
+    Kept in the request's environ, not ``g``: a chat command dispatches its operation as a
+    nested request in the same app context, and the outer request answers no job.
+    """
+    request.environ[ANSWERED_JOB] = record["id"]
 
 
 def job_answer(record: dict[str, Any], wait: float | None = None

@@ -273,8 +273,8 @@ def _audit_entry(response: Response) -> dict[str, Any]:
     args = request.view_args or {}
     body = request.get_json(silent=True) if request.is_json else None
     status = response.status_code
-    # Only a refusal's problem is read (for its rule); a job answer names its job in
-    # g.answered_job (api.common.answered), so a 202 body is never parsed again here.
+    # Only a refusal's problem is read (for its rule); a job answer names its job in the
+    # request's environ (api.common.answered), so a 202 body is never parsed again here.
     answer = response.get_json(silent=True) if status >= 400 and response.is_json and \
         not response.direct_passthrough else None
     answer = answer if isinstance(answer, dict) else {}
@@ -291,7 +291,7 @@ def _audit_entry(response: Response) -> dict[str, Any]:
         "rule": answer.get("rule"),
         "outcome": "denied" if status in _DENIED else "error" if status >= 400 else "ok",
         "status": status,
-        "job_id": g.get("answered_job"),
+        "job_id": request.environ.get("dockyard.answered_job"),
         "chat": _chat_sender(),
     }
 

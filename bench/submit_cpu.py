@@ -97,7 +97,7 @@ def _pieces(app: Any, count: int) -> list[list[str]]:
                      f"{us(lambda: app.json.response(dumped_job(record))):.0f}"])
         answer = app.json.response(dumped_job(record))
         answer.status_code = 202
-        rows.append(["audit: parse the 202 body for its job id / read g.answered_job",
+        rows.append(["audit: parse the 202 body for its job id / read it from the environ",
                      f"{us(lambda: answer.get_json(silent=True)):.0f}", "~0"])
     config = Config()
     logconfig = gunicorn_logconfig()
