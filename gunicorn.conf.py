@@ -30,8 +30,9 @@ bind = os.environ.get("DOCKYARD_BIND") or "127.0.0.1:8000"
 worker_class = "gthread"
 # One process per core: the views spend their time waiting on Redis, which the threads
 # overlap, so a second process per core bought no throughput and cost ~15-20 MiB of private
-# pages each once requests touch the shared objects (docs/benchmarks.md, issue 17).
-workers = _env_int("DOCKYARD_API_WORKERS", _cores())
+# pages each once requests touch the shared objects (docs/benchmarks.md, issue 17). At least
+# two, so one worker's restart never leaves the API without a process answering.
+workers = _env_int("DOCKYARD_API_WORKERS", max(2, _cores()))
 threads = _env_int("DOCKYARD_API_THREADS", 16)
 # Long enough for ?wait=60 and streamed downloads; the gthread heartbeat is independent.
 timeout = 120

@@ -152,7 +152,7 @@ def test_with_wait_a_taken_name_is_the_workers_409_naming_the_failed_job(operato
                                  json={"image": BUSYBOX, "name": unique, "command": ["sleep", "1"]})
     assert without_wait.status_code == 409  # checked by the API before anything is queued
     assert "job" not in without_wait.json()
-    with_wait = operator.post("/hosts/local/containers", params={"wait": 30},
+    with_wait = operator.post("/hosts/local/containers", params={"wait": 60},
                               json={"image": BUSYBOX, "name": unique, "command": ["sleep", "1"]})
     assert with_wait.status_code == 409, with_wait.text
     assert with_wait.headers["Content-Type"] == "application/problem+json"
