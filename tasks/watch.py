@@ -17,10 +17,12 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from app import outbox
+from app.agent_access import key_prefix
 from app.engine.events import event_view
 from app.hosts import queues_for
 from app.runtime import runtime
-from app.store import PREFIX, get_redis
+from app.store import get_redis
 from app.webhooks import WebhookStore, publish_engine_event
 from tasks.base import client_for, engine_clients
 
@@ -47,11 +49,11 @@ _watchers: dict[str, HostWatcher] = {}
 
 
 def lock_key(host: str) -> str:
-    return f"{PREFIX}watch:{host}:lock"
+    return key_prefix(host) + "watch:lock"
 
 
 def cursor_key(host: str) -> str:
-    return f"{PREFIX}watch:{host}:cursor"
+    return key_prefix(host) + "watch:cursor"
 
 
 class HostWatcher(threading.Thread):
@@ -107,7 +109,11 @@ class HostWatcher(threading.Thread):
                 event = event_view(raw)
                 if not event["time_nano"] or event["time_nano"] <= cursor:
                     continue  # the engine's `since` is inclusive: seen in the last window
-                publish_engine_event(self.host, event, self.store)
+                if runtime().settings.agent_host:
+                    # The relay appends it to dy:events and fans it out (app/outbox.py).
+                    outbox.post(self.host, outbox.ENGINE_EVENT, event=event)
+                else:
+                    publish_engine_event(self.host, event, self.store)
                 cursor = event["time_nano"]
                 get_redis().set(cursor_key(self.host), cursor,
                                 ex=runtime().settings.job_retention_seconds)
@@ -124,6 +130,9 @@ def _engine_time(nanos: int) -> str:
 
 def served_hosts(queues: set[str]) -> list[str]:
     """Hosts whose read lane is one of ``queues``."""
+    agent = runtime().settings.agent_host
+    if agent:  # an agent may read no other host's record
+        return [agent] if f"host.{agent}.query" in queues else []
     return [r["name"] for r in runtime().hosts.list() if queues_for(r)[1] in queues]
 
 
