@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import secrets
 from typing import Any
 from urllib.parse import quote
 
 import redis
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -99,6 +101,20 @@ def agent_key(settings: Settings, host: str, salt: str) -> str:
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(salt),
                    info=_KEY_INFO + host.encode()).derive(settings.secret_key.encode())
     return base64.urlsafe_b64encode(derived).decode()
+
+
+def seal_for_agent(key: str, value: dict[str, Any]) -> str:
+    return Fernet(key.encode()).encrypt(json.dumps(value).encode()).decode()
+
+
+def unseal_as_agent(key: str, token: str) -> dict[str, Any]:
+    return json.loads(Fernet(key.encode()).decrypt(token.encode()))
+
+
+def agent_records(client: redis.Redis) -> list[dict[str, Any]]:
+    """The host records of agent hosts that have credentials."""
+    records = (json.loads(raw) for raw in client.hvals(PREFIX + "hosts"))
+    return [r for r in records if r.get("route") == "agent" and r.get("agent")]
 
 
 def new_access(settings: Settings, host: str) -> tuple[dict[str, str], dict[str, str]]:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from app import agent_access, crypto
 from app.config import Settings
 from app.errors import ConflictError, InvalidInputError, NotFoundError
+from app.registries import RegistryStore
 from app.store import PREFIX, utcnow
 
 _HOSTS = PREFIX + "hosts"
@@ -197,6 +198,7 @@ class HostStore:
         self.redis.hset(_HOSTS, name, json.dumps(record))
         if was_agent and record.get("route") != "agent":
             agent_access.revoke(self.redis, name, agent_access.redis_db(self.settings))
+            self.redis.delete(agent_access.key_prefix(name) + "registries")
         self._write_copy(record)
         return record
 
@@ -214,7 +216,11 @@ class HostStore:
         agent_access.apply(self.redis, name, db, stored["password_sha256"])
         # Connections already logged in keep their user until closed: close them.
         agent_access.kill_connections(self.redis, agent_access.user_name(name, db))
+        self._registries().publish_to_agents([record])  # sealed with the new key
         return shown
+
+    def _registries(self) -> RegistryStore:
+        return RegistryStore(self.redis, self.settings)
 
     def _write_copy(self, record: dict[str, Any]) -> None:
         """The secret-free copy of the record an agent may read (under its own prefix)."""
@@ -251,8 +257,8 @@ class HostStore:
         if raw is None or not self.redis.hdel(_HOSTS, name):
             raise NotFoundError(f"no host '{name}'", host=name)
         self.redis.hdel(_STATUS, name)
-        self.redis.delete(agent_access.key_prefix(name) + "host",
-                          agent_access.key_prefix(name) + "status")
+        self.redis.delete(*(agent_access.key_prefix(name) + suffix
+                            for suffix in ("host", "status", "registries", "outbox")))
         if json.loads(raw).get("route") == "agent":
             agent_access.revoke(self.redis, name, agent_access.redis_db(self.settings))
 
@@ -261,6 +267,7 @@ class HostStore:
         records = self.list()
         for record in records:
             self._write_copy(record)  # hosts registered before copies were kept
+        self._registries().publish_to_agents()
         return agent_access.sync(self.redis, agent_access.redis_db(self.settings), records)
 
     def credentials(self, record: dict[str, Any]) -> dict[str, Any] | None:

@@ -304,7 +304,7 @@ def test_a_client_that_stops_reading_gets_backpressure_not_unbounded_memory(
         operator, engine, test_redis, running, unique):
     session = open_session(operator, unique, cmd=["sh", "-c", "exec yes session-flood"])
     sock = raw_upgrade(operator, session["url"])
-    pipe = f"dy:pipe:session-{session['id']}-out"
+    pipe = f"dy:h:local:pipe:session-{session['id']}-out"
     eventually(lambda: test_redis.llen(pipe) >= 8 or None)
     # The worker stops at the credit limit (8 chunks queued in Redis) while nobody reads.
     samples = []
