@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from cryptography.fernet import InvalidToken
 
+from app.agent_access import unseal_as_agent
 from app.celery import make_celery
 from app.config import Settings
 from app.jobs import HOST_INDEX, JobStore, job_key
@@ -224,6 +226,30 @@ def test_sync_rebuilds_a_lost_user_and_removes_a_stray_one(hosts, test_redis):
     eventually(lambda: user_of(name) in test_redis.acl_users()
                and stray not in test_redis.acl_users(), timeout=30)
     assert login(hosts["mine"]["agent_credentials"]).ping()
+
+
+def test_registry_passwords_reach_an_agent_sealed_with_its_own_key(admin, hosts, test_redis):
+    mine, other = hosts["mine"], hosts["other"]
+    name, password = f"r-{uuid.uuid4().hex[:8]}", "registry-" + uuid.uuid4().hex
+    created = admin.post("/registries", json={"name": name, "url": "http://127.0.0.1:1",
+                                              "username": "u", "password": password})
+    assert created.status_code == 201, created.text
+    try:
+        agent = login(mine["agent_credentials"])
+        copy = agent.hget(f"dy:h:{mine['name']}:registries", name)
+        assert copy is not None and password not in copy
+        sealed = json.loads(copy)["password"]
+        assert unseal_as_agent(mine["agent_credentials"]["agent_key"], sealed) == {
+            "password": password}
+        with pytest.raises(InvalidToken):
+            unseal_as_agent(other["agent_credentials"]["agent_key"], sealed)
+        with pytest.raises(InvalidToken):  # nor the central copy (sealed with the fleet key)
+            unseal_as_agent(other["agent_credentials"]["agent_key"],
+                            json.loads(test_redis.hget("dy:registries", name))["password"])
+        assert refused(lambda: agent.hget(f"dy:h:{other['name']}:registries", name))
+    finally:
+        admin.delete(f"/registries/{name}")
+    assert test_redis.hget(f"dy:h:{mine['name']}:registries", name) is None
 
 
 class Agent:
