@@ -59,10 +59,13 @@ def cursor_key(host: str) -> str:
 class HostWatcher(threading.Thread):
     """Reads one host's engine events while it holds that host's lock."""
 
-    def __init__(self, host: str, owner: str) -> None:
+    def __init__(self, host: str, owner: str, since_ns: int | None = None) -> None:
         super().__init__(name=f"dockyard-watch-{host}", daemon=True)
         self.host = host
         self.owner = owner
+        # Without a stored cursor, events from just before the lock was taken on are read:
+        # whoever sees the lock held knows every later event will be published.
+        self.since_ns = since_ns or time.time_ns()
         self.done = threading.Event()
         self.store = WebhookStore(get_redis())
 
@@ -100,7 +103,7 @@ class HostWatcher(threading.Thread):
 
     def read_window(self) -> None:
         raw_cursor = get_redis().get(cursor_key(self.host))
-        cursor = int(raw_cursor) if raw_cursor else time.time_ns()
+        cursor = int(raw_cursor) if raw_cursor else self.since_ns
         until = time.time() + WINDOW_SECONDS
         client = client_for(self.host)
         stream = client.api.events(since=_engine_time(cursor), until=f"{until:.9f}", decode=True)
@@ -146,8 +149,9 @@ def supervise(queues: set[str], owner: str) -> None:
                     watcher.done.set()
                     _watchers.pop(host, None)
             for host in hosts - set(_watchers):
+                since_ns = time.time_ns()
                 if get_redis().set(lock_key(host), owner, nx=True, ex=LOCK_TTL_SECONDS):
-                    watcher = HostWatcher(host, owner)
+                    watcher = HostWatcher(host, owner, since_ns)
                     _watchers[host] = watcher
                     watcher.start()
         except Exception:  # Redis may be briefly away; the next round retries

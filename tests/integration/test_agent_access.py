@@ -290,13 +290,15 @@ class Agent:
 
 
 @pytest.fixture(scope="module")
-def agent(hosts, stack_env, state_dir, viewer) -> Iterator[Agent]:
+def agent(hosts, stack_env, state_dir, viewer, test_redis) -> Iterator[Agent]:
     name = hosts["mine"]["name"]
     running = Agent(stack_env, name, hosts["mine"]["agent_credentials"], state_dir / "log")
     running.start()
     try:
         eventually(lambda: viewer.get(f"/hosts/{name}").json().get("lanes_alive")
                    == {"ops": True, "query": True}, timeout=60, interval=0.5)
+        # Its events watcher holds the host's lock: every engine event from now is read.
+        eventually(lambda: test_redis.exists(f"dy:h:{name}:watch:lock"), timeout=30)
         yield running
     finally:
         running.stop()

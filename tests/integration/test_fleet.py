@@ -152,6 +152,8 @@ def test_agent_serves_its_host_from_inside_the_namespace(admin: Api, operator: A
         # query lane beats is refused with 503 (no live worker for the ops lane).
         eventually(lambda: viewer.get(f"/hosts/{agent_host}").json().get("lanes_alive")
                    == {"ops": True, "query": True}, timeout=60, interval=0.5)
+        # Its events watcher holds the host's lock: every engine event from now is read.
+        eventually(lambda: test_redis.exists(f"dy:h:{agent_host}:watch:lock"), timeout=30)
         info = viewer.get(f"/hosts/{agent_host}/info").json()
         assert info["ID"] == agent_engine.client().info()["ID"]
         name = f"agt-{uuid.uuid4().hex[:6]}"
