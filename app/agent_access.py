@@ -179,9 +179,9 @@ def sync(client: redis.Redis, db: int, records: list[dict[str, Any]]) -> dict[st
     wanted = {user_name(r["name"], db): r for r in records
               if r.get("route") == "agent" and (r.get("agent") or {}).get("password_sha256")}
     suffix = f"@{db}"
-    existing = {name for name in client.execute_command("ACL", "USERS")
-                if (name.decode() if isinstance(name, bytes) else name).startswith(USER_PREFIX)}
-    existing = {n.decode() if isinstance(n, bytes) else n for n in existing}
+    existing = {name.decode() if isinstance(name, bytes) else name
+                for name in client.execute_command("ACL", "USERS")}
+    existing = {name for name in existing if name.startswith(USER_PREFIX)}
     removed = 0
     for name in existing:
         if name.endswith(suffix) and name not in wanted:
@@ -190,4 +190,15 @@ def sync(client: redis.Redis, db: int, records: list[dict[str, Any]]) -> dict[st
             removed += 1
     for record in wanted.values():
         apply(client, record["name"], db, record["agent"]["password_sha256"])
+    # A host deleted or re-keyed while this ran wrote its record before changing its user:
+    # read the records again, so an old password this applied is never left in place.
+    now = {user_name(r["name"], db): r["agent"]["password_sha256"]
+           for r in agent_records(client)}
+    for name, record in wanted.items():
+        if now.get(name) != record["agent"]["password_sha256"]:
+            if name in now:
+                apply(client, record["name"], db, now[name])
+            else:
+                client.execute_command("ACL", "DELUSER", name)
+            kill_connections(client, name)
     return {"set": len(wanted), "removed": removed}

@@ -133,7 +133,7 @@ def relay_forever(consumer: str) -> None:
             relay_once(consumer, hosts, claim)
         except Exception:  # Redis away, or a host deleted under us: the next round retries
             logger.warning("outbox relay round failed", exc_info=True)
-            known = set()
+            known, hosts_at = set(), 0.0  # read the hosts again: one may have gone
             _stop.wait(1.0)
 
 
