@@ -11,11 +11,8 @@ from flask_smorest import Blueprint
 from api.common import call, caller_context, principal, requires
 from api.hosts import host_record
 from api.services import backups as service
-from app.backups import (
-    BackupScheduleStore,
-    parse_range,
-    validate_cron,
-)
+from app.backups.download import parse_range
+from app.backups.schedules import BackupScheduleStore, validate_cron
 from app.errors import problem_from_http
 from app.factory import problem_response
 from app.store import get_redis

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from api.services import Call, host_record, operation, start_job
-from app.backups import default_image, restore_spec, storage_for
+from app.backups.restore import default_image, restore_spec
+from app.backups.storage import storage_for
 from app.dispatch import run_query
 from app.errors import ConflictError, ForbiddenError
 from app.policy import enforce_local_name, policy_from_settings

@@ -13,19 +13,11 @@ from pathlib import Path
 import pytest
 from marshmallow import ValidationError
 
-from app.backups import (
-    BackupCorruptError,
-    CronExpression,
-    LocalBackupStorage,
-    PartWriter,
-    apply_retention,
-    due_minutes,
-    image_changes,
-    parse_range,
-    read_part,
-    restore_spec,
-    validate_cron,
-)
+from app.backups.download import parse_range
+from app.backups.parts import BackupCorruptError, PartWriter, read_part
+from app.backups.restore import image_changes, restore_spec
+from app.backups.schedules import CronExpression, apply_retention, due_minutes, validate_cron
+from app.backups.storage import LocalBackupStorage
 from app.engine.backups import StallWatchdog, _dechunk
 from app.errors import InvalidInputError, NotFoundError
 from app.ids import new_id
