@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from api.common import call, caller_context, principal, requires
 from api.hosts import host_record
 from api.services import backups as service
-from app.backups.download import parse_range
+from app.backups.download import digest_headers, none_match, parse_range
 from app.backups.schedules import BackupScheduleStore, validate_cron
 from app.errors import problem_from_http
 from app.factory import problem_response
@@ -109,8 +109,15 @@ class BackupContent(MethodView):
     @blp.response(200, description="application/x-tar: the bundle (manifest first, then every "
                                    "part); `Range: bytes=…` answers 206")
     @blp.alt_response(206, description="the byte range asked for (`Content-Range`)", success=True)
+    @blp.alt_response(304, description="`If-None-Match` names the ETag: the client has these "
+                                       "bytes", success=True)
     def get(self, backup_id: str) -> Response:
         """Download a bundle as one tar stream, streamed from storage; `Range` supported.
+
+        The ETag is strong (the download's sha256 once recorded); `Repr-Digest:
+        sha-256=:<base64>:` (RFC 9530) and the legacy `Digest: sha-256=<base64>` carry the
+        sha256 of the whole download (also on a 206), equal to the record's `content_sha256`;
+        `If-None-Match` with the ETag answers 304.
 
         Operators and admins only: the bundle holds the container's environment and files.
         """
@@ -118,6 +125,10 @@ class BackupContent(MethodView):
         archive = _storage().archive(backup_id)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{archive.etag}"',
                    "Content-Disposition": f'attachment; filename="dockyard-backup-{backup_id}.tar"'}
+        if archive.sha256:
+            headers.update(digest_headers(archive.sha256))
+        if none_match(request.headers.get("If-None-Match"), archive.etag):
+            return Response(status=304, headers=headers)
         wanted = parse_range(request.headers.get("Range"), archive.size)
         if wanted is False:
             response = problem_response(problem_from_http(

@@ -6,6 +6,7 @@ gives the same bytes (and any ``Range`` of them) without storing the data twice.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import hashlib
 import re
@@ -34,7 +35,11 @@ class BundleArchive:
     """
 
     def __init__(self, manifest: dict[str, Any], paths: list[Path]) -> None:
-        """``paths``: the manifest's file, then each part's, in the manifest's order."""
+        """``paths``: the manifest's file, then each part's, in the manifest's order.
+
+        ``etag`` is the download's sha256 once it was recorded (``content_sha256``), else
+        the manifest's: either way it changes exactly when the bytes do (a strong ETag).
+        """
         self.manifest = manifest
         mtime = _epoch(manifest["created_at"])
         segments: list[_Segment] = []
@@ -53,7 +58,15 @@ class BundleArchive:
         segments.append(_Segment(2 * tarfile.BLOCKSIZE, data=bytes(2 * tarfile.BLOCKSIZE)))
         self._segments = segments
         self.size = sum(s.length for s in segments)
-        self.etag = hashlib.sha256(paths[0].read_bytes()).hexdigest()
+        self.sha256: str | None = manifest.get("content_sha256")
+        self.etag = self.sha256 or hashlib.sha256(paths[0].read_bytes()).hexdigest()
+
+    def digest(self) -> dict[str, Any]:
+        """``{sha256, size}`` of the whole download, read once from the parts."""
+        hasher = hashlib.sha256()
+        for chunk in self.read():
+            hasher.update(chunk)
+        return {"sha256": hasher.hexdigest(), "size": self.size}
 
     def read(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes ``start`` to ``end`` inclusive (default: to the last), in chunks from disk."""
@@ -112,3 +125,22 @@ def parse_range(header: str | None, total: int) -> tuple[int, int] | bool | None
     if end < start:
         return None
     return start, min(end, total - 1)
+
+
+def digest_headers(sha256_hex: str) -> dict[str, str]:
+    """``Repr-Digest`` (RFC 9530, a structured byte sequence) and the legacy ``Digest``."""
+    encoded = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+    return {"Repr-Digest": f"sha-256=:{encoded}:", "Digest": f"sha-256={encoded}"}
+
+
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (or is ``*``): the client has these bytes.
+
+    RFC 9110 compares weakly for If-None-Match, so ``W/"x"`` matches ``"x"``.
+    """
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return f'"{etag}"' in tags

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _STAGING = ".tmp"
+CONTENT = "content.json"  # the download's sha256 and size, beside (not in) the bundle's tar
 
 
 def backup_root(settings: Any) -> Path:
@@ -72,7 +73,8 @@ class LocalBackupStorage:
         return staging
 
     def publish(self, backup_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Write the manifest, fsync everything, then make the bundle visible by renaming."""
+        """Write the manifest and the download's checksum, fsync everything, then make the
+        bundle visible by renaming; the manifest with ``content_sha256`` and ``content_size``."""
         staging = self.staging_path(backup_id)
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         fd = os.open(staging / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
@@ -81,11 +83,36 @@ class LocalBackupStorage:
             os.fsync(fd)
         finally:
             os.close(fd)
+        content = self._record_content(staging, manifest)
         for folder in sorted({(staging / p["path"]).parent for p in manifest["parts"]} | {staging}):
             _fsync_dir(folder)
         os.replace(staging, self._dir(backup_id))
         _fsync_dir(self.root)
-        return manifest
+        return {**manifest, **content}
+
+    @staticmethod
+    def _record_content(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Hash the download the staged bundle makes and write it to ``content.json``.
+
+        The download is a tar whose part headers carry sizes known only once each part is
+        written, so its sha256 cannot be taken while the parts stream in: it costs one more
+        read of the parts. It is taken here, once per bundle on the worker that just wrote
+        them (still in the page cache), rather than at the first download: the digest
+        headers go out before the body, so a first download would read the whole bundle
+        before its first byte in an API process, and the record would show no checksum
+        until someone downloaded it. ``content.json`` is not part of the download (the
+        manifest is, so it cannot hold its own checksum).
+        """
+        paths = [staging / MANIFEST, *(staging / p["path"] for p in manifest["parts"])]
+        digest = BundleArchive(manifest, paths).digest()
+        content = {"content_sha256": digest["sha256"], "content_size": digest["size"]}
+        fd = os.open(staging / CONTENT, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, json.dumps(content).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return content
 
     def discard(self, backup_id: str) -> None:
         shutil.rmtree(self.staging_path(backup_id), ignore_errors=True)
@@ -97,16 +124,23 @@ class LocalBackupStorage:
             return None
 
     def manifest(self, backup_id: str) -> dict[str, Any]:
-        """The bundle's manifest.
+        """The bundle's manifest, with its download's ``content_sha256`` and ``content_size``
+        (None for a bundle published before they were recorded).
 
         Raises:
             NotFoundError: no such bundle.
             BackupCorruptError: the bundle folder or its manifest is a symlink.
         """
         try:
-            return json.loads(self.part_path(backup_id, MANIFEST).read_bytes())
+            manifest = json.loads(self.part_path(backup_id, MANIFEST).read_bytes())
         except FileNotFoundError:
             raise NotFoundError(f"no backup '{backup_id}'") from None
+        try:
+            content = json.loads(self.part_path(backup_id, CONTENT).read_bytes())
+        except FileNotFoundError:
+            content = {}
+        return {**manifest, "content_sha256": content.get("content_sha256"),
+                "content_size": content.get("content_size")}
 
     def catalog(self) -> list[dict[str, Any]]:
         """Every published bundle's manifest, newest first."""
