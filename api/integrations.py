@@ -14,6 +14,7 @@ from flask import current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, ValidationError
+from werkzeug.exceptions import HTTPException
 
 from api.common import accepts, requires
 from api.services import Call, backups, builds, containers, images, jobs
@@ -273,8 +274,12 @@ def dispatch_as(caller: Principal, command: Command,
     """
     operation = OPERATIONS[command.name]
     path = unquote("/api/v1" + command.path)
-    rule, view_args = current_app.url_map.bind("localhost").match(
-        path, method=command.method, return_rule=True)
+    try:
+        rule, view_args = current_app.url_map.bind("localhost").match(
+            path, method=command.method, return_rule=True)
+    except HTTPException as exc:  # a segment with "/" in it: no route, nothing to audit
+        status = exc.code or 404
+        return status, problem_from_http(status, exc.name, exc.description or exc.name)
     query = {key: [str(value)] for key, value in command.query.items()}
     body = json.loads(json.dumps(command.body)) if command.body is not None else None
     try:
