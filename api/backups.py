@@ -8,23 +8,14 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import caller_context, principal, requires, start_job
+from api.common import call, caller_context, principal, requires
 from api.hosts import host_record
-from app.backups import (
-    BackupScheduleStore,
-    default_image,
-    parse_range,
-    restore_spec,
-    storage_for,
-    validate_cron,
-)
-from app.dispatch import run_query
-from app.errors import ConflictError, ForbiddenError, problem_from_http
+from api.services import backups as service
+from app.backups.download import digest_headers, none_match, parse_range
+from app.backups.schedules import BackupScheduleStore, validate_cron
+from app.errors import problem_from_http
 from app.factory import problem_response
-from app.policy import enforce_local_name, policy_from_settings
-from app.runtime import runtime
 from app.store import get_redis
-from app.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, CONTAINERS_EXISTS, CONTAINERS_INSPECT
 from schemas.backups import (
     BackupJobSchema,
     BackupListArgsSchema,
@@ -40,7 +31,7 @@ blp = Blueprint("backups", __name__, description="Backups: export, archive, rest
 
 
 def _storage():
-    return storage_for(runtime().settings)
+    return service.storage()
 
 
 def _schedules() -> BackupScheduleStore:
@@ -48,24 +39,11 @@ def _schedules() -> BackupScheduleStore:
 
 
 def _visible_manifest(backup_id: str) -> dict[str, Any]:
-    """The manifest, if the caller's token may see the host it came from (404 otherwise)."""
-    manifest = _storage().manifest(backup_id)
-    principal().require_host(manifest["host"])
-    return manifest
+    return service.visible_manifest(call(), backup_id)
 
 
 def _owned_manifest(backup_id: str) -> dict[str, Any]:
-    """The manifest, if the caller may also use the bundle's content (403 otherwise).
-
-    A bundle holds the container's whole configuration and files: besides the host, a
-    non-admin's scope must cover the scope of the container it was made from.
-    """
-    manifest = _visible_manifest(backup_id)
-    caller = principal()
-    if not caller.is_admin and not caller.within_scope(manifest.get("scope")):
-        raise ForbiddenError(f"backup '{backup_id}' was made of a container outside the scope "
-                             f"of token '{caller.name}'", rule="owner-scope")
-    return manifest
+    return service.owned_manifest(call(), backup_id)
 
 
 def _with_links(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -84,11 +62,7 @@ class ContainerBackups(MethodView):
 
         The bundle's id is the job's id; the result is its manifest.
         """
-        record = host_record(host)
-        return start_job(BACKUPS_CREATE, host_record=record, target=ref,
-                         args=[ref, spec, caller_context()],
-                         precheck=lambda: run_query(CONTAINERS_INSPECT, record,
-                                                    [caller_context(), ref]))
+        return service.create(call(), host=host, ref=ref, spec=spec)
 
 
 @blp.route("/backups")
@@ -135,8 +109,15 @@ class BackupContent(MethodView):
     @blp.response(200, description="application/x-tar: the bundle (manifest first, then every "
                                    "part); `Range: bytes=…` answers 206")
     @blp.alt_response(206, description="the byte range asked for (`Content-Range`)", success=True)
+    @blp.alt_response(304, description="`If-None-Match` names the ETag: the client has these "
+                                       "bytes", success=True)
     def get(self, backup_id: str) -> Response:
         """Download a bundle as one tar stream, streamed from storage; `Range` supported.
+
+        The ETag is strong (the download's sha256 once recorded); `Repr-Digest:
+        sha-256=:<base64>:` (RFC 9530) and the legacy `Digest: sha-256=<base64>` carry the
+        sha256 of the whole download (also on a 206), equal to the record's `content_sha256`;
+        `If-None-Match` with the ETag answers 304.
 
         Operators and admins only: the bundle holds the container's environment and files.
         """
@@ -144,6 +125,10 @@ class BackupContent(MethodView):
         archive = _storage().archive(backup_id)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{archive.etag}"',
                    "Content-Disposition": f'attachment; filename="dockyard-backup-{backup_id}.tar"'}
+        if archive.sha256:
+            headers.update(digest_headers(archive.sha256))
+        if none_match(request.headers.get("If-None-Match"), archive.etag):
+            return Response(status=304, headers=headers)
         wanted = parse_range(request.headers.get("Range"), archive.size)
         if wanted is False:
             response = problem_response(problem_from_http(
@@ -171,28 +156,7 @@ class BackupRestore(MethodView):
         its saved ports (with `overrides.ports`), mounts, labels and restart policy. The policy
         is applied to the restored spec here and again on the worker.
         """
-        manifest = _owned_manifest(backup_id)
-        target = body["host"] or manifest["host"]
-        caller = principal()
-        caller.require_host(target)
-        record = host_record(target)
-        config = _storage().container_config(backup_id)
-        spec = restore_spec(manifest, config, body, default_image(manifest, body["image_repository"]))
-        is_admin = caller.role == "admin"
-        policy = policy_from_settings(runtime().settings)
-        # The bundle's filesystem is imported under spec["image"]: it never passes as an
-        # image of an allowed registry.
-        enforce_local_name(policy, spec["image"], False, is_admin, "restore")
-        policy.enforce(spec, is_admin)
-
-        def name_is_free() -> None:
-            if not spec["replace"] and run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
-                raise ConflictError(f"container name '{spec['name']}' is already in use on host "
-                                    f"'{target}'; pass replace: true to replace it or pick "
-                                    "another name", name=spec["name"])
-
-        return start_job(BACKUPS_RESTORE, host_record=record, target=spec["name"],
-                         args=[backup_id, spec, caller_context()], precheck=name_is_free)
+        return service.restore(call(), backup_id=backup_id, body=body)
 
 
 @blp.route("/backup-schedules")

@@ -4,33 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, request
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import caller_context, principal, redacted, requires, start_job, wait_seconds
+from api.common import call, caller_context, redacted, requires, start_job
 from api.hosts import host_record
-from api.images import caller_policy, check_registry_credentials, stored_registry_address
+from api.services import containers as service
+from api.services.containers import require_admin_for_unmanaged
+from api.services.images import caller_policy, stored_registry_address
 from api.transfers import sse_response
 from app.dispatch import open_stream, run_query
 from app.engine.references import resolve_in_registry
-from app.errors import ConflictError, ForbiddenError, InvalidInputError
+from app.errors import ConflictError, InvalidInputError
 from app.policy import enforce_local_name, policy_from_settings
 from app.runtime import runtime
 from app.task_names import (
-    CONTAINERS_ACTION,
     CONTAINERS_CHANGES,
     CONTAINERS_CHECK_RUNNING,
     CONTAINERS_COMMIT,
     CONTAINERS_EXEC,
     CONTAINERS_EXISTS,
     CONTAINERS_INSPECT,
-    CONTAINERS_LIST,
-    CONTAINERS_LOGS,
     CONTAINERS_PORTS,
-    CONTAINERS_PROVISION,
     CONTAINERS_PRUNE,
-    CONTAINERS_REMOVE,
     CONTAINERS_REMOVE_MATCHING,
     CONTAINERS_RENAME,
     CONTAINERS_STATS,
@@ -76,12 +73,6 @@ from schemas.images import CommitSpecSchema
 blp = Blueprint("containers", __name__, description="Containers on a host")
 
 
-
-def check_spec_policy(spec: dict[str, Any]) -> None:
-    """Refuse a spec the policy forbids before anything is queued (403 naming the rule)."""
-    policy_from_settings(runtime().settings).enforce(spec, principal().role == "admin")
-
-
 @blp.route("/hosts/<string:host>/containers")
 class Containers(MethodView):
     @requires("viewer")
@@ -89,45 +80,14 @@ class Containers(MethodView):
     @blp.response(200, ContainerSummarySchema(many=True))
     def get(self, args: dict, host: str) -> list[dict]:
         """`docker ps [-a] [-n N] [-l]` with filters; one engine call."""
-        query = {"all": args["all"], "limit": args["limit"], "latest": args["latest"],
-                 "name": args.get("name"), "labels": args["label"] or None,
-                 "status": args.get("status"), "ancestor": args.get("ancestor")}
-        return redacted("summary", run_query(CONTAINERS_LIST, host_record(host), [query]))
+        return service.list_containers(call(), host=host, args=args)
 
     @requires("operator")
     @blp.arguments(ProvisionSpecSchema)
     @blp.response(202, ProvisionJobSchema)
     def post(self, spec: dict, host: str) -> Any:
         """`docker run -d`: provision a container (job)."""
-        record = host_record(host)
-        check_spec_policy(spec)
-        check_registry_credentials(spec["image"], spec.get("registry"))
-
-        def name_taken(**extra: Any) -> ConflictError:
-            return ConflictError(f"container name '{spec['name']}' is already in use on host "
-                                 f"'{host}'; pass replace: true to replace it",
-                                 name=spec["name"], **extra)
-
-        def name_is_free() -> None:
-            if run_query(CONTAINERS_EXISTS, record, [spec["name"]]):
-                raise name_taken()
-
-        checked_by_worker = wait_seconds() > 0
-        # With ?wait the worker's create is the name check (no query-lane round trip here):
-        # a taken name fails the job with 409, answered as this 409 naming the failed job.
-        # Without ?wait the caller would only learn it from the job, so it is checked now.
-        precheck = name_is_free if spec["name"] and not spec["replace"] and \
-            not checked_by_worker else None
-        answer = start_job(CONTAINERS_PROVISION, host_record=record,
-                           target=spec["name"] or spec["image"],
-                           args=[spec, caller_context()], precheck=precheck)
-        view = answer[0]
-        if checked_by_worker and spec["name"] and not spec["replace"] and \
-                isinstance(view, dict) and view["state"] == "failed" and \
-                (view.get("error") or {}).get("status") == 409 and \
-                (view.get("error") or {}).get("name") == spec["name"]:
-            raise name_taken(job=view["id"])
-        return answer
+        return service.provision(call(), host=host, spec=spec)
 
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
@@ -138,7 +98,7 @@ class Containers(MethodView):
         At least one filter, or `all=true`. Containers not labelled `dockyard.managed=true`
         are skipped (and reported) unless an admin passes `managed_only=false`.
         """
-        require_admin_for_unmanaged(args["managed_only"])
+        require_admin_for_unmanaged(call(), args["managed_only"])
         match = {"labels": args["label"] or None, "status": args["status"],
                  "ancestor": args["ancestor"], "name": args["name"]}
         described = [f"label={label}" for label in args["label"]] + [
@@ -147,13 +107,6 @@ class Containers(MethodView):
                          target=" ".join(described) or "all",
                          args=[match, args["force"], args["volumes"], args["managed_only"],
                                caller_context()])
-
-
-def require_admin_for_unmanaged(managed_only: bool) -> None:
-    """Only admins may touch containers Dockyard did not make (``managed_only=false``)."""
-    if not managed_only and principal().role != "admin":
-        raise ForbiddenError("only admins may act on containers not labelled "
-                             "dockyard.managed=true (managed_only=false)")
 
 
 @blp.route("/hosts/<string:host>/containers/prune")
@@ -167,7 +120,7 @@ class ContainerPrune(MethodView):
         Only containers labelled `dockyard.managed=true` unless an admin passes
         `managed_only: false`.
         """
-        require_admin_for_unmanaged(spec["managed_only"])
+        require_admin_for_unmanaged(call(), spec["managed_only"])
         filters = spec["filters"]
         return start_job(CONTAINERS_PRUNE, host_record=host_record(host), target=None,
                          args=[filters["label"], filters["until"], spec["managed_only"],
@@ -192,8 +145,7 @@ class Container(MethodView):
     @blp.response(202, ContainerRemovedJobSchema)
     def delete(self, args: dict, host: str, ref: str) -> Any:
         """`docker rm [-f] [-v]` (job)."""
-        return start_job(CONTAINERS_REMOVE, host_record=host_record(host), target=ref,
-                         args=[ref, args["force"], args["volumes"], caller_context()])
+        return service.remove(call(), host=host, ref=ref, args=args)
 
 
 def _lifecycle(verb: str, schema: type, summary: str) -> None:
@@ -204,9 +156,7 @@ def _lifecycle(verb: str, schema: type, summary: str) -> None:
         @blp.arguments(schema, required=False)
         @blp.response(202, ContainerStateJobSchema)
         def post(self, args: dict, host: str, ref: str) -> Any:
-            return start_job(CONTAINERS_ACTION, host_record=host_record(host), target=ref,
-                             args=[ref, verb, args, caller_context()],
-                             body=request.get_json(silent=True) or {})
+            return service.lifecycle(call(), host=host, ref=ref, verb=verb, args=args)
 
     Lifecycle.post.__doc__ = summary
     Lifecycle.__name__ = Lifecycle.__qualname__ = f"Container{verb.capitalize()}"
@@ -242,10 +192,8 @@ class ContainerLogs(MethodView):
                 "tail": args["tail"], "since": args["since"],
                 "timestamps": args["timestamps"]}])
             return sse_response(reader, "log")
-        text = run_query(CONTAINERS_LOGS, host_record(host),
-                         [caller_context(), ref, {"tail": args["tail"], "since": args["since"],
-                                "until": args["until"], "timestamps": args["timestamps"]}])
-        return Response(text, mimetype="text/plain")
+        return Response(service.logs(call(), host=host, ref=ref, args=args),
+                        mimetype="text/plain")
 
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/exec")
@@ -265,7 +213,7 @@ class ContainerExec(MethodView):
                 "an exec job is not interactive; for exec -it open a session: POST "
                 f"/api/v1/hosts/{host}/containers/{ref}/sessions",
                 errors={name: ["use POST …/sessions for an interactive exec"] for name in asked})
-        policy_from_settings(runtime().settings).enforce_exec(spec, principal().role == "admin")
+        policy_from_settings(runtime().settings).enforce_exec(spec, call().is_admin)
         record = host_record(host)
         return start_job(CONTAINERS_EXEC, host_record=record, target=ref,
                          args=[ref, spec, caller_context()],
@@ -373,7 +321,7 @@ class ContainerCommit(MethodView):
             push_repository = resolve_in_registry(
                 spec["repository"], stored_registry_address(spec["push"]["registry"]))
         # A container's filesystem may hold anything: it never passes as an allowed image.
-        policy, is_admin = caller_policy()
+        policy, is_admin = caller_policy(call())
         for name in filter(None, (spec["repository"], push_repository)):
             enforce_local_name(policy, name, False, is_admin, "commit")
         return start_job(CONTAINERS_COMMIT, host_record=host_record(host), target=ref,

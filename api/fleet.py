@@ -8,7 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, requires, start_job
-from api.images import check_registry_credentials
+from api.services.images import check_registry_credentials
 from app.dispatch import run_queries, submit_fanout, submit_job
 from app.errors import ConflictError
 from app.placement import select_hosts

@@ -12,11 +12,12 @@ from api.common import principal, redacted, requires
 from app import hosts as hostviews
 from app.dispatch import lane_alive, run_query
 from app.engine.event_times import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, parse_event_time
-from app.errors import DockyardError, InvalidInputError
+from app.errors import ConflictError, DockyardError, InvalidInputError
 from app.hosts import queues_for
 from app.runtime import runtime
 from app.task_names import HOSTS_DF, HOSTS_EVENTS, HOSTS_INFO, HOSTS_SUMMARY, HOSTS_VERSION
 from schemas.hosts import (
+    AgentCredentialsSchema,
     DiskUsageSchema,
     EventsArgsSchema,
     EventSchema,
@@ -59,7 +60,11 @@ class Hosts(MethodView):
         """Register a host (unix://, tcp:// with mutual TLS, or ssh:// with a stored key)."""
         record = runtime().hosts.create(body["name"], body["url"], body["tls"], body["route"],
                                         body["labels"], ssh=body["ssh"])
-        return _with_lanes(record, None)
+        view = _with_lanes(record, None)
+        if record["route"] == "agent":
+            # Shown once, like a token: only the password's hash stays in the record.
+            view["agent_credentials"] = runtime().hosts.issue_agent_access(record["name"])
+        return view
 
 
 @blp.route("/hosts/<string:host>")
@@ -81,14 +86,35 @@ class Host(MethodView):
     @blp.arguments(HostUpdateSchema)
     @blp.response(200, HostSchema)
     def patch(self, body: dict, host: str) -> dict:
-        """Change a host's URL, TLS or SSH material, route or labels."""
-        return _with_lanes(runtime().hosts.update(host, body), None)
+        """Change a host's URL, TLS or SSH material, route or labels.
+
+        Moving a host to `route: agent` answers its agent's credentials (once); moving it
+        to `central` deletes its agent's Redis user.
+        """
+        record = runtime().hosts.update(host, body)
+        view = _with_lanes(record, None)
+        if record.get("route") == "agent" and not record.get("agent"):
+            view["agent_credentials"] = runtime().hosts.issue_agent_access(host)
+        return view
 
     @requires("admin")
     @blp.response(204)
     def delete(self, host: str) -> None:
         """Forget a host (its containers are left alone)."""
         runtime().hosts.delete(host)
+
+
+@blp.route("/hosts/<string:host>/agent-credentials")
+class HostAgentCredentials(MethodView):
+    @requires("admin")
+    @blp.response(201, AgentCredentialsSchema)
+    def post(self, host: str) -> dict:
+        """Re-key an agent host: new credentials, shown once; the old password is refused
+        and the connections logged in with it are closed."""
+        record = host_record(host)
+        if record.get("route") != "agent":
+            raise ConflictError(f"host '{host}' is not served by an agent (route: central)")
+        return runtime().hosts.issue_agent_access(host)
 
 
 @blp.route("/hosts/<string:host>/info")

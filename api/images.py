@@ -9,26 +9,21 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import principal, redacted, requires, start_job
+from api.common import call, redacted, requires, start_job
 from api.hosts import host_record
+from api.services import images as service
+from api.services.images import caller_policy, stored_registry_address
 from app.dispatch import run_query
 from app.engine.references import resolve_in_registry, split_reference
-from app.errors import InvalidInputError, NotFoundError
+from app.errors import InvalidInputError
 from app.policy import (
-    Policy,
-    enforce_image_source,
     enforce_local_name,
     image_allowed,
-    policy_from_settings,
 )
-from app.registries import registry_address, require_reference_in_registry
-from app.runtime import runtime
 from app.task_names import (
     IMAGES_HISTORY,
     IMAGES_INSPECT,
-    IMAGES_LIST,
     IMAGES_PRUNE,
-    IMAGES_PULL,
     IMAGES_PUSH,
     IMAGES_REMOVE,
     IMAGES_REMOVE_MANY,
@@ -63,32 +58,6 @@ blp = Blueprint("images", __name__, description="Images on a host")
 _IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
 
 
-def stored_registry(name: str) -> dict[str, Any]:
-    """A stored registry's record; an unknown name is a bad field (422)."""
-    try:
-        return runtime().registries.get(name)
-    except NotFoundError:
-        raise InvalidInputError(f"no registry '{name}'",
-                                errors={"registry": [f"no registry '{name}'"]}) from None
-
-
-def stored_registry_address(name: str) -> str:
-    """The ``host:port`` of a stored registry; an unknown name is a bad field (422)."""
-    return registry_address(stored_registry(name)["url"])
-
-
-def check_registry_credentials(reference: str, name: str | None) -> None:
-    """Refuse (422 on ``registry``) naming a stored registry for an image that lives elsewhere:
-    its credentials would be offered to that other registry."""
-    if name:
-        require_reference_in_registry(reference, stored_registry(name))
-
-
-def caller_policy() -> tuple[Policy, bool]:
-    """The settings' policy and whether the caller is an admin."""
-    return policy_from_settings(runtime().settings), principal().role == "admin"
-
-
 def check_local_name(source: str, target: str, doing: str) -> None:
     """403 ``allowed-registries`` when ``target`` would make ``source`` look like an image of
     an allowed registry although ``source`` names none (an id, or another registry's name).
@@ -96,7 +65,7 @@ def check_local_name(source: str, target: str, doing: str) -> None:
     Names in an allowed namespace are only ever made from images that already carry one (or
     pulled from there), so a source *named* in an allowed registry is of allowed origin.
     """
-    policy, is_admin = caller_policy()
+    policy, is_admin = caller_policy(call())
     # An id or id prefix says nothing of where the image came from (``cafe`` may be either).
     source_allowed = not _IMAGE_ID.fullmatch(source) and image_allowed(policy, source)
     enforce_local_name(policy, target, source_allowed, is_admin, doing)
@@ -113,9 +82,7 @@ class Images(MethodView):
         One row per image, with all its tags. With `quiet=true` the answer is the list of
         full image ids instead (`docker images -q --no-trunc`, one per image).
         """
-        query = {"all": args["all"], "dangling": args["dangling"], "quiet": args["quiet"],
-                 "reference": args.get("reference"), "labels": args["label"] or None}
-        answer = run_query(IMAGES_LIST, host_record(host), [query])
+        answer = service.list_images(call(), host=host, args=args)
         return jsonify(answer) if args["quiet"] else answer
 
     @requires("operator")
@@ -140,14 +107,7 @@ class ImagePull(MethodView):
         address the reference names; a reference naming no registry is pulled from the
         named one.
         """
-        record = host_record(host)
-        reference = spec["image"]
-        if spec["registry"]:
-            reference = resolve_in_registry(reference, stored_registry_address(spec["registry"]))
-        policy, is_admin = caller_policy()
-        enforce_image_source(policy, reference, is_admin, "pull")
-        return start_job(IMAGES_PULL, host_record=record, target=reference,
-                         args=[reference, spec["registry"]])
+        return service.pull(call(), host=host, spec=spec)
 
 
 @blp.route("/hosts/<string:host>/images/prune")

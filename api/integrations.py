@@ -2,29 +2,57 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
-from flask import Response, current_app, g, request
+import redis
+from flask import current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, ValidationError
+from werkzeug.exceptions import HTTPException
 
 from api.common import accepts, requires
+from api.services import Call, backups, builds, containers, images, jobs
+from api.services.builds import load_spec
+from app import audit
 from app import jobs as jobstates
 from app.auth import Principal
 from app.chat import (
-    CHAT_ENVIRON,
     PLATFORMS,
     ChatUserStore,
     message,
     verify_mattermost_token,
     verify_slack_request,
 )
+from app.errors import DockyardError, InvalidInputError, UnavailableError, problem_from_http
+from app.factory import REDIS_RETRY_AFTER_SECONDS
 from app.grammar import Command, GrammarError, describe_job, parse, render
 from app.runtime import runtime
-from app.store import get_redis
+from app.store import get_redis, utcnow
 from app.webhooks import url_allowed, watch_job
+from schemas.backups import BackupJobSchema, BackupSpecSchema, RestoreJobSchema, RestoreSpecSchema
+from schemas.builds import BuildJobSchema
+from schemas.common import JobSchema
+from schemas.containers import (
+    ContainerListArgsSchema,
+    ContainerRemovedJobSchema,
+    ContainerStateJobSchema,
+    ContainerSummarySchema,
+    LogsArgsSchema,
+    NoArgsSchema,
+    ProvisionJobSchema,
+    ProvisionSpecSchema,
+    RemoveArgsSchema,
+    StopArgsSchema,
+)
+from schemas.images import ImageListArgsSchema, ImageSummarySchema, PullJobSchema, PullSpecSchema
 from schemas.integrations import ChatReplySchema, ChatUserSchema, ChatUserSpecSchema
+from schemas.jobs import JobListArgsSchema, JobPageSchema, JobWaitArgsSchema
 
 logger = logging.getLogger(__name__)
 
@@ -178,34 +206,134 @@ def _problem_text(problem: Any, command: Command) -> str:
     if not isinstance(problem, dict):
         return f"Error: {problem}"
     text = f"Error: {problem.get('detail') or problem.get('title')}"
-    for field, errors in (problem.get("errors") or {}).items():
-        text += f"\n• {field}: {errors}"
+    for name, errors in (problem.get("errors") or {}).items():
+        text += f"\n• {name}: {errors}"
     if problem.get("status") == 409 and command.name == "restore":
         text += "\nRepeat with `--yes` to replace it."
     return text
 
 
+@dataclass(frozen=True)
+class _Operation:
+    """What a chat command calls: the service function and the operation's own schemas.
+
+    ``schema`` loads the arguments exactly as the view's ``@blp.arguments`` does (from the
+    query string or the JSON body); ``argument`` is the service's keyword for them;
+    ``response`` dumps the answer as the view's ``@blp.response`` does.
+    """
+
+    service: Callable[..., Any]
+    schema: type[Schema] | None
+    location: str
+    argument: str
+    response: Schema | None
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+def _lifecycle(verb: str, schema: type[Schema]) -> _Operation:
+    return _Operation(containers.lifecycle, schema, "json", "args", ContainerStateJobSchema(),
+                      {"verb": verb})
+
+
+OPERATIONS: dict[str, _Operation] = {
+    "ps": _Operation(containers.list_containers, ContainerListArgsSchema, "query", "args",
+                     ContainerSummarySchema(many=True)),
+    "run": _Operation(containers.provision, ProvisionSpecSchema, "json", "spec",
+                      ProvisionJobSchema()),
+    "logs": _Operation(containers.logs, LogsArgsSchema, "query", "args", None),
+    "start": _lifecycle("start", NoArgsSchema),
+    "stop": _lifecycle("stop", StopArgsSchema),
+    "restart": _lifecycle("restart", StopArgsSchema),
+    "rm": _Operation(containers.remove, RemoveArgsSchema, "query", "args",
+                     ContainerRemovedJobSchema()),
+    "images": _Operation(images.list_images, ImageListArgsSchema, "query", "args",
+                         ImageSummarySchema(many=True)),
+    "pull": _Operation(images.pull, PullSpecSchema, "json", "spec", PullJobSchema()),
+    "build": _Operation(builds.submit_build, None, "json", "spec", BuildJobSchema(),
+                        {"spool": None}),
+    "backup": _Operation(backups.create, BackupSpecSchema, "json", "spec", BackupJobSchema()),
+    "restore": _Operation(backups.restore, RestoreSpecSchema, "json", "body",
+                          RestoreJobSchema()),
+    "jobs": _Operation(jobs.list_jobs, JobListArgsSchema, "query", "args", JobPageSchema()),
+    "job": _Operation(jobs.get_job, JobWaitArgsSchema, "query", "args", JobSchema()),
+    "cancel": _Operation(jobs.cancel_job, None, "json", "", JobSchema()),
+}
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+               redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError)
+
+
 def dispatch_as(caller: Principal, command: Command,
                 sender: dict[str, Any]) -> tuple[int, Any]:
-    """Run ``command`` through the API as ``caller``, exactly as an HTTP call would run.
+    """Run ``command`` as ``caller`` through the service function its HTTP route calls.
 
-    A request context for the command's route is pushed inside this one and fully
-    dispatched: every before-request hook (rate limits included) and after-request hook
-    (the audit record) runs. Authentication takes ``caller`` from the request's environ,
-    where only this function puts it (the chat platform authenticated the sender), and
-    the audit record names ``sender``, the chat user.
+    The same steps as the HTTP call, without re-entering Flask: the rate-limit charge on
+    ``caller``'s token, the role and scope check, the operation's marshmallow schema, the
+    service (policy, ``start_job`` or the query), the response schema, and the audit record
+    (``app.audit.entry``) naming ``sender``, the chat user. Answers (status, JSON payload).
     """
-    app = current_app._get_current_object()
-    path = "/api/v1" + command.path
-    kwargs: dict[str, Any] = {"method": command.method, "query_string": command.query,
-                              "headers": {"X-Request-ID": g.get("request_id", "")},
-                              "environ_overrides": {CHAT_ENVIRON: {"principal": caller,
-                                                                   **sender}}}
-    if command.body is not None:
-        kwargs["json"] = command.body
-    with app.test_request_context(path, **kwargs):
-        response: Response = app.make_response(app.full_dispatch_request())
-        if response.is_json:
-            return response.status_code, response.get_json()
-        return response.status_code, response.get_data(as_text=True)
+    operation = OPERATIONS[command.name]
+    path = unquote("/api/v1" + command.path)
+    try:
+        rule, view_args = current_app.url_map.bind("localhost").match(
+            path, method=command.method, return_rule=True)
+    except HTTPException as exc:  # a segment with "/" in it: no route, nothing to audit
+        status = exc.code or 404
+        return status, problem_from_http(status, exc.name, exc.description or exc.name)
+    query = {key: [str(value)] for key, value in command.query.items()}
+    body = json.loads(json.dumps(command.body)) if command.body is not None else None
+    try:
+        status, payload = _run(operation, caller, command, path, view_args, body)
+    except DockyardError as exc:
+        status, payload = exc.status, exc.to_problem()
+    except _REDIS_DOWN as exc:
+        logger.warning("Redis unavailable: %s", type(exc).__name__)
+        problem = UnavailableError("the job store (Redis) is unavailable",
+                                   retry_after=REDIS_RETRY_AFTER_SECONDS)
+        status, payload = problem.status, problem.to_problem()
+    except Exception:
+        logger.exception("unexpected error in chat command request_id=%s", g.get("request_id"))
+        status, payload = 500, problem_from_http(500, "Internal Server Error",
+                                                 "an unexpected error occurred")
+    if audit.audited(command.method, status):
+        try:
+            runtime().audit.record(audit.entry(
+                ts=utcnow(), request_id=g.get("request_id"), principal=caller,
+                method=command.method, route=rule.rule, path=path, view_args=view_args,
+                query=query, body=body, status=status, answer=payload,
+                chat={key: sender.get(key) for key in ("platform", "user_id", "user_name")}))
+        except Exception:  # as over HTTP: the audit store being down answers all the same
+            logger.warning("audit record failed request_id=%s", g.get("request_id"),
+                           exc_info=True)
+    return status, payload
 
+
+def _run(operation: _Operation, caller: Principal, command: Command, path: str,
+         view_args: dict[str, Any], body: Any) -> tuple[int, Any]:
+    runtime().rate_limiter.charge(caller, command.method, runtime().settings)
+    # Role and scope before the arguments are read, as ``requires`` does before webargs.
+    caller.require_role(operation.service.role)
+    if "host" in view_args:
+        caller.require_host(view_args["host"])
+    kwargs: dict[str, Any] = {**view_args, **operation.fixed}
+    if command.name == "build":
+        kwargs["spec"] = load_spec(body, uploaded=False)
+    elif operation.schema is not None:
+        raw = command.query if operation.location == "query" else (body or {})
+        try:
+            kwargs[operation.argument] = operation.schema().load(
+                {key: str(value) for key, value in raw.items()}
+                if operation.location == "query" else raw,
+                **({"unknown": EXCLUDE} if operation.location == "query" else {}))
+        except ValidationError as exc:
+            errors = exc.normalized_messages()
+            raise InvalidInputError("the request has invalid fields: " + ", ".join(
+                sorted(errors)), errors=errors) from None
+    call = Call(principal=caller, method=command.method, path=path, body=body)
+    answer = operation.service(call, **kwargs)
+    status = 200
+    if isinstance(answer, tuple):
+        answer, status = answer[0], answer[1]
+    if operation.response is not None:
+        answer = operation.response.dump(answer)
+    return status, json.loads(json.dumps(answer, default=str))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 from flask import Response, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import answered, principal, requires
+from api.common import call, requires
+from api.services import jobs as service
 from app import jobs as jobstates
-from app.errors import NotFoundError
 from app.runtime import runtime
 from schemas.common import JobSchema
 from schemas.jobs import JobListArgsSchema, JobPageSchema, JobWaitArgsSchema
@@ -23,10 +22,7 @@ _SSE_IDLE_SECONDS = 15
 
 def visible_job(job_id: str) -> dict:
     """The job, if the caller may see it (404 otherwise, as for a job that does not exist)."""
-    record = runtime().jobs.get(job_id)
-    if not jobstates.visible_to(record, principal()):
-        raise NotFoundError(f"no job '{job_id}'")
-    return record
+    return service.visible_job(call(), job_id)
 
 
 @blp.route("/jobs")
@@ -36,11 +32,7 @@ class Jobs(MethodView):
     @blp.response(200, JobPageSchema)
     def get(self, args: dict) -> dict:
         """List jobs, newest first."""
-        items, next_cursor = runtime().jobs.list(
-            state=args.get("state"), kind=args.get("kind"), host=args.get("host"),
-            visible=functools.partial(jobstates.visible_to, caller=principal()),
-            limit=args["limit"], cursor=args.get("cursor"))
-        return {"items": [jobstates.public_view(r) for r in items], "next_cursor": next_cursor}
+        return service.list_jobs(call(), args=args)
 
 
 @blp.route("/jobs/<string:job_id>")
@@ -50,11 +42,7 @@ class Job(MethodView):
     @blp.response(200, JobSchema)
     def get(self, args: dict, job_id: str) -> dict:
         """Get one job; ``?wait=N`` long-polls until it finishes or N seconds pass."""
-        record = visible_job(job_id)
-        wait = min(args["wait"], runtime().settings.max_wait_seconds)
-        if wait > 0:
-            record = runtime().jobs.wait_final(job_id, wait)
-        return jobstates.public_view(record)
+        return service.get_job(call(), job_id=job_id, args=args)
 
 
 @blp.route("/jobs/<string:job_id>/cancel")
@@ -63,10 +51,7 @@ class JobCancel(MethodView):
     @blp.response(200, JobSchema)
     def post(self, job_id: str) -> dict:
         """Cancel a job: a queued one at once, a running one at its next checkpoint."""
-        visible_job(job_id)
-        record = runtime().jobs.request_cancel(job_id)
-        answered(record)
-        return jobstates.public_view(record)
+        return service.cancel_job(call(), job_id=job_id)
 
 
 @blp.route("/jobs/<string:job_id>/events")

@@ -27,6 +27,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/hosts/{host}"): "getHost",
     ("PATCH", "/hosts/{host}"): "updateHost",
     ("DELETE", "/hosts/{host}"): "deleteHost",
+    ("POST", "/hosts/{host}/agent-credentials"): "rekeyHostAgent",
     ("GET", "/hosts/{host}/info"): "getHostInfo",
     ("GET", "/hosts/{host}/version"): "getHostVersion",
     ("GET", "/hosts/{host}/df"): "getHostDiskUsage",

@@ -13,9 +13,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from api.common import accepts, caller_context, redacted, requires, start_job
+from api.common import accepts, call, caller_context, redacted, requires, start_job
 from api.hosts import host_record
-from api.images import caller_policy
+from api.services.images import caller_policy
 from app.dispatch import open_stream, run_query
 from app.pipes import PipeReader
 from app.policy import enforce_local_name
@@ -60,7 +60,7 @@ def spooled_tar() -> Path:
 def check_loaded_names(spool: str) -> None:
     """403 ``allowed-registries`` if a ``docker save`` tar names an image in an allowed
     registry's namespace (``manifest.json`` RepoTags, ``repositories``, OCI ``index.json``)."""
-    policy, is_admin = caller_policy()
+    policy, is_admin = caller_policy(call())
     if not policy.allowed_registries:
         return
     for name in saved_image_names(Path(spool)):
@@ -177,7 +177,7 @@ class ImageImport(MethodView):
         record = host_record(host)
         args.pop("wait")
         if args["repository"]:
-            policy, is_admin = caller_policy()
+            policy, is_admin = caller_policy(call())
             enforce_local_name(policy, args["repository"], False, is_admin, "import")
         spool = spooled_tar()
         return start_job(TRANSFERS_IMPORT, host_record=record, target=args["repository"],

@@ -19,13 +19,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Gossip, mingle and worker heartbeats are pub/sub on shared keys: an agent's login has none.
+_QUIET = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+
+
+def worker_env(environ: dict[str, str], host: str, engine: str, pool_size: int) -> dict[str, str]:
+    """The workers' environment: the public verify key instead of DOCKYARD_SECRET_KEY.
+
+    An agent signs nothing and unseals nothing with the fleet's key, so its workers never
+    hold it (given one, the agent derives the public key from it and drops it).
+    """
+    from urllib.parse import urlsplit
+
+    from app import signing
+    from app.config import secret_from_env
+
+    env = {**environ, "DOCKYARD_AGENT_HOST": host, "DOCKYARD_AGENT_ENGINE_URL": engine,
+           "DOCKYARD_ENGINE_POOL_SIZE": str(pool_size)}
+    secret = secret_from_env("DOCKYARD_SECRET_KEY") if (
+        env.get("DOCKYARD_SECRET_KEY") or env.get("DOCKYARD_SECRET_KEY_FILE")) else ""
+    env.pop("DOCKYARD_SECRET_KEY", None)
+    env.pop("DOCKYARD_SECRET_KEY_FILE", None)
+    if secret and not env.get("DOCKYARD_TASK_VERIFY_KEY"):
+        env["DOCKYARD_TASK_VERIFY_KEY"] = signing.encode_verify_key(
+            signing.signing_key(secret).public_key())
+    if urlsplit(env.get("DOCKYARD_REDIS_URL", "")).password:
+        # The URL carries the agent's own login: the shared data password is not for it.
+        env.pop("DOCKYARD_REDIS_PASSWORD", None)
+        env.pop("DOCKYARD_REDIS_PASSWORD_FILE", None)
+    return env
+
+
 def worker_commands(host: str, ops_concurrency: int, query_concurrency: int) -> list[list[str]]:
     celery = [sys.executable, "-m", "celery", "-A", "app.celery_app:celery", "worker"]
     return [
         [*celery, "-Q", f"host.{host}.ops", "-n", f"agent-ops.{host}@%h", "-P", "prefork",
-         "-c", str(ops_concurrency), "--prefetch-multiplier", "1", "-l", "INFO"],
+         "-c", str(ops_concurrency), "--prefetch-multiplier", "1", "-l", "INFO", *_QUIET],
         [*celery, "-Q", f"host.{host}.query", "-n", f"agent-query.{host}@%h", "-P", "threads",
-         "-c", str(query_concurrency), "-l", "INFO"],
+         "-c", str(query_concurrency), "-l", "INFO", *_QUIET],
     ]
 
 
@@ -39,13 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query-concurrency", type=int, default=8)
     args = parser.parse_args(argv)
     if "DOCKYARD_REDIS_URL" not in os.environ:
-        parser.error("set DOCKYARD_REDIS_URL to the shared Redis (and DOCKYARD_SECRET_KEY)")
+        parser.error("set DOCKYARD_REDIS_URL to the agent's Redis URL (agent_credentials.redis_url)")
     if not (os.environ.get("DOCKYARD_TASK_VERIFY_KEY") or os.environ.get("DOCKYARD_SECRET_KEY")):
         # Without a key the workers could verify nothing, and refuse to start.
         parser.error("set DOCKYARD_TASK_VERIFY_KEY (printed by `dockyard-admin task-verify-key`) "
                      "or DOCKYARD_SECRET_KEY")
-    env = {**os.environ, "DOCKYARD_AGENT_HOST": args.host, "DOCKYARD_AGENT_ENGINE_URL": args.engine,
-           "DOCKYARD_ENGINE_POOL_SIZE": str(max(args.query_concurrency, 2))}
+    env = worker_env(dict(os.environ), args.host, args.engine, max(args.query_concurrency, 2))
     children = [subprocess.Popen(cmd, cwd=ROOT, env=env)
                 for cmd in worker_commands(args.host, args.ops_concurrency,
                                            args.query_concurrency)]

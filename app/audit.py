@@ -33,6 +33,45 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
+_CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+DENIED = (401, 403, 429)
+
+
+def audited(method: str, status: int) -> bool:
+    """Whether a request is recorded: it changes something, or it was denied."""
+    return method in _CHANGES or status in DENIED
+
+
+def entry(*, ts: str, request_id: str | None, principal: Any, method: str, route: str,
+          path: str, view_args: dict[str, Any], query: dict[str, list[str]], body: Any,
+          status: int, answer: Any, chat: dict[str, Any] | None,
+          job_id: str | None = None) -> dict[str, Any]:
+    """One audit record, the same for an HTTP request and its chat twin.
+
+    ``principal`` is the authentication result (None when it failed); ``answer`` is the JSON
+    answered (a job, a problem), ``chat`` who sent a chat command (None over HTTP);
+    ``job_id`` the job answered when the caller knows it without ``answer``.
+    """
+    answer = answer if isinstance(answer, dict) else {}
+    return {
+        "ts": ts, "request_id": request_id,
+        "actor": principal.name if principal else None,
+        "token_id": principal.token_id if principal else None,
+        "method": method, "route": route, "path": path,
+        "host": view_args.get("host"),
+        "target": view_args.get("ref") or view_args.get("name") or view_args.get("job_id")
+        or view_args.get("token_id"),
+        "request": {"query": redact(query), "body": redact(body)},
+        "decision": "denied" if status in DENIED else "allowed",
+        "rule": answer.get("rule"),
+        "outcome": "denied" if status in DENIED else "error" if status >= 400 else "ok",
+        "status": status,
+        "job_id": job_id or (answer.get("id") if answer.get("links", {}).get("events")
+                             else None),
+        "chat": chat,
+    }
+
+
 class AuditLog:
     """Records in a capped Redis stream, newest last; no API removes or edits them."""
 

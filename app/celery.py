@@ -9,10 +9,10 @@ import os
 from celery import Celery, signals
 from celery.schedules import crontab
 
-from app import logs, signing
+from app import agent_access, logs, signing
 from app.config import Settings
 from app.store import broker_url_and_options
-from app.task_names import BACKUPS_RUN_SCHEDULES, JOBS_PRUNE_INDEX
+from app.task_names import BACKUPS_RUN_SCHEDULES, HOSTS_SYNC_AGENT_ACCESS, JOBS_PRUNE_INDEX
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -24,6 +24,9 @@ def make_celery(settings: Settings) -> Celery:
     # No include=["tasks"]: the API and beat send tasks by name and never load the task
     # modules (nor docker-py and paramiko with them); workers import them at start-up.
     broker, transport = broker_url_and_options(settings)
+    if settings.agent_host:
+        # An agent's login reaches kombu's unacked bookkeeping only under its own prefix.
+        transport = {**transport, **agent_access.transport_options(settings.agent_host)}
     celery = Celery("dockyard", broker=broker)
     limit = settings.task_time_limit_seconds
     celery.conf.update(
@@ -46,7 +49,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
-        worker_enable_remote_control=True,
+        # Remote control is pub/sub on shared keys, which an agent's login may not use.
+        worker_enable_remote_control=not settings.agent_host,
         timezone="UTC",
         # Any number of beats may run: only the holder of the Redis lease sends (app/beat.py).
         beat_scheduler="app.beat:LeaderScheduler",
@@ -57,6 +61,9 @@ def make_celery(settings: Settings) -> Celery:
             # Due backup schedules are enqueued and their retention applied once a minute.
             "run-backup-schedules": {"task": BACKUPS_RUN_SCHEDULES, "schedule": crontab(),
                                      "options": {"queue": "engine.ops", "expires": 55}},
+            # Agents' Redis ACL users live in memory only: rebuilt from the host records.
+            "sync-agent-access": {"task": HOSTS_SYNC_AGENT_ACCESS, "schedule": 60.0,
+                                  "options": {"queue": "engine.query", "expires": 55}},
         },
     )
     _wire_logging()

@@ -19,9 +19,6 @@ PLATFORMS = ("slack", "mattermost")
 SLACK_WINDOW_SECONDS = 300
 MESSAGE_LIMIT = 3500
 _USERS = PREFIX + "chat:users"
-# WSGI environ key of a chat command's request: the principal it acts as and who sent it.
-# Only dispatch_as sets it; a client's headers only ever reach the environ as HTTP_* keys.
-CHAT_ENVIRON = "dockyard.chat"
 
 
 def slack_signature(secret: str, timestamp: str, body: bytes) -> str:

@@ -155,6 +155,9 @@ class Settings:
     )
     engine_pool_size: int = field(default_factory=lambda: _env_int("DOCKYARD_ENGINE_POOL_SIZE", 4))
     agent_host: str = field(default_factory=lambda: _env("DOCKYARD_AGENT_HOST", ""))
+    # An agent's own sealing key (agent_credentials.agent_key): opens the registry passwords
+    # sealed for its host, nothing else.
+    agent_key: str = field(default_factory=lambda: _env_secret("DOCKYARD_AGENT_KEY"))
     agent_engine_url: str = field(
         default_factory=lambda: _env("DOCKYARD_AGENT_ENGINE_URL", "unix:///var/run/docker.sock"))
     rate_limit_reads: int = field(
@@ -235,7 +238,7 @@ class Settings:
 
     def as_public_dict(self) -> dict[str, object]:
         """Settings without secrets, for diagnostics."""
-        hidden = {"secret_key", "admin_token", "redis_password", "webhook_secret",
+        hidden = {"secret_key", "agent_key", "admin_token", "redis_password", "webhook_secret",
                   "slack_signing_secret", "mattermost_token"}
         public = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         public["redis_url"] = redacted_url(self.redis_url)

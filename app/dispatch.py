@@ -27,7 +27,13 @@ def lane_key(queue: str) -> str:
 
 
 def reply_key(reply_id: str) -> str:
-    return f"{PREFIX}reply:{reply_id}"
+    """A reply's list; a reply id that names a host (``host/hex``) lives under its prefix."""
+    host, scoped, rest = reply_id.rpartition("/")
+    return f"{PREFIX}h:{host}:reply:{rest}" if scoped else f"{PREFIX}reply:{reply_id}"
+
+
+def new_reply_id(host: str | None) -> str:
+    return f"{host}/{uuid.uuid4().hex}" if host else uuid.uuid4().hex
 
 
 def lane_alive(queue: str) -> bool:
@@ -153,7 +159,7 @@ def open_stream(name: str, host_record: dict[str, Any], args: list[Any],
     timeout = timeout or runtime().settings.query_timeout_seconds
     queue = queues_for(host_record)[1]
     require_lane(queue, host_record["name"])
-    pipe_id = new_pipe_id()
+    pipe_id = new_pipe_id(host_record["name"])
     runtime().celery.send_task(name, args=[pipe_id, host_record["name"],
                                            host_record.get("revision", 1), *args],
                                queue=queue, expires=timeout)
@@ -176,7 +182,8 @@ def run_query(name: str, host_record: dict[str, Any], args: list[Any],
     queue = queues_for(host_record)[1]
     require_lane(queue, host_record["name"])
     return _ask(name, queue, [host_record["name"], host_record.get("revision", 1), *args],
-                timeout, f"host '{host_record['name']}'", host=host_record["name"])
+                timeout, f"host '{host_record['name']}'", reply_host=host_record["name"],
+                host=host_record["name"])
 
 
 def run_queries(calls: list[tuple[str, dict[str, Any], list[Any]]],
@@ -195,7 +202,7 @@ def run_queries(calls: list[tuple[str, dict[str, Any], list[Any]]],
         except NoWorkerError as exc:
             pending.append((None, exc))
             continue
-        reply_id = uuid.uuid4().hex
+        reply_id = new_reply_id(host_record["name"])
         runtime().celery.send_task(name, args=[reply_id, host_record["name"],
                                                host_record.get("revision", 1), *args],
                                    queue=queue, expires=timeout)
@@ -224,13 +231,13 @@ def run_central_query(name: str, args: list[Any], timeout: float | None = None) 
     The task receives ``(reply_id, *args)`` and answers with ``QueryTask.reply_plain``.
     """
     require_lane("engine.query", None)
-    return _ask(name, "engine.query", args, timeout, "the worker")
+    return _ask(name, "engine.query", args, timeout, "the worker", reply_host=None)
 
 
 def _ask(name: str, queue: str, args: list[Any], timeout: float | None, who: str,
-         **extra: Any) -> Any:
+         reply_host: str | None, **extra: Any) -> Any:
     timeout = timeout or runtime().settings.query_timeout_seconds
-    reply_id = uuid.uuid4().hex
+    reply_id = new_reply_id(reply_host)
     runtime().celery.send_task(name, args=[reply_id, *args], queue=queue, expires=timeout)
     answer = get_redis().blpop([reply_key(reply_id)], timeout=timeout)
     if answer is None:

@@ -13,8 +13,7 @@ from flask import Flask, Response, current_app, g, json, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from app import __version__, metrics
-from app.chat import CHAT_ENVIRON
+from app import __version__, audit, metrics
 from app.errors import (
     DockyardError,
     UnavailableError,
@@ -242,22 +241,14 @@ def _limit_rate() -> None:
     principal = g.get("principal")
     if principal is None:
         return
-    route_class = "reads" if request.method in ("GET", "HEAD") else "ops"
-    settings = runtime().settings
-    limit = (principal.rate_limit or {}).get(
-        route_class, settings.rate_limit_reads if route_class == "reads" else settings.rate_limit_ops)
-    runtime().rate_limiter.hit(principal.token_id, route_class, limit)
-
-
-_CHANGES = ("POST", "PUT", "PATCH", "DELETE")
-_DENIED = (401, 403, 429)
+    runtime().rate_limiter.charge(principal, request.method, runtime().settings)
 
 
 def _audit(response: Response) -> Response:
     """Record changing and denied requests: who, what, target, decision, outcome."""
     if request.url_rule is None or request.path.startswith(PUBLIC_PATHS):
         return response
-    if request.method not in _CHANGES and response.status_code not in _DENIED:
+    if not audit.audited(request.method, response.status_code):
         return response
     try:
         runtime().audit.record(_audit_entry(response))
@@ -266,42 +257,23 @@ def _audit(response: Response) -> Response:
     return response
 
 
+_JOB_LOCATION = "/api/v1/jobs/"
+
+
 def _audit_entry(response: Response) -> dict[str, Any]:
-    from app.audit import redact
-
-    principal = g.get("principal")
-    args = request.view_args or {}
-    body = request.get_json(silent=True) if request.is_json else None
-    status = response.status_code
-    # Only a refusal's problem is read (for its rule); a job answer names its job in the
-    # request's environ (api.common.answered), so a 202 body is never parsed again here.
-    answer = response.get_json(silent=True) if status >= 400 and response.is_json and \
+    # A job answer (202/200 with Location) names its job in that header: its body is never
+    # parsed again here. Others (a problem with its rule, a cancelled job) still are.
+    location = response.headers.get("Location", "")
+    job_id = location[len(_JOB_LOCATION):] if response.status_code < 400 and \
+        location.startswith(_JOB_LOCATION) else None
+    answer = response.get_json(silent=True) if job_id is None and response.is_json and \
         not response.direct_passthrough else None
-    answer = answer if isinstance(answer, dict) else {}
-    return {
-        "ts": _utcnow(), "request_id": g.get("request_id"),
-        "actor": principal.name if principal else None,
-        "token_id": principal.token_id if principal else None,
-        "method": request.method, "route": request.url_rule.rule, "path": request.path,
-        "host": args.get("host"),
-        "target": args.get("ref") or args.get("name") or args.get("job_id")
-        or args.get("token_id"),
-        "request": {"query": redact(request.args.to_dict(flat=False)), "body": redact(body)},
-        "decision": "denied" if status in _DENIED else "allowed",
-        "rule": answer.get("rule"),
-        "outcome": "denied" if status in _DENIED else "error" if status >= 400 else "ok",
-        "status": status,
-        "job_id": request.environ.get("dockyard.answered_job"),
-        "chat": _chat_sender(),
-    }
-
-
-def _chat_sender() -> dict[str, Any] | None:
-    """Who sent a chat command (platform, user id and name), for its audit record."""
-    chat = request.environ.get(CHAT_ENVIRON)
-    if chat is None:
-        return None
-    return {key: chat.get(key) for key in ("platform", "user_id", "user_name")}
+    return audit.entry(
+        ts=_utcnow(), request_id=g.get("request_id"), principal=g.get("principal"),
+        method=request.method, route=request.url_rule.rule, path=request.path,
+        view_args=request.view_args or {}, query=request.args.to_dict(flat=False),
+        body=request.get_json(silent=True) if request.is_json else None,
+        status=response.status_code, answer=answer, chat=None, job_id=job_id)
 
 
 def _authenticate() -> None:
@@ -312,10 +284,6 @@ def _authenticate() -> None:
         return  # unknown route: let routing answer 404/405 without revealing anything
     if getattr(current_app.view_functions.get(request.endpoint), "authenticates_itself", False):
         return  # a session's WebSocket (its ticket) and the console page (asks for a token)
-    chat = request.environ.get(CHAT_ENVIRON)
-    if chat is not None:  # a chat command re-entering the API (api/integrations.dispatch_as)
-        g.principal = chat["principal"]
-        return
     g.principal = runtime().tokens.authenticate(request.headers.get("Authorization"))
 
 

@@ -12,9 +12,10 @@ import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from app import crypto
+from app import agent_access, crypto
 from app.config import Settings
 from app.errors import ConflictError, InvalidInputError, NotFoundError
+from app.registries import RegistryStore
 from app.store import PREFIX, utcnow
 
 _HOSTS = PREFIX + "hosts"
@@ -163,6 +164,7 @@ class HostStore:
                   "created_at": now, "updated_at": now, "revision": self._next_revision()}
         if not self.redis.hsetnx(_HOSTS, name, json.dumps(record)):
             raise ConflictError(f"host '{name}' already exists")
+        self._write_copy(record)
         return record
 
     def upsert(self, name: str, url: str, tls: dict[str, str] | None = None,
@@ -182,6 +184,7 @@ class HostStore:
                 validate_tls(tls)
             record["tls"] = crypto.seal(self.settings, tls) if tls else None
         ssh = changes.pop("ssh") if "ssh" in changes else self.ssh_material(record)
+        was_agent = record.get("route") == "agent"
         record.update(changes)
         validate_url(record["url"], bool(record["tls"]), bool(ssh))
         if ssh:
@@ -190,8 +193,46 @@ class HostStore:
         record["ssh"] = crypto.seal(self.settings, _ssh_fields(ssh)) if ssh else None
         record["updated_at"] = utcnow()
         record["revision"] = self._next_revision()
+        if was_agent and record.get("route") != "agent":
+            record.pop("agent", None)
         self.redis.hset(_HOSTS, name, json.dumps(record))
+        if was_agent and record.get("route") != "agent":
+            agent_access.revoke(self.redis, name, agent_access.redis_db(self.settings))
+            self.redis.delete(agent_access.key_prefix(name) + "registries")
+        self._write_copy(record)
         return record
+
+    def issue_agent_access(self, name: str) -> dict[str, str]:
+        """New credentials for an agent host's agent (its ACL user); the old ones stop working.
+
+        Returns:
+            What the caller is shown once (see ``agent_access.new_access``).
+        """
+        record = self.get(name)
+        stored, shown = agent_access.new_access(self.settings, name)
+        record["agent"] = stored
+        self.redis.hset(_HOSTS, name, json.dumps(record))
+        db = agent_access.redis_db(self.settings)
+        agent_access.apply(self.redis, name, db, stored["password_sha256"])
+        # Connections already logged in keep their user until closed: close them.
+        agent_access.kill_connections(self.redis, agent_access.user_name(name, db))
+        self._registries().publish_to_agents([record])  # sealed with the new key
+        return shown
+
+    def _registries(self) -> RegistryStore:
+        return RegistryStore(self.redis, self.settings)
+
+    def _write_copy(self, record: dict[str, Any]) -> None:
+        """The secret-free copy of the record an agent may read (under its own prefix)."""
+        copy = {key: record.get(key) for key in ("name", "url", "route", "labels", "revision")}
+        self.redis.set(agent_access.key_prefix(record["name"]) + "host", json.dumps(copy))
+
+    def get_copy(self, name: str) -> dict[str, Any]:
+        """The secret-free copy ``_write_copy`` keeps (what an agent reads of its host)."""
+        raw = self.redis.get(agent_access.key_prefix(name) + "host")
+        if raw is None:
+            raise NotFoundError(f"no host '{name}'", host=name)
+        return json.loads(raw)
 
     def _next_revision(self) -> int:
         # One counter for all hosts: a host deleted and registered again never reuses a
@@ -199,6 +240,9 @@ class HostStore:
         return int(self.redis.incr(_REVISION))
 
     def get(self, name: str) -> dict[str, Any]:
+        if self.settings.agent_host:
+            # An agent reads only its own host, from the secret-free copy under its prefix.
+            return self.get_copy(name)
         raw = self.redis.hget(_HOSTS, name)
         if raw is None:
             raise NotFoundError(f"no host '{name}'", host=name)
@@ -209,9 +253,22 @@ class HostStore:
                       key=lambda r: r["name"])
 
     def delete(self, name: str) -> None:
-        if not self.redis.hdel(_HOSTS, name):
+        raw = self.redis.hget(_HOSTS, name)
+        if raw is None or not self.redis.hdel(_HOSTS, name):
             raise NotFoundError(f"no host '{name}'", host=name)
         self.redis.hdel(_STATUS, name)
+        self.redis.delete(*(agent_access.key_prefix(name) + suffix
+                            for suffix in ("host", "status", "registries", "outbox")))
+        if json.loads(raw).get("route") == "agent":
+            agent_access.revoke(self.redis, name, agent_access.redis_db(self.settings))
+
+    def sync_agent_access(self) -> dict[str, int]:
+        """Rebuild every agent's ACL user from the records (ACL users are not persisted)."""
+        records = self.list()
+        for record in records:
+            self._write_copy(record)  # hosts registered before copies were kept
+        self._registries().publish_to_agents()
+        return agent_access.sync(self.redis, agent_access.redis_db(self.settings), records)
 
     def credentials(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """The unsealed secret an engine client needs: SSH material for ssh://, else TLS."""
@@ -227,11 +284,19 @@ class HostStore:
         return crypto.unseal(self.settings, record["ssh"]) if record.get("ssh") else None
 
     def record_seen(self, name: str, engine_version: str | None) -> None:
-        self.redis.hset(_STATUS, name, json.dumps(
+        # Under the host's prefix: an agent writes its own host's status, no one else's.
+        self.redis.set(agent_access.key_prefix(name) + "status", json.dumps(
             {"last_seen": utcnow(), "engine_version": engine_version}))
 
     def statuses(self) -> dict[str, dict[str, Any]]:
-        return {name: json.loads(raw) for name, raw in self.redis.hgetall(_STATUS).items()}
+        names = sorted(self.redis.hkeys(_HOSTS))
+        found = {name: json.loads(raw) for name, raw in self.redis.hgetall(_STATUS).items()}
+        if names:
+            keys = [agent_access.key_prefix(name) + "status" for name in names]
+            for name, raw in zip(names, self.redis.mget(keys), strict=True):
+                if raw is not None:
+                    found[name] = json.loads(raw)
+        return found
 
 
 def public_view(record: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:

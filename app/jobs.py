@@ -23,6 +23,8 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 _INDEX = PREFIX + "jobs"
+# job id -> its host ("" for a host-less job): where the job's keys live (see job_key).
+HOST_INDEX = PREFIX + "jobs:host"
 _JSON_FIELDS = ("progress", "result", "error", "children")
 _EVENTS_MAXLEN = 10000
 
@@ -46,14 +48,15 @@ return {1, cur}
 # event. Nothing is written when the lane is dead or the key was already claimed.
 _CREATE = """
 if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then return {'no-lane'} end
-if KEYS[5] then
+if KEYS[5] ~= '' then
   if not redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[7]) then
     return {'claimed', redis.call('GET', KEYS[5])}
   end
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[3], ARGV[8])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'type', 'state', 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[2])
 return {'created'}
@@ -69,12 +72,26 @@ class Claim:
     ttl: int
 
 
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
+def job_key(job_id: str, host: str | None = None) -> str:
+    """A job's record: under its host's prefix (all an agent may touch), or ``dy:job:``."""
+    return f"{PREFIX}h:{host}:job:{job_id}" if host else f"{PREFIX}job:{job_id}"
 
 
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:events"
+def events_key(job_id: str, host: str | None = None) -> str:
+    return job_key(job_id, host) + ":events"
+
+
+# A job's record when only its id is known: its host from HOST_INDEX, then the record,
+# in one round trip. Returns {host, field, value, ...}.
+_GET = """
+local host = redis.call('HGET', KEYS[1], ARGV[1])
+local key = 'dy:job:' .. ARGV[1]
+if host and host ~= '' then key = 'dy:h:' .. host .. ':job:' .. ARGV[1] end
+local fields = redis.call('HGETALL', key)
+table.insert(fields, 1, host or '')
+return fields
+"""
+_HOST_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -90,11 +107,39 @@ class JobStore:
     ids (ULIDs sort by time), and ``dy:job:<id>:events`` a stream of its events.
     """
 
-    def __init__(self, client: redis.Redis, retention_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, retention_seconds: int, agent_host: str = "") -> None:
         self.redis = client
         self.retention = retention_seconds
+        # An agent reaches only its own host's jobs, and may not read HOST_INDEX.
+        self.agent_host = agent_host
+        self._hosts: dict[str, str] = {}
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
+        self._get = client.register_script(_GET)
+
+    # -- where a job's keys live ------------------------------------------------------
+
+    def host_of(self, job_id: str) -> str:
+        """The job's host ("" for none); an id's host never changes, so it is cached."""
+        host = self._hosts.get(job_id)
+        if host is None and self.agent_host:
+            return self.agent_host
+        if host is None:
+            host = self.redis.hget(HOST_INDEX, job_id)
+            if host is None:
+                return ""  # unknown (or written before HOST_INDEX): the unscoped keys
+            self._remember(job_id, host)
+        return host
+
+    def _remember(self, job_id: str, host: str) -> None:
+        if len(self._hosts) >= _HOST_CACHE_SIZE:
+            self._hosts.clear()
+        self._hosts[job_id] = host
+
+    def keys(self, job_id: str) -> tuple[str, str]:
+        """(record, events) keys of a job."""
+        host = self.host_of(job_id)
+        return job_key(job_id, host), events_key(job_id, host)
 
     # -- creation ---------------------------------------------------------------------
 
@@ -112,13 +157,15 @@ class JobStore:
 
     def add_to_pipeline(self, pipe: redis.client.Pipeline, record: dict[str, Any]) -> None:
         """Queue the writes that create ``record`` on a pipeline the caller executes."""
-        key = job_key(record["id"])
+        host = record.get("host") or ""
+        key, events = job_key(record["id"], host), events_key(record["id"], host)
         pipe.hset(key, mapping=_encode(record))
         pipe.expire(key, self.retention)
         pipe.zadd(_INDEX, {record["id"]: 0})
-        pipe.xadd(events_key(record["id"]), {"type": "state", "data": json.dumps({"state": QUEUED})},
+        pipe.hset(HOST_INDEX, record["id"], host)
+        pipe.xadd(events, {"type": "state", "data": json.dumps({"state": QUEUED})},
                   maxlen=_EVENTS_MAXLEN, approximate=True)
-        pipe.expire(events_key(record["id"]), self.retention)
+        pipe.expire(events, self.retention)
 
     def create(self, record: dict[str, Any], lane: str, claim: Claim | None) -> tuple[str, str | None]:
         """Write ``record`` if the lane (a heartbeat key) is live and ``claim`` is free.
@@ -127,19 +174,26 @@ class JobStore:
             ("created", None); ("no-lane", None) and nothing written; or ("claimed", the
             value the key already holds) and nothing written.
         """
-        keys = [lane, job_key(record["id"]), _INDEX, events_key(record["id"])]
+        host = record.get("host") or ""
+        keys = [lane, job_key(record["id"], host), _INDEX, events_key(record["id"], host),
+                claim.key if claim else "", HOST_INDEX]
         fields = [item for pair in _encode(record).items() for item in pair]
         args = [time.time(), self.retention, record["id"], json.dumps({"state": QUEUED}),
-                _EVENTS_MAXLEN, claim.value if claim else "", claim.ttl if claim else 0, *fields]
-        if claim is not None:
-            keys.append(claim.key)
+                _EVENTS_MAXLEN, claim.value if claim else "", claim.ttl if claim else 0, host,
+                *fields]
         outcome = self._create(keys=keys, args=args)
         return outcome[0], (outcome[1] if len(outcome) > 1 else None)
 
     # -- reads ------------------------------------------------------------------------
 
     def get(self, job_id: str) -> dict[str, Any]:
-        raw = self.redis.hgetall(job_key(job_id))
+        if job_id in self._hosts or self.agent_host:
+            raw = self.redis.hgetall(self.keys(job_id)[0])
+        else:
+            host, *flat = self._get(keys=[HOST_INDEX], args=[job_id])
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+            if raw:
+                self._remember(job_id, host)
         if not raw:
             raise NotFoundError(f"no job '{job_id}'")
         return _decode(raw)
@@ -160,8 +214,8 @@ class JobStore:
                 return found, None
             scanned += len(ids)
             pipe = self.redis.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hgetall(job_key(job_id))
+            for job_id, job_host in zip(ids, self.redis.hmget(HOST_INDEX, ids), strict=True):
+                pipe.hgetall(job_key(job_id, job_host))
             gone = []
             for job_id, raw in zip(ids, pipe.execute(), strict=True):
                 if not raw:
@@ -174,6 +228,7 @@ class JobStore:
                         return found, job_id
             if gone:
                 self.redis.zrem(_INDEX, *gone)
+                self.redis.hdel(HOST_INDEX, *gone)
             upper = f"({ids[-1]}"
         return found, (found[-1]["id"] if found else None)
 
@@ -185,20 +240,21 @@ class JobStore:
             if not ids:
                 return removed
             pipe = self.redis.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.exists(job_key(job_id))
+            for job_id, job_host in zip(ids, self.redis.hmget(HOST_INDEX, ids), strict=True):
+                pipe.exists(job_key(job_id, job_host))
             gone = [j for j, alive in zip(ids, pipe.execute(), strict=True) if not alive]
             if gone:
                 removed += self.redis.zrem(_INDEX, *gone)
+                self.redis.hdel(HOST_INDEX, *gone)
             lower = f"({ids[-1]}"
 
     def last_event_id(self, job_id: str) -> str:
-        last = self.redis.xrevrange(events_key(job_id), count=1)
+        last = self.redis.xrevrange(self.keys(job_id)[1], count=1)
         return last[0][0] if last else "0-0"
 
     def read_events(self, job_id: str, after: str, block_ms: int | None,
                     count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        reply = self.redis.xread({events_key(job_id): after}, count=count, block=block_ms)
+        reply = self.redis.xread({self.keys(job_id)[1]: after}, count=count, block=block_ms)
         return reply[0][1] if reply else []
 
     def wait_final(self, job_id: str, timeout: float) -> dict[str, Any]:
@@ -227,7 +283,7 @@ class JobStore:
                            json.dumps(event or {"state": new_state}), _EVENTS_MAXLEN]
         for name, value in _encode(fields).items():
             argv.extend((name, value))
-        code, previous = self._transition(keys=[job_key(job_id), events_key(job_id)], args=argv)
+        code, previous = self._transition(keys=list(self.keys(job_id)), args=argv)
         if code == -1:
             raise NotFoundError(f"no job '{job_id}'")
         return Transition(bool(code), previous or None)
@@ -238,11 +294,16 @@ class JobStore:
         Called by each child as it ends; concurrent calls are safe because the final
         transition applies once.
         """
+        self._remember(parent_id, "")  # a fan-out parent has no host
         parent = self.get(parent_id)
         children = parent.get("children") or []
+        if children:
+            for child_id, child_host in zip(children, self.redis.hmget(HOST_INDEX, children),
+                                            strict=True):
+                self._remember(child_id, child_host or "")
         pipe = self.redis.pipeline(transaction=False)
         for child_id in children:
-            pipe.hmget(job_key(child_id), "state", "host", "result", "error")
+            pipe.hmget(self.keys(child_id)[0], "state", "host", "result", "error")
         outcomes = []
         for child_id, (state, host, result, error) in zip(children, pipe.execute(), strict=True):
             outcomes.append({"job": child_id, "host": host, "state": state,
@@ -268,24 +329,25 @@ class JobStore:
                             result=result, finished_at=utcnow())
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        key, events = self.keys(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(job_key(job_id), "progress", json.dumps(progress))
-        pipe.xadd(events_key(job_id), {"type": "progress", "data": json.dumps(progress)},
+        pipe.hset(key, "progress", json.dumps(progress))
+        pipe.xadd(events, {"type": "progress", "data": json.dumps(progress)},
                   maxlen=_EVENTS_MAXLEN, approximate=True)
         pipe.execute()
 
     def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
-        self.redis.xadd(events_key(job_id), {"type": kind, "data": json.dumps(data)},
+        self.redis.xadd(self.keys(job_id)[1], {"type": kind, "data": json.dumps(data)},
                         maxlen=_EVENTS_MAXLEN, approximate=True)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.redis.hget(job_key(job_id), "cancel_requested") == "1"
+        return self.redis.hget(self.keys(job_id)[0], "cancel_requested") == "1"
 
     # -- cancel from the API ----------------------------------------------------------
 
     def notify_parent(self, job_id: str) -> None:
         """If ``job_id`` is a fan-out child, update its parent."""
-        parent = self.redis.hget(job_key(job_id), "parent")
+        parent = self.redis.hget(self.keys(job_id)[0], "parent")
         if parent:
             self.aggregate_parent(parent)
 
@@ -298,7 +360,7 @@ class JobStore:
         if children:
             if self.get(job_id)["state"] in FINAL_STATES:
                 raise ConflictError(f"job '{job_id}' already {self.get(job_id)['state']}")
-            self.redis.hset(job_key(job_id), "cancel_requested", "1")
+            self.redis.hset(self.keys(job_id)[0], "cancel_requested", "1")
             for child in children:
                 with contextlib.suppress(ConflictError):  # that child had already finished
                     self.request_cancel(child)
@@ -309,7 +371,7 @@ class JobStore:
         if not outcome.applied:
             if outcome.previous in FINAL_STATES:
                 raise ConflictError(f"job '{job_id}' already {outcome.previous}")
-            self.redis.hset(job_key(job_id), "cancel_requested", "1")
+            self.redis.hset(self.keys(job_id)[0], "cancel_requested", "1")
             self.add_event(job_id, "log", {"message": "cancellation requested"})
         else:
             discard_spool(self.get(job_id))

@@ -148,6 +148,8 @@ def _drain_engine_calls(pipe: redis.client.Pipeline) -> None:
 
 def record_job(kind: str, state: str, seconds: float) -> None:
     """Count a job that reached a final state and its run time (never raises)."""
+    if get_settings().agent_host:
+        return  # an agent's login reaches no shared key: agents write no metrics
     try:
         pipe = get_redis().pipeline(transaction=False)
         pipe.hincrby(JOBS_KEY, f"{kind}{_SEP}{state}", 1)
@@ -161,6 +163,10 @@ def record_job(kind: str, state: str, seconds: float) -> None:
 def flush_engine_calls(force: bool = False) -> None:
     """Write buffered engine timings to Redis, at most once a second unless ``force`` (never raises)."""
     if not _engine_calls or (not force and time.monotonic() - _last_flush < _FLUSH_EVERY_SECONDS):
+        return
+    if get_settings().agent_host:
+        with _engine_lock:
+            _engine_calls.clear()
         return
     try:
         pipe = get_redis().pipeline(transaction=False)

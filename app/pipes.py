@@ -30,20 +30,22 @@ class PipeClosedError(Exception):
     """The reader went away (client disconnected or stalled out)."""
 
 
-def new_pipe_id() -> str:
-    return uuid.uuid4().hex
+def new_pipe_id(host: str | None = None) -> str:
+    """A pipe id; one that names a host (``host/hex``) keeps its keys under the host's prefix."""
+    return f"{host}/{uuid.uuid4().hex}" if host else uuid.uuid4().hex
 
 
 def _data_key(pipe_id: str) -> str:
-    return f"{PREFIX}pipe:{pipe_id}"
+    host, scoped, rest = pipe_id.rpartition("/")
+    return f"{PREFIX}h:{host}:pipe:{rest}" if scoped else f"{PREFIX}pipe:{pipe_id}"
 
 
 def _closed_key(pipe_id: str) -> str:
-    return f"{PREFIX}pipe:{pipe_id}:closed"
+    return _data_key(pipe_id) + ":closed"
 
 
 def _credit_key(pipe_id: str) -> str:
-    return f"{PREFIX}pipe:{pipe_id}:credit"
+    return _data_key(pipe_id) + ":credit"
 
 
 class _PipeEnd:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import redis
 from cryptography import x509
 
-from app import crypto
+from app import agent_access, crypto
 from app.config import Settings
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.policy import image_registry, registry_host
@@ -149,6 +149,7 @@ class RegistryStore:
                   "password": self._seal(password), "insecure": insecure,
                   "ca_cert": ca_cert or None, "created_at": utcnow(), "updated_at": None}
         self.redis.hset(_REGISTRIES, name, json.dumps(record))
+        self.publish_to_agents()
         return record
 
     def create(self, name: str, url: str, username: str | None, password: str | None,
@@ -182,28 +183,56 @@ class RegistryStore:
             record["password"] = self._seal(changes["password"])
         record["updated_at"] = utcnow()
         self.redis.hset(_REGISTRIES, name, json.dumps(record))
+        self.publish_to_agents()
         logger.info("registry %s updated fields=%s", name,
                     ",".join(sorted(k for k in changes if k in MUTABLE_FIELDS)))
         return record
 
+    def _hash(self) -> str:
+        # An agent reads the copy sealed for its host (see publish_to_agents), no other.
+        agent = self.settings.agent_host
+        return agent_access.key_prefix(agent) + "registries" if agent else _REGISTRIES
+
+    def publish_to_agents(self, hosts: list[dict[str, Any]] | None = None) -> None:
+        """Copy the registries under each agent host's prefix, each password sealed with
+        that agent's own key (an agent holds no DOCKYARD_SECRET_KEY)."""
+        records = self.list()
+        for host in agent_access.agent_records(self.redis) if hosts is None else hosts:
+            key = agent_access.agent_key(self.settings, host["name"], host["agent"]["key_salt"])
+            copy = {}
+            for record in records:
+                password = self._password(record)
+                copy[record["name"]] = json.dumps({**record, "password": agent_access.seal_for_agent(
+                    key, {"password": password}) if password else None})
+            target = agent_access.key_prefix(host["name"]) + "registries"
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(target)
+            if copy:
+                pipe.hset(target, mapping=copy)
+            pipe.execute()
+
     def get(self, name: str) -> dict[str, Any]:
-        raw = self.redis.hget(_REGISTRIES, name)
+        raw = self.redis.hget(self._hash(), name)
         if raw is None:
             raise NotFoundError(f"no registry '{name}'")
         return json.loads(raw)
 
     def list(self) -> list[dict[str, Any]]:
-        return sorted((json.loads(r) for r in self.redis.hvals(_REGISTRIES)),
+        return sorted((json.loads(r) for r in self.redis.hvals(self._hash())),
                       key=lambda r: r["name"])
 
     def delete(self, name: str) -> None:
         if not self.redis.hdel(_REGISTRIES, name):
             raise NotFoundError(f"no registry '{name}'")
+        self.publish_to_agents()
 
     def _seal(self, password: str | None) -> str | None:
         return crypto.seal(self.settings, {"password": password}) if password else None
 
     def _password(self, record: dict[str, Any]) -> str:
+        if self.settings.agent_host and record.get("password"):
+            return agent_access.unseal_as_agent(self.settings.agent_key,
+                                                record["password"])["password"]
         return crypto.unseal(self.settings, record["password"])["password"] \
             if record.get("password") else ""
 

@@ -32,7 +32,8 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(get_redis(), self.settings.job_retention_seconds)
+        return JobStore(get_redis(), self.settings.job_retention_seconds,
+                        agent_host=self.settings.agent_host)
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:

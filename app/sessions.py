@@ -68,20 +68,21 @@ def close_reason(text: str) -> str:
     return data[:_REASON_BYTES - 3].decode(errors="ignore") + "..."
 
 
-def output_pipe(session_id: str) -> str:
-    return f"session-{session_id}-out"
+def output_pipe(session_id: str, host: str) -> str:
+    """The pipe of a session's output, under its host's prefix (where the agent may write)."""
+    return f"{host}/session-{session_id}-out"
 
 
-def input_pipe(session_id: str) -> str:
-    return f"session-{session_id}-in"
+def input_pipe(session_id: str, host: str) -> str:
+    return f"{host}/session-{session_id}-in"
 
 
-def worker_beat_key(session_id: str) -> str:
-    return f"{PREFIX}session:{session_id}:worker"
+def worker_beat_key(session_id: str, host: str) -> str:
+    return f"{PREFIX}h:{host}:session:{session_id}:worker"
 
 
-def client_beat_key(session_id: str) -> str:
-    return f"{PREFIX}session:{session_id}:client"
+def client_beat_key(session_id: str, host: str) -> str:
+    return f"{PREFIX}h:{host}:session:{session_id}:client"
 
 
 def _record_key(session_id: str) -> str:
@@ -177,8 +178,9 @@ class Relay:
         self.record = record
         self.redis = redis_client
         self.start_timeout = start_timeout
-        self.output = PipeReader(output_pipe(record["id"]))
-        self.input = PipeWriter(input_pipe(record["id"]), stall_seconds=idle_seconds)
+        self.output = PipeReader(output_pipe(record["id"], record["host"]))
+        self.input = PipeWriter(input_pipe(record["id"], record["host"]),
+                                stall_seconds=idle_seconds)
         self.outcome = SessionOutcome()
         self.finished = threading.Event()
         self._send_lock = threading.Lock()
@@ -244,7 +246,8 @@ class Relay:
                 return  # the worker ended the session; the output side says why
 
     def _beat(self) -> None:
-        self.redis.set(client_beat_key(self.record["id"]), b"1", ex=HEARTBEAT_TTL_SECONDS)
+        self.redis.set(client_beat_key(self.record["id"], self.record["host"]), b"1",
+                       ex=HEARTBEAT_TTL_SECONDS)
 
     # -- worker → client --------------------------------------------------------------
 
@@ -263,7 +266,7 @@ class Relay:
         while not self.finished.is_set():
             item = self.output.poll(HEARTBEAT_SECONDS)
             if item is None:
-                if not self.redis.exists(worker_beat_key(self.record["id"])):
+                if not self.redis.exists(worker_beat_key(self.record["id"], self.record["host"])):
                     self._close(CLOSE_WORKER_LOST, "the worker holding the session was lost")
                     self.reap()  # its process may still run: another worker kills it
                     return
@@ -317,7 +320,7 @@ class Relay:
         try:
             self.input.end()
             self.output.close()
-            self.redis.delete(client_beat_key(self.record["id"]))
+            self.redis.delete(client_beat_key(self.record["id"], self.record["host"]))
         except redis.RedisError:
             logger.warning("session %s: could not signal the end", self.record["id"])
 

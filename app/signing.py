@@ -222,6 +222,7 @@ class TaskVerifier:
     def __init__(self, settings: Settings) -> None:
         self.key = verify_key(settings)
         self.max_age = float(settings.task_signature_max_age_seconds)
+        self.agent_host = settings.agent_host
         if self.max_age <= settings.effective_visibility_timeout:
             # A redelivered message keeps its signing time: it must still be young enough.
             raise SigningKeyError(
@@ -242,12 +243,15 @@ class TaskVerifier:
             raise TaskMessageRefusedError(f"signed for queue '{routing_key}', not one this worker "
                                      "consumes")
         check: TaskCheck | None = getattr(task, "check_task_message", None)
-        if check is not None:
+        if check is not None or self.agent_host:
             payload = message.decode()  # decoded once: the request reuses it
             if not isinstance(payload, list | tuple) or len(payload) != 3 \
                     or not isinstance(payload[0], list):
                 raise TaskMessageRefusedError("not a protocol 2 task body")
-            reason = check(str(headers.get("id")), payload[0])
+            # Every task of a host's lanes names its host second (job, reply or pipe id first).
+            if self.agent_host and (len(payload[0]) < 2 or payload[0][1] != self.agent_host):
+                raise TaskMessageRefusedError("not for this agent's host")
+            reason = check(str(headers.get("id")), payload[0]) if check is not None else None
             if reason:
                 raise TaskMessageRefusedError(reason)
 

@@ -37,6 +37,7 @@ HOSTS_DF = "hosts.df"
 HOSTS_EVENTS = "hosts.events"
 HOSTS_INFO = "hosts.info"
 HOSTS_SUMMARY = "hosts.summary"
+HOSTS_SYNC_AGENT_ACCESS = "hosts.sync_agent_access"
 HOSTS_VERSION = "hosts.version"
 
 # images

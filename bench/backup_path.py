@@ -29,7 +29,7 @@ from pathlib import Path
 
 import docker
 
-from app.backups import PartWriter
+from app.backups.parts import PartWriter
 from app.engine import backups as engine_backups
 from bench.common import ROOT, TEST_IMAGE, docker_host, machine_summary, table
 

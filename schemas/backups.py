@@ -76,6 +76,11 @@ class BackupSchema(Schema):
     note = fields.String(allow_none=True)
     schedule_id = fields.String(allow_none=True)
     size = fields.Integer(metadata={"description": "bytes of all parts as stored"})
+    content_sha256 = fields.String(allow_none=True, metadata={
+        "description": "hex sha256 of the download (GET …/content, the whole tar): its ETag "
+                       "and Repr-Digest; null for a bundle made before it was recorded"})
+    content_size = fields.Integer(allow_none=True, metadata={
+        "description": "bytes of the download (the whole tar)"})
     skipped_binds = fields.List(fields.String(), metadata={
         "description": "bind sources not archived: outside the policy's bind roots"})
     parts = fields.List(fields.Nested(BackupPartSchema))

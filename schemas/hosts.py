@@ -48,6 +48,16 @@ class HostUpdateSchema(Schema):
                          values=fields.String(validate=validate.Length(max=256)))
 
 
+class AgentCredentialsSchema(Schema):
+    """An agent's login, shown once (POST /hosts with route agent, or a re-key)."""
+
+    redis_url = fields.String(metadata={"description": "Redis URL with the agent's own ACL login"})
+    agent_key = fields.String(metadata={"description": "the agent's own sealing key "
+                                                       "(DOCKYARD_AGENT_KEY)"})
+    task_verify_key = fields.String(metadata={"description": "public key verifying task messages"})
+    user = fields.String(metadata={"description": "the agent's Redis ACL user"})
+
+
 class HostSchema(Schema):
     """A host record; TLS and SSH material are never returned, only whether they are set."""
 
@@ -62,6 +72,9 @@ class HostSchema(Schema):
     last_seen = fields.String(allow_none=True)
     engine_version = fields.String(allow_none=True)
     lanes_alive = fields.Dict(keys=fields.String(), values=fields.Boolean())
+    agent_credentials = fields.Nested(AgentCredentialsSchema, metadata={
+        "description": "only when an agent host is registered (or moved to route agent): "
+                       "its agent's login, shown once"})
 
 
 class ContainerCountsSchema(Schema):

@@ -8,6 +8,7 @@ from tasks import (  # noqa: F401
     hosts,
     images,
     jobs,
+    outbox,
     registries,
     sessions,
     transfers,

@@ -9,12 +9,8 @@ from typing import Any
 from celery import shared_task
 
 from app.auth import Principal
-from app.backups import (
-    BackupScheduleStore,
-    apply_retention,
-    due_minutes,
-    storage_for,
-)
+from app.backups.schedules import BackupScheduleStore, apply_retention, due_minutes
+from app.backups.storage import storage_for
 from app.dispatch import submit_job
 from app.engine import backups
 from app.errors import DockyardError

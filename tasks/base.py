@@ -15,7 +15,7 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app import jobs as jobstates
-from app import logs, metrics
+from app import logs, metrics, outbox
 from app.dispatch import REPLY_TTL_SECONDS, reply_key
 from app.engine.client import EngineClients
 from app.engine.errors import translate_engine_error
@@ -166,7 +166,7 @@ class JobTask(Task):
                                    jobstates.RUNNING, started_at=utcnow())
         if not started.applied:
             logger.info("job %s skipped: it is %s", job_id, started.previous)
-            notify_watchers(job_id)  # cancelled while queued: announce it now
+            _job_ended(job_id, host, parent=False)  # cancelled while queued: announce it now
             return
         if started.previous == jobstates.RUNNING:
             logger.warning("job %s redelivered; resuming", job_id)
@@ -180,8 +180,7 @@ class JobTask(Task):
             store.transition(job_id, (jobstates.RUNNING,), jobstates.CANCELLED,
                              finished_at=utcnow())
             metrics.record_job(self.name, jobstates.CANCELLED, time.monotonic() - began)
-            store.notify_parent(job_id)
-            notify_watchers(job_id)
+            _job_ended(job_id, host)
             logger.info("job %s cancelled host=%s", job_id, host)
             return
         except BaseException as exc:
@@ -196,8 +195,7 @@ class JobTask(Task):
             if problem["status"] == 403:
                 _audit_denial(job_id, self.name, host, problem)
             metrics.record_job(self.name, jobstates.FAILED, time.monotonic() - began)
-            store.notify_parent(job_id)
-            notify_watchers(job_id)
+            _job_ended(job_id, host)
             if host is not None and isinstance(exc, docker.errors.DockerException | OSError):
                 engine_clients().forget(host)  # a stale pool after an engine restart
             if not isinstance(exc, Exception):
@@ -207,15 +205,35 @@ class JobTask(Task):
                          event={"state": jobstates.SUCCEEDED}, result=result,
                          finished_at=utcnow())
         metrics.record_job(self.name, jobstates.SUCCEEDED, time.monotonic() - began)
-        store.notify_parent(job_id)
-        notify_watchers(job_id)
+        _job_ended(job_id, host)
         logger.info("job %s succeeded host=%s", job_id, host)
+
+
+def _job_ended(job_id: str, host: str | None, parent: bool = True) -> None:
+    """A job's end reaches its fan-out parent and its watchers (webhooks, chat).
+
+    An agent reaches neither: it posts the end to its outbox and the relay does both.
+    """
+    agent = runtime().settings.agent_host
+    if agent:
+        try:
+            outbox.post(agent, outbox.JOB_END, job=job_id, parent=parent)
+        except Exception:
+            logger.exception("job %s: could not post its end to the outbox", job_id)
+        return
+    if parent:
+        runtime().jobs.notify_parent(job_id)
+    notify_watchers(job_id)
 
 
 def _audit_denial(job_id: str, kind: str, host: str | None, problem: dict[str, Any]) -> None:
     """A refusal found on the worker (what a request refers to on the engine) is audited
     like a refusal at the API, under the job's requester."""
     try:
+        if runtime().settings.agent_host:
+            outbox.post(runtime().settings.agent_host, outbox.AUDIT, job=job_id, kind=kind,
+                        problem=problem)
+            return
         record = runtime().jobs.get(job_id)
         runtime().audit.record({
             "ts": utcnow(), "request_id": None, "actor": record.get("requested_by"),

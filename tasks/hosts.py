@@ -6,7 +6,14 @@ from celery import shared_task
 
 from app.engine import events, system
 from app.runtime import runtime
-from app.task_names import HOSTS_DF, HOSTS_EVENTS, HOSTS_INFO, HOSTS_SUMMARY, HOSTS_VERSION
+from app.task_names import (
+    HOSTS_DF,
+    HOSTS_EVENTS,
+    HOSTS_INFO,
+    HOSTS_SUMMARY,
+    HOSTS_SYNC_AGENT_ACCESS,
+    HOSTS_VERSION,
+)
 from tasks.base import QueryTask
 
 
@@ -18,6 +25,12 @@ def host_summary(self: QueryTask, reply_id: str, host: str, revision: int) -> No
         return summary
 
     self.reply(reply_id, host, revision, read)
+
+
+@shared_task(name=HOSTS_SYNC_AGENT_ACCESS, acks_late=False)
+def sync_agent_access() -> dict[str, int]:
+    """Rebuild the agents' Redis ACL users from the host records (beat, every minute)."""
+    return runtime().hosts.sync_agent_access()
 
 
 @shared_task(bind=True, base=QueryTask, name=HOSTS_INFO)

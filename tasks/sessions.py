@@ -63,8 +63,8 @@ class SessionPump:
         self.engine = engine
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
-        self.writer = PipeWriter(output_pipe(session_id), stall_seconds=idle_seconds)
-        self.reader = PipeReader(input_pipe(session_id))
+        self.writer = PipeWriter(output_pipe(session_id, host), stall_seconds=idle_seconds)
+        self.reader = PipeReader(input_pipe(session_id, host))
         self.redis = get_redis()
         self.eof = threading.Event()
         self.client_gone = threading.Event()
@@ -88,7 +88,7 @@ class SessionPump:
         self._control.join(timeout)
 
     def _beat(self) -> None:
-        self.redis.set(worker_beat_key(self.session_id), "1", ex=HEARTBEAT_TTL_SECONDS)
+        self.redis.set(worker_beat_key(self.session_id, self.host), "1", ex=HEARTBEAT_TTL_SECONDS)
 
     def _pump_output(self) -> None:
         try:
@@ -125,7 +125,7 @@ class SessionPump:
             if now >= next_beat:
                 self._beat()
                 next_beat = now + HEARTBEAT_SECONDS
-                if not self.redis.exists(client_beat_key(self.session_id)):
+                if not self.redis.exists(client_beat_key(self.session_id, self.host)):
                     return None  # the API holding the client is gone
             if self.eof.is_set():
                 return None if self.client_gone.is_set() else self._ended_by_process()
@@ -171,7 +171,7 @@ class SessionPump:
             self.writer.end()
         finally:
             self.reader.close()
-            self.redis.delete(worker_beat_key(self.session_id))
+            self.redis.delete(worker_beat_key(self.session_id, self.host))
         logger.info("session %s ended host=%s how=%s", self.session_id, self.host,
                     ending or "client left")
 
@@ -184,7 +184,7 @@ def run(self: Task, session_id: str, host: str, revision: int, caller: dict[str,
     Access and the policy are checked again here, where the engine is: the container may
     have changed since the session was created.
     """
-    writer = PipeWriter(output_pipe(session_id))
+    writer = PipeWriter(output_pipe(session_id, host))
     try:
         client = client_for(host, revision)
         info = accessible(client, host, caller, container_id, "session", revision)

@@ -17,10 +17,12 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from app import outbox
+from app.agent_access import key_prefix
 from app.engine.events import event_view
 from app.hosts import queues_for
 from app.runtime import runtime
-from app.store import PREFIX, get_redis
+from app.store import get_redis
 from app.webhooks import WebhookStore, publish_engine_event
 from tasks.base import client_for, engine_clients
 
@@ -47,20 +49,23 @@ _watchers: dict[str, HostWatcher] = {}
 
 
 def lock_key(host: str) -> str:
-    return f"{PREFIX}watch:{host}:lock"
+    return key_prefix(host) + "watch:lock"
 
 
 def cursor_key(host: str) -> str:
-    return f"{PREFIX}watch:{host}:cursor"
+    return key_prefix(host) + "watch:cursor"
 
 
 class HostWatcher(threading.Thread):
     """Reads one host's engine events while it holds that host's lock."""
 
-    def __init__(self, host: str, owner: str) -> None:
+    def __init__(self, host: str, owner: str, since_ns: int | None = None) -> None:
         super().__init__(name=f"dockyard-watch-{host}", daemon=True)
         self.host = host
         self.owner = owner
+        # Without a stored cursor, events from just before the lock was taken on are read:
+        # whoever sees the lock held knows every later event will be published.
+        self.since_ns = since_ns or time.time_ns()
         self.done = threading.Event()
         self.store = WebhookStore(get_redis())
 
@@ -98,7 +103,7 @@ class HostWatcher(threading.Thread):
 
     def read_window(self) -> None:
         raw_cursor = get_redis().get(cursor_key(self.host))
-        cursor = int(raw_cursor) if raw_cursor else time.time_ns()
+        cursor = int(raw_cursor) if raw_cursor else self.since_ns
         until = time.time() + WINDOW_SECONDS
         client = client_for(self.host)
         stream = client.api.events(since=_engine_time(cursor), until=f"{until:.9f}", decode=True)
@@ -107,7 +112,11 @@ class HostWatcher(threading.Thread):
                 event = event_view(raw)
                 if not event["time_nano"] or event["time_nano"] <= cursor:
                     continue  # the engine's `since` is inclusive: seen in the last window
-                publish_engine_event(self.host, event, self.store)
+                if runtime().settings.agent_host:
+                    # The relay appends it to dy:events and fans it out (app/outbox.py).
+                    outbox.post(self.host, outbox.ENGINE_EVENT, event=event)
+                else:
+                    publish_engine_event(self.host, event, self.store)
                 cursor = event["time_nano"]
                 get_redis().set(cursor_key(self.host), cursor,
                                 ex=runtime().settings.job_retention_seconds)
@@ -124,6 +133,9 @@ def _engine_time(nanos: int) -> str:
 
 def served_hosts(queues: set[str]) -> list[str]:
     """Hosts whose read lane is one of ``queues``."""
+    agent = runtime().settings.agent_host
+    if agent:  # an agent may read no other host's record
+        return [agent] if f"host.{agent}.query" in queues else []
     return [r["name"] for r in runtime().hosts.list() if queues_for(r)[1] in queues]
 
 
@@ -137,8 +149,9 @@ def supervise(queues: set[str], owner: str) -> None:
                     watcher.done.set()
                     _watchers.pop(host, None)
             for host in hosts - set(_watchers):
+                since_ns = time.time_ns()
                 if get_redis().set(lock_key(host), owner, nx=True, ex=LOCK_TTL_SECONDS):
-                    watcher = HostWatcher(host, owner)
+                    watcher = HostWatcher(host, owner, since_ns)
                     _watchers[host] = watcher
                     watcher.start()
         except Exception:  # Redis may be briefly away; the next round retries

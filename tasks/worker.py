@@ -8,6 +8,7 @@ import threading
 from celery.signals import worker_ready, worker_shutdown
 
 from app.dispatch import LANE_TTL_SECONDS, beat_lanes, leave_lanes
+from app.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ def start_lane_heartbeat(sender, **_: object) -> None:
     beat_lanes(queues, worker)
     threading.Thread(target=_beat_forever, args=(queues, worker), daemon=True,
                      name="dockyard-lane-heartbeat").start()
+    if "engine.query" in queues and not runtime().settings.agent_host:
+        # ACL users are not persisted nor replicated: a restarted Redis has lost them.
+        try:
+            runtime().hosts.sync_agent_access()
+        except Exception:
+            logger.warning("could not rebuild the agents' Redis users", exc_info=True)
     logger.info("worker %s serves lanes %s", worker, ",".join(queues))
 
 

@@ -17,16 +17,9 @@ import docker
 
 from app import __version__
 from app.auth import Principal
-from app.backups import (
-    CHUNK_BYTES,
-    FORMAT,
-    BackupStalledError,
-    LocalBackupStorage,
-    PartWriter,
-    image_changes,
-    part_name,
-    read_part,
-)
+from app.backups.parts import CHUNK_BYTES, FORMAT, BackupStalledError, PartWriter, part_name, read_part
+from app.backups.restore import image_changes
+from app.backups.storage import LocalBackupStorage
 from app.engine import guard
 from app.engine.containers import (
     JOB_LABEL,

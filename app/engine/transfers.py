@@ -4,6 +4,7 @@ follow streams (``logs -f``, ``events``). Downloads return (metadata, chunks, cl
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,16 @@ def follow_logs(client: docker.DockerClient, ref: str, tail: str, since: Any,
 
 def follow_events(client: docker.DockerClient, since: Any, filters: dict[str, Any] | None,
                   until: Any = None) -> Download:
-    """``docker events``: one JSON document per line, until the reader leaves (or ``until``)."""
-    stream = client.api.events(since=time_arg(since), until=time_arg(until),
+    """``docker events``: one JSON document per line, until the reader leaves (or ``until``).
+
+    Without ``since`` the stream starts at this moment, not at the engine's subscription:
+    dockerd sends the response headers before it subscribes, so an event right after the
+    stream opened could otherwise be missed. Now is taken on the worker before the call,
+    hence before the API's 200 (same clock as a local engine; a remote engine's clock skew
+    shifts the start by that skew).
+    """
+    start = time_arg(since) if since not in (None, "") else f"{time.time():.9f}"
+    stream = client.api.events(since=start, until=time_arg(until),
                                filters=filters or None, decode=True)
     lines = (json.dumps(event).encode() + b"\n" for event in stream)
     return {"filters": filters or {}}, lines, stream.close

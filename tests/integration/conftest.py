@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import docker
 import pytest
@@ -164,6 +165,15 @@ def record_exchange(method: str, path: str, kwargs: dict, response: requests.Res
             issued = response.json()  # the secret is shown once, by design; keep it to search for
             SUITE_SECRETS.add(issued["token"])
             body = json.dumps({**issued, "token": "<issued>"})
+        elif method in ("POST", "PATCH") and path.startswith("/hosts") and response.ok:
+            # An agent's login is shown once, by design, like a token: keep it to search for.
+            answer = response.json()
+            issued = answer.get("agent_credentials") if "agent_credentials" in answer else (
+                answer if path.endswith("/agent-credentials") else None)
+            if issued:
+                password = unquote(urlsplit(issued["redis_url"]).password or "")
+                SUITE_SECRETS.update({password, issued["agent_key"]})
+                body = "<agent credentials issued>"
     EXCHANGE_LOG.parent.mkdir(parents=True, exist_ok=True)
     with EXCHANGE_LOG.open("a") as log:
         log.write(json.dumps({"method": method, "path": path, "status": response.status_code,

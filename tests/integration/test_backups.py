@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -175,6 +176,44 @@ def test_range_download_answers_206_with_exact_bytes_and_416_beyond_the_end(
     assert beyond.status_code == 416
     assert beyond.headers["Content-Range"] == f"bytes */{len(whole)}"
     assert beyond.headers["Content-Type"] == "application/problem+json"
+
+
+def test_download_carries_the_sha256_of_its_bytes_and_answers_if_none_match_with_304(
+        operator, engine, unique, leftovers):
+    run_container(engine, leftovers, unique,
+                  ["sh", "-c", "head -c 300000 /dev/urandom > /noise; sleep 300"])
+    job = back_up(operator, unique)
+    assert job["state"] == "succeeded", job
+    backup_id = job["result"]["id"]
+    record = operator.get(f"/backups/{backup_id}").json()
+    assert record["content_sha256"] == job["result"]["content_sha256"]
+
+    hasher, size = hashlib.sha256(), 0
+    with download(operator, backup_id, stream=True) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_content(64 * 1024):
+            hasher.update(chunk)
+            size += len(chunk)
+        headers = response.headers
+    assert (hasher.hexdigest(), size) == (record["content_sha256"], record["content_size"])
+    encoded = base64.b64encode(hasher.digest()).decode()
+    assert headers["ETag"] == f'"{hasher.hexdigest()}"'
+    assert headers["Repr-Digest"] == f"sha-256=:{encoded}:"
+    assert headers["Digest"] == f"sha-256={encoded}"
+
+    for tags in (headers["ETag"], f'"other", W/{headers["ETag"]}', "*"):
+        cached = download(operator, backup_id, headers={"If-None-Match": tags})
+        assert cached.status_code == 304 and cached.content == b""
+        assert cached.headers["ETag"] == headers["ETag"]
+    stale = download(operator, backup_id, headers={"If-None-Match": '"other"'})
+    assert stale.status_code == 200 and hashlib.sha256(stale.content).hexdigest() == \
+        record["content_sha256"]
+
+    whole = stale.content
+    ranged = download(operator, backup_id, headers={"Range": "bytes=1000-300999"})
+    assert ranged.status_code == 206 and ranged.content == whole[1000:301000]
+    assert ranged.headers["Content-Range"] == f"bytes 1000-300999/{size}"
+    assert ranged.headers["Repr-Digest"] == headers["Repr-Digest"]  # of the whole download
 
 
 def test_a_flipped_byte_is_refused_at_restore_and_nothing_is_created(

@@ -27,6 +27,7 @@ from tests.integration.helpers import (
     REGISTRY_USER,
     eventually,
     free_port,
+    job_keys,
 )
 
 LOCAL_REGISTRY = "127.0.0.1:5000"
@@ -86,13 +87,13 @@ def registry_lists(address: str, repository: str, auth=None) -> tuple[list[str],
 
 def events_of(test_redis, job_id: str) -> list[tuple[str, dict]]:
     return [(fields["type"], json.loads(fields["data"]))
-            for _id, fields in test_redis.xrange(f"dy:job:{job_id}:events")]
+            for _id, fields in test_redis.xrange(job_keys(test_redis, job_id)[1])]
 
 
 def everything_recorded(test_redis, state_dir: Path, job_id: str) -> str:
     """The job's record, its events and every log line of the stack, as one text."""
-    record = json.dumps(test_redis.hgetall(f"dy:job:{job_id}"))
-    events = json.dumps(test_redis.xrange(f"dy:job:{job_id}:events"))
+    record = json.dumps(test_redis.hgetall(job_keys(test_redis, job_id)[0]))
+    events = json.dumps(test_redis.xrange(job_keys(test_redis, job_id)[1]))
     logs = "".join(path.read_text(errors="replace") for path in (state_dir / "log").glob("*"))
     return record + events + logs
 
@@ -161,7 +162,7 @@ def intermediates(engine, test_redis) -> Iterator[None]:
     killed builds keep the layers of the steps that finished), newest first."""
     yield
     for job_id in test_redis.zrange("dy:jobs", 0, -1):
-        if job_id in _cleaned_jobs or test_redis.hget(f"dy:job:{job_id}", "kind") != \
+        if job_id in _cleaned_jobs or test_redis.hget(job_keys(test_redis, job_id)[0], "kind") != \
                 "builds.build":
             continue
         _cleaned_jobs.add(job_id)

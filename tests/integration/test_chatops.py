@@ -190,3 +190,60 @@ def test_chat_user_mapped_to_a_token_loses_access_when_the_token_is_revoked(stac
     assert admin.delete(f"/tokens/{token['id']}").status_code == 204
     refused = slack_request(stack, "ps local", user_id=user_id).json()["text"]
     assert "not a Dockyard user" in refused
+
+
+def test_a_chat_command_is_limited_and_audited_like_its_http_call(stack, admin, engine,
+                                                                    test_redis, unique, cleanup):
+    """A chat user mapped to a token spends the token's rate limit and is audited as its HTTP
+    call: the same record apart from what belongs to one request (time, request id, job id)
+    and to its sender (the actor's name, the chat user)."""
+    cleanup.append(unique)
+    created = admin.post("/tokens", json={"name": f"rl-{unique}", "role": "operator",
+                                          "rate_limit": {"ops": 5}}).json()
+    from tests.integration.conftest import Api
+
+    http = Api(admin.base.removesuffix("/api/v1"), created["token"])
+    user_id = "U" + uuid.uuid4().hex[:8].upper()
+    assert admin.post("/integrations/slack/users",
+                      json={"user_id": user_id, "token_id": created["id"]}).status_code == 201
+    job = http.post("/hosts/local/containers", params={"wait": 30},
+                    json={"image": BUSYBOX, "name": unique, "command": ["sleep", "300"]}).json()
+    assert job["state"] == "succeeded", job
+
+    # Spend the token's ops budget for the next two minutes, in the limiter's own counters
+    # (one per token, class and second), so both refusals below cannot depend on the clock.
+    now = int(time.time())
+    spent = [f"dy:rl:{created['id']}:ops:{window}" for window in range(now - 1, now + 120)]
+    with test_redis.pipeline() as pipe:
+        for key in spent:
+            pipe.set(key, 5, ex=180)
+        pipe.execute()
+    refused_http = http.post(f"/hosts/local/containers/{unique}/stop", json={"timeout": 1})
+    assert refused_http.status_code == 429
+    refused_chat = slack_request(stack, f"stop local {unique} -t 1", user_id=user_id).json()
+    assert refused_chat["text"].startswith("Slow down") and "did not run" in refused_chat["text"]
+    time.sleep(1)
+    assert engine.containers.get(unique).status == "running"  # neither stop ran
+
+    test_redis.delete(*spent)
+    accepted_http = http.post(f"/hosts/local/containers/{unique}/stop", json={"timeout": 1})
+    assert accepted_http.status_code == 202, accepted_http.text
+    accepted_chat = slack_request(stack, f"stop local {unique} -t 1", user_id=user_id).json()
+    assert "containers.action" in accepted_chat["text"], accepted_chat
+
+    records = [e for e in admin.get("/audit", params={"limit": 200}).json()["items"]
+               if e["token_id"] == created["id"] and e["route"].endswith("/stop")]
+    by_origin = {(e["chat"] is not None, e["status"]): e for e in records}
+    assert sorted(by_origin) == [(False, 202), (False, 429), (True, 202), (True, 429)], records
+    personal = ("id", "ts", "request_id", "job_id", "actor", "chat")
+
+    def shared(entry: dict) -> dict:
+        return {key: value for key, value in entry.items() if key not in personal}
+
+    for status in (202, 429):
+        chat, plain = by_origin[(True, status)], by_origin[(False, status)]
+        assert shared(chat) == shared(plain)
+        assert chat["chat"] == {"platform": "slack", "user_id": user_id, "user_name": "alice"}
+        assert plain["chat"] is None and chat["actor"].startswith("slack:")
+    assert shared(by_origin[(True, 429)])["outcome"] == "denied"
+    assert by_origin[(True, 202)]["job_id"] and by_origin[(False, 202)]["job_id"]

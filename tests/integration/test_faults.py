@@ -29,7 +29,7 @@ import redis
 import requests
 
 from app.dispatch import lane_key
-from app.jobs import events_key, job_key
+from app.jobs import HOST_INDEX, events_key, job_key
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually, free_port
 from tests.support.remote_engine import RemoteEngine, start_on_a_free_subnet
@@ -193,14 +193,15 @@ def fredis(faults: tuple[Stack, PrivateRedis]) -> redis.Redis:
 
 def _states(client: redis.Redis, job_ids: list[str]) -> list[str | None]:
     pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hget(job_key(job_id), "state")
+    for job_id, host in zip(job_ids, client.hmget(HOST_INDEX, job_ids), strict=True):
+        pipe.hget(job_key(job_id, host), "state")
     return pipe.execute()
 
 
 def _state_events(client: redis.Redis, job_id: str) -> list[str]:
     return [json.loads(fields["data"])["state"]
-            for _, fields in client.xrange(events_key(job_id)) if fields["type"] == "state"]
+            for _, fields in client.xrange(events_key(job_id, client.hget(HOST_INDEX, job_id)))
+            if fields["type"] == "state"]
 
 
 def _wait_final(client: redis.Redis, job_ids: list[str], timeout: float) -> list[str | None]:
@@ -282,8 +283,8 @@ def test_burst_of_2000_jobs_all_reach_a_final_state_once(faults, fadmin: Api,
     states = _wait_final(fredis, job_ids, timeout=240)
     assert set(states) == {"failed"}
     pipe = fredis.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.xrange(events_key(job_id))
+    for job_id, host in zip(job_ids, fredis.hmget(HOST_INDEX, job_ids), strict=True):
+        pipe.xrange(events_key(job_id, host))
     for job_id, events in zip(job_ids, pipe.execute(), strict=True):
         finals = [e for _, e in events if e["type"] == "state"
                   and json.loads(e["data"])["state"] in FINAL]

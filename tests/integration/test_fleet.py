@@ -8,6 +8,7 @@ that reaches Redis over the veth link.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -21,6 +22,7 @@ import requests
 
 from tests.integration.conftest import STACK_REDIS_URL, Api
 from tests.integration.helpers import BUSYBOX, eventually
+from tests.integration.test_webhooks import Receiver
 from tests.support.forward import Forwarder
 from tests.support.remote_engine import RemoteEngine
 from tests.support.stack import VENV_BIN
@@ -28,6 +30,8 @@ from tests.support.stack import VENV_BIN
 pytestmark = pytest.mark.remote
 
 REDIS_RELAY_PORT = 16379
+# Each agent host's credentials, as POST /hosts handed them out (shown once).
+CREDENTIALS: dict[str, dict[str, str]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +75,29 @@ def agent_host(agent_engine: RemoteEngine, admin: Api) -> Iterator[str]:
     response = admin.post("/hosts", json={"name": name, "url": "unix:///var/run/docker.sock",
                                           "route": "agent", "labels": {"kind": "agent"}})
     assert response.status_code == 201, response.text
+    CREDENTIALS[name] = response.json()["agent_credentials"]
     yield name
     admin.delete(f"/hosts/{name}")
 
 
 class Agent:
-    """`dockyard-agent` running inside the host's namespace, reaching Redis over the veth."""
+    """`dockyard-agent` running inside the host's namespace, reaching Redis over the veth.
+
+    It holds only what the API handed out for its host: its own Redis login, its own key
+    and the public verify key (no DOCKYARD_SECRET_KEY, no data password).
+    """
 
     def __init__(self, remote: RemoteEngine, host: str, stack_env: dict[str, str],
-                 log_dir) -> None:
-        db = urlsplit(STACK_REDIS_URL).path or "/0"
-        self.env = {**stack_env,
-                    "DOCKYARD_REDIS_URL": f"redis://{remote.host_ip}:{REDIS_RELAY_PORT}{db}"}
+                 log_dir, credentials: dict[str, str]) -> None:
+        login = urlsplit(credentials["redis_url"])
+        url = login._replace(netloc=f"{login.netloc.rpartition('@')[0]}@{remote.host_ip}:"
+                                    f"{REDIS_RELAY_PORT}").geturl()
+        self.env = {key: value for key, value in stack_env.items() if key not in (
+            "DOCKYARD_SECRET_KEY", "DOCKYARD_SECRET_KEY_FILE", "DOCKYARD_REDIS_PASSWORD",
+            "DOCKYARD_REDIS_PASSWORD_FILE", "DOCKYARD_ADMIN_TOKEN")}
+        self.env.update({"DOCKYARD_REDIS_URL": url,
+                         "DOCKYARD_TASK_VERIFY_KEY": credentials["task_verify_key"],
+                         "DOCKYARD_AGENT_KEY": credentials["agent_key"]})
         self.args = ["nsenter", f"--net={remote.netns_path}", str(VENV_BIN / "dockyard-agent"),
                      "--host", host, "--engine", f"unix://{remote.docker_sock}",
                      "--ops-concurrency", "1", "--query-concurrency", "2"]
@@ -128,21 +143,32 @@ def test_agent_host_without_an_agent_answers_503_within_2s(viewer: Api, operator
 def test_agent_serves_its_host_from_inside_the_namespace(admin: Api, operator: Api, viewer: Api,
                                                         agent_engine: RemoteEngine,
                                                         agent_host: str, relay: None,
-                                                        stack_env, state_dir) -> None:
-    agent = Agent(agent_engine, agent_host, stack_env, state_dir / "log")
+                                                        stack_env, state_dir, test_redis) -> None:
+    agent = Agent(agent_engine, agent_host, stack_env, state_dir / "log", CREDENTIALS[agent_host])
     agent.start()
+    receiver = Receiver()
     try:
         # The agent's two lanes come up one after the other: a provision sent while only the
         # query lane beats is refused with 503 (no live worker for the ops lane).
         eventually(lambda: viewer.get(f"/hosts/{agent_host}").json().get("lanes_alive")
                    == {"ops": True, "query": True}, timeout=60, interval=0.5)
+        # Its events watcher holds the host's lock: every engine event from now is read.
+        eventually(lambda: test_redis.exists(f"dy:h:{agent_host}:watch:lock"), timeout=30)
         info = viewer.get(f"/hosts/{agent_host}/info").json()
         assert info["ID"] == agent_engine.client().info()["ID"]
         name = f"agt-{uuid.uuid4().hex[:6]}"
         job = operator.post(f"/hosts/{agent_host}/containers", params={"wait": 60}, json={
             "image": BUSYBOX, "name": name, "ports": ["18081:8080"],
-            "command": ["httpd", "-f", "-p", "8080", "-h", "/etc"]}).json()
+            "command": ["httpd", "-f", "-p", "8080", "-h", "/etc"],
+            "callback_url": receiver.url + "/agent-done"}).json()
         assert job.get("state") == "succeeded", job
+        # The job's end and the engine's start event reach shared state via the outbox relay.
+        delivered = eventually(lambda: receiver.to("/agent-done"), timeout=30)
+        assert json.loads(delivered[0]["body"])["data"]["id"] == job["id"]
+        eventually(lambda: any(
+            fields.get("host") == agent_host and fields.get("event") == "engine.container.start"
+            and name in fields.get("data", "")
+            for _, fields in test_redis.xrevrange("dy:events", count=500)), timeout=30)
         ps = subprocess.run(["docker", "ps", "--filter", f"name=^/{name}$", "--format",
                              "{{.Names}} {{.Ports}}"], env=agent_engine.cli_env(),
                             capture_output=True, text=True, check=True).stdout
@@ -155,6 +181,7 @@ def test_agent_serves_its_host_from_inside_the_namespace(admin: Api, operator: A
         ready = requests.get(viewer.base.removesuffix("/api/v1") + "/readyz", timeout=5).json()
         assert ready["checks"]["lanes"][f"host.{agent_host}.query"] is True
     finally:
+        receiver.close()
         agent.stop()
     started = time.monotonic()
     assert viewer.get(f"/hosts/{agent_host}/info").status_code == 503

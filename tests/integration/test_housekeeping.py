@@ -14,4 +14,4 @@ def test_prune_index_drops_only_expired_jobs(test_redis, operator, unique, clean
     assert store.prune_index() >= 1
     remaining = set(test_redis.zrange("dy:jobs", 0, -1))
     assert "00000000000000000000000000" not in remaining
-    assert live in remaining and test_redis.exists(job_key(live))
+    assert live in remaining and test_redis.exists(job_key(live, "local"))

@@ -9,7 +9,7 @@ import uuid
 import docker
 import pytest
 
-from tests.integration.helpers import BUSYBOX, REGISTRY_PASSWORD, REGISTRY_USER, containers_of_job
+from tests.integration.helpers import BUSYBOX, REGISTRY_PASSWORD, REGISTRY_USER, containers_of_job, job_keys
 
 USER, PASSWORD = REGISTRY_USER, REGISTRY_PASSWORD
 
@@ -91,8 +91,8 @@ def test_wrong_credentials_fail_with_the_registry_reason_and_no_secret(operator,
     detail = job["error"]["detail"].lower()
     assert "unauthorized" in detail or "authentication required" in detail
     assert containers_of_job(engine, job["id"]) == []
-    raw_record = json.dumps(test_redis.hgetall(f"dy:job:{job['id']}"))
-    raw_events = json.dumps(test_redis.xrange(f"dy:job:{job['id']}:events"))
+    raw_record = json.dumps(test_redis.hgetall(job_keys(test_redis, job["id"])[0]))
+    raw_events = json.dumps(test_redis.xrange(job_keys(test_redis, job["id"])[1]))
     for secret in (PASSWORD, "wrong-" + PASSWORD):
         assert secret not in raw_record and secret not in raw_events
         assert secret not in json.dumps(job)

@@ -304,7 +304,7 @@ def test_a_client_that_stops_reading_gets_backpressure_not_unbounded_memory(
         operator, engine, test_redis, running, unique):
     session = open_session(operator, unique, cmd=["sh", "-c", "exec yes session-flood"])
     sock = raw_upgrade(operator, session["url"])
-    pipe = f"dy:pipe:session-{session['id']}-out"
+    pipe = f"dy:h:local:pipe:session-{session['id']}-out"
     eventually(lambda: test_redis.llen(pipe) >= 8 or None)
     # The worker stops at the credit limit (8 chunks queued in Redis) while nobody reads.
     samples = []
@@ -635,12 +635,15 @@ def agent_host(state_dir, admin, engine, stack_env):
 
     remote = start_on_a_free_subnet(f"sag{os.getpid() % 100000}", state_dir, range(60, 70))
     host = f"agent-{remote.name}"
-    agent = Agent(remote, host, stack_env, state_dir / "log")
+    agent = None
     try:
         remote.load_image_from(engine, BUSYBOX)
         response = admin.post("/hosts", json={"name": host, "url": "unix:///var/run/docker.sock",
                                               "route": "agent"})
         assert response.status_code == 201, response.text
+        # The agent holds only its own login, key and the public verify key.
+        agent = Agent(remote, host, stack_env, state_dir / "log",
+                      response.json()["agent_credentials"])
         with Forwarder((remote.host_ip, REDIS_RELAY_PORT),
                        ("127.0.0.1", urlsplit(STACK_REDIS_URL).port or 6379)):
             agent.start()
@@ -648,7 +651,8 @@ def agent_host(state_dir, admin, engine, stack_env):
                        timeout=60, interval=0.5)
             yield host, remote
     finally:
-        agent.stop()
+        if agent is not None:
+            agent.stop()
         admin.delete(f"/hosts/{host}")
         remote.stop()
 

@@ -162,7 +162,9 @@ def test_import_refuses_bad_changes_and_urls(operator):
 def test_event_stream_carries_a_container_start(viewer, engine, unique, cleanup):
     cleanup.append(unique)
     seen: list[dict] = []
-    response = viewer.get("/hosts/local/events/stream", params={"type": "container"},
+    # Only this test's container: another container starting on the engine must not end the read.
+    response = viewer.get("/hosts/local/events/stream",
+                          params={"type": "container", "container": unique},
                           stream=True, timeout=30)
     assert response.status_code == 200
 

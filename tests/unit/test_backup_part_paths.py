@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.backups import BackupCorruptError, LocalBackupStorage
+from app.backups.parts import BackupCorruptError
+from app.backups.storage import LocalBackupStorage
 from tests.unit.test_backups import make_bundle
 
 

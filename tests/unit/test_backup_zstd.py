@@ -7,7 +7,7 @@ import os
 
 import zstandard
 
-from app.backups import read_part
+from app.backups.parts import read_part
 from app.engine.backups import part_writer, zstd_compressor
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import socket
@@ -13,19 +14,11 @@ from pathlib import Path
 import pytest
 from marshmallow import ValidationError
 
-from app.backups import (
-    BackupCorruptError,
-    CronExpression,
-    LocalBackupStorage,
-    PartWriter,
-    apply_retention,
-    due_minutes,
-    image_changes,
-    parse_range,
-    read_part,
-    restore_spec,
-    validate_cron,
-)
+from app.backups.download import digest_headers, none_match, parse_range
+from app.backups.parts import BackupCorruptError, PartWriter, read_part
+from app.backups.restore import image_changes, restore_spec
+from app.backups.schedules import CronExpression, apply_retention, due_minutes, validate_cron
+from app.backups.storage import LocalBackupStorage
 from app.engine.backups import StallWatchdog, _dechunk
 from app.errors import InvalidInputError, NotFoundError
 from app.ids import new_id
@@ -288,3 +281,17 @@ def test_dechunk_refuses_a_truncated_stream(cut):
     body = chunked(b"a" * 100, b"b" * 100)
     with pytest.raises(ConnectionError):
         list(_dechunk(io.BufferedReader(io.BytesIO(body[:cut] if cut > 0 else body[:-7]))))
+
+
+def test_digest_headers_carry_the_sha256_in_base64():
+    digest = hashlib.sha256(b"bundle").hexdigest()
+    encoded = base64.b64encode(hashlib.sha256(b"bundle").digest()).decode()
+    assert digest_headers(digest) == {"Repr-Digest": f"sha-256=:{encoded}:",
+                                      "Digest": f"sha-256={encoded}"}
+
+
+@pytest.mark.parametrize(("header", "matches"), [
+    (None, False), ("", False), ('"abc"', True), ('W/"abc"', True), ('"x", "abc"', True),
+    ("*", True), ('"abcd"', False), ("abc", False)])
+def test_if_none_match_names_the_etag(header, matches):
+    assert none_match(header, "abc") is matches
