@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 MESSAGES = PREFIX + "jobs:messages"
 # Jobs whose message is in flight (not final yet), scored by the time it was (re)sent.
 INFLIGHT = PREFIX + "jobs:inflight"
+# Queued jobs whose message one sweep found nowhere: job id -> when.
+SUSPECTS = PREFIX + "jobs:lost-suspects"
 # kombu's Redis transport: what a worker took and has not acknowledged yet.
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 _PRIORITY_SEP = "\x06\x16"
@@ -46,6 +48,7 @@ LOST_GRACE_SECONDS = 30.0
 # A running job whose lease nobody renewed for this long lost its worker.
 RUNNER_LEASE_SECONDS = 15.0
 RUNNER_DEAD_SECONDS = 30.0
+SUSPECT_SECONDS = 5.0
 
 
 def queue_key(queue: str, priority: int = 0) -> str:
@@ -233,7 +236,9 @@ def sweep(client: redis.Redis, jobs: Any, now: float | None = None) -> dict[str,
     """
     from app import jobs as jobstates
 
-    now = time.time() if now is None else now
+    if now is None:  # the server's clock, the one runner leases are written with
+        seconds, micros = client.time()
+        now = seconds + micros / 1e6
     done = {"forgotten": 0, "resent": 0, "restored": 0, "failed": 0}
     due = client.zrangebyscore(INFLIGHT, "-inf", now - LOST_GRACE_SECONDS, start=0, num=1000)
     if not due:
@@ -245,12 +250,13 @@ def sweep(client: redis.Redis, jobs: Any, now: float | None = None) -> dict[str,
         pipe.hmget(jobstates.job_key(job_id), "state", "lease_until")
     for job_id, (state, lease_until) in zip(due, pipe.execute(), strict=True):
         states[job_id] = (state, float(lease_until or 0))
-    queued_tags: dict[str, set[str]] | None = None
+    queued_tags: dict[str, set[str]] = {}
     for job_id in due:
         state, lease_until = states[job_id]
         raw = kept.get(job_id)
         if state is None or state in jobstates.FINAL_STATES or raw is None:
             jobs.forget_message(job_id)
+            client.hdel(SUSPECTS, job_id)
             done["forgotten"] += 1
             continue
         entry = json.loads(raw)
@@ -260,16 +266,21 @@ def sweep(client: redis.Redis, jobs: Any, now: float | None = None) -> dict[str,
                 continue
             logger.warning("job %s: its worker stopped renewing it; sending it again", job_id)
             if not restore_taken(client, tag, entry["queue"]):
-                if _on_queue(client, entry["queue"], tag, cache={}):
+                if _on_queue(client, entry["queue"], tag, cache=queued_tags):
                     continue
                 client.eval(_RESEND, 2, MESSAGES, INFLIGHT, job_id, now)
             else:
                 client.zadd(INFLIGHT, {job_id: now})
             done["restored"] += 1
             continue
-        # queued
+        # Queued. Look where a message goes in order (queue, then a worker's hands), so
+        # one moving between the two is seen in one of them.
+        if _on_queue(client, entry["queue"], tag, cache=queued_tags):
+            client.hdel(SUSPECTS, job_id)
+            continue
         held_since = client.zscore(UNACKED_INDEX, tag)
         if held_since is not None:
+            client.hdel(SUSPECTS, job_id)
             if now - float(held_since) >= LOST_GRACE_SECONDS:
                 logger.warning("job %s: taken by a worker that never started it; requeued",
                                job_id)
@@ -277,11 +288,17 @@ def sweep(client: redis.Redis, jobs: Any, now: float | None = None) -> dict[str,
                     client.zadd(INFLIGHT, {job_id: now})
                     done["restored"] += 1
             continue
-        if queued_tags is None:
-            queued_tags = {}
-        if _on_queue(client, entry["queue"], tag, cache=queued_tags):
+        if client.hget(jobstates.job_key(job_id), "state") != jobstates.QUEUED:
+            continue  # a worker started it meanwhile
+        # Neither queued nor held: popped and lost before kombu recorded its delivery. A
+        # pop is recorded within milliseconds, so only a job seen so on two sweeps (at
+        # least SUSPECT_SECONDS apart) is taken for lost.
+        suspected = client.hget(SUSPECTS, job_id)
+        if suspected is None or now - float(suspected) < SUSPECT_SECONDS:
+            if suspected is None:
+                client.hset(SUSPECTS, job_id, now)
             continue
-        # Neither queued nor held: popped and lost before kombu recorded its delivery.
+        client.hdel(SUSPECTS, job_id)
         if int(entry.get("sent", 1)) >= 2:
             error = {"type": "https://dockyard.dev/problems/lost-before-run",
                      "title": "Lost before it ran", "status": 503,
