@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -40,15 +41,24 @@ UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = [0, 3, 6, 9]
 
-SWEEP_SECONDS = 10.0
+
+def _seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+# The sweeper's timings. Environment overrides exist for drills and tests that kill
+# processes and should not wait the production margins out.
+SWEEP_SECONDS = _seconds("DOCKYARD_JOB_SWEEP_SECONDS", 10.0)
 # A message popped by a worker is marked running (or sits in kombu's unacked hash) within
 # milliseconds; one missing for this long was lost in delivery. Far above that time, so a
 # re-send never races a worker that has the message.
-LOST_GRACE_SECONDS = 30.0
-# A running job whose lease nobody renewed for this long lost its worker.
-RUNNER_LEASE_SECONDS = 15.0
-RUNNER_DEAD_SECONDS = 30.0
-SUSPECT_SECONDS = 5.0
+LOST_GRACE_SECONDS = _seconds("DOCKYARD_JOB_LOST_GRACE_SECONDS", 30.0)
+# A runner renews its lease on a running job every third of this; a running job whose
+# lease lapsed this long ago (twice the lease since its last renewal) lost its worker.
+RUNNER_LEASE_SECONDS = _seconds("DOCKYARD_JOB_LEASE_SECONDS", 15.0)
+RUNNER_DEAD_SECONDS = 2 * RUNNER_LEASE_SECONDS
+# Two sweeps at least this far apart must find a queued job's message nowhere.
+SUSPECT_SECONDS = min(5.0, SWEEP_SECONDS / 2)
 
 
 def queue_key(queue: str, priority: int = 0) -> str:
@@ -263,7 +273,22 @@ def sweep(client: redis.Redis, jobs: Any, now: float | None = None) -> dict[str,
         tag = entry["tag"]
         if state == jobstates.RUNNING:
             if lease_until and now - lease_until < RUNNER_DEAD_SECONDS - RUNNER_LEASE_SECONDS:
+                client.hdel(SUSPECTS, job_id)
                 continue
+            # Lapsed. A live runner whose renewals failed while Redis was away renews within
+            # a third of its lease once Redis is back: only a lease found lapsed again a
+            # lease's length later marks a dead runner.
+            suspected = client.hget(SUSPECTS, job_id)
+            if suspected is None or now - float(suspected) < RUNNER_LEASE_SECONDS:
+                if suspected is None:
+                    client.hset(SUSPECTS, job_id, now)
+                continue
+            renewed = float(client.hget(jobstates.job_key(job_id), "lease_until") or 0)
+            if client.hget(jobstates.job_key(job_id), "state") != jobstates.RUNNING or \
+                    now - renewed < RUNNER_DEAD_SECONDS - RUNNER_LEASE_SECONDS:
+                client.hdel(SUSPECTS, job_id)
+                continue
+            client.hdel(SUSPECTS, job_id)
             logger.warning("job %s: its worker stopped renewing it; sending it again", job_id)
             if not restore_taken(client, tag, entry["queue"]):
                 if _on_queue(client, entry["queue"], tag, cache=queued_tags):

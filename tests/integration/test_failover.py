@@ -154,8 +154,19 @@ def test_a_running_job_whose_runner_stopped_renewing_is_sent_again_and_taken_ove
     second = store.start(job_id, "dyt-runner-b", 15)
     assert second.code == 0 and second.previous == "running" and second.lease_left > 0
     lease_until = float(store.redis.hget(f"dy:job:{job_id}", "lease_until"))
-    assert handoff.sweep(store.redis, store, now=lease_until + 5)["restored"] == 0
-    assert handoff.sweep(store.redis, store, now=lease_until + 16)["restored"] == 1
+    dead = lease_until + handoff.RUNNER_DEAD_SECONDS - handoff.RUNNER_LEASE_SECONDS
+    assert handoff.sweep(store.redis, store, now=dead - 1)["restored"] == 0  # lease recent
+    assert handoff.sweep(store.redis, store, now=dead + 1)["restored"] == 0  # first sighting
+    # Renewed in between (a runner that was cut off from Redis for a while): not dead.
+    store.redis.hset(f"dy:job:{job_id}", "lease_until", str(dead + 2))
+    assert handoff.sweep(store.redis, store, now=dead + 1 + handoff.RUNNER_LEASE_SECONDS
+                         )["restored"] == 0
+    assert store.redis.llen(lone_queue) == 0
+    # Lapsed on two sweeps a lease apart: sent again.
+    later = dead + 2 + handoff.RUNNER_DEAD_SECONDS
+    assert handoff.sweep(store.redis, store, now=later)["restored"] == 0
+    assert handoff.sweep(store.redis, store, now=later + handoff.RUNNER_LEASE_SECONDS
+                         )["restored"] == 1
     assert [json.loads(m)["properties"]["delivery_tag"]
             for m in store.redis.lrange(lone_queue, 0, -1)] == [tag]
     # The lease lapsed: the next delivery takes over; a delivery after it ends does nothing.
