@@ -11,9 +11,8 @@ from celery.schedules import crontab
 
 from app import logs, signing
 from app.config import Settings
-from app.handoff import SWEEP_SECONDS
 from app.store import broker_url_and_options
-from app.task_names import BACKUPS_RUN_SCHEDULES, JOBS_PRUNE_INDEX, JOBS_SWEEP
+from app.task_names import BACKUPS_RUN_SCHEDULES, JOBS_PRUNE_INDEX
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -55,9 +54,6 @@ def make_celery(settings: Settings) -> Celery:
             # Job records expire by TTL; this keeps the listing index from growing with them.
             "prune-job-index": {"task": JOBS_PRUNE_INDEX, "schedule": 3600.0,
                                 "options": {"queue": "engine.ops", "expires": 3000}},
-            # Messages dead workers held go back; one lost in delivery is sent again once.
-            "sweep-jobs": {"task": JOBS_SWEEP, "schedule": SWEEP_SECONDS,
-                           "options": {"queue": "engine.ops", "expires": SWEEP_SECONDS}},
             # Due backup schedules are enqueued and their retention applied once a minute.
             "run-backup-schedules": {"task": BACKUPS_RUN_SCHEDULES, "schedule": crontab(),
                                      "options": {"queue": "engine.ops", "expires": 55}},

@@ -53,7 +53,6 @@ IMAGES_TAG = "images.tag"
 
 # jobs
 JOBS_PRUNE_INDEX = "jobs.prune_index"
-JOBS_SWEEP = "jobs.sweep"
 
 # registries
 REGISTRIES_CHECK = "registries.check"

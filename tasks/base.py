@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
+import redis
 import requests
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -26,7 +27,7 @@ from app.pipes import PipeClosedError, PipeWriter
 from app.runtime import runtime
 from app.store import get_redis, utcnow
 from app.webhooks import notify_watchers
-from tasks.failover import through_failover
+from tasks.failover import TRANSIENT_REDIS_ERRORS, through_failover
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +120,24 @@ class JobContext:
         if not force and now - self._last_progress < 0.25:
             return
         self._last_progress = now
-        runtime().jobs.set_progress(self.job_id, {"done": done, "total": total, "unit": unit,
-                                                  "message": message})
+        try:
+            runtime().jobs.set_progress(self.job_id, {"done": done, "total": total,
+                                                      "unit": unit, "message": message})
+        except redis.RedisError as exc:  # a failover: progress is news, not state; go on
+            logger.warning("job %s: progress not recorded (%s)", self.job_id,
+                           type(exc).__name__)
 
     def log(self, message: str, **data: Any) -> None:
-        runtime().jobs.add_event(self.job_id, "log", {"message": message, **data})
+        try:
+            runtime().jobs.add_event(self.job_id, "log", {"message": message, **data})
+        except redis.RedisError as exc:
+            logger.warning("job %s: log event not recorded (%s): %s", self.job_id,
+                           type(exc).__name__, message)
 
     def check_cancelled(self) -> None:
         """Raise JobCancelledError if a client asked to cancel this job."""
-        if runtime().jobs.cancel_requested(self.job_id):
+        if through_failover(lambda: runtime().jobs.cancel_requested(self.job_id),
+                            f"job {self.job_id} cancel check"):
             raise JobCancelledError(f"job '{self.job_id}' was cancelled")
 
 
@@ -207,7 +217,7 @@ class JobTask(Task):
         began = time.monotonic()
         try:
             context.check_cancelled()
-            result = operation(context)
+            result = _through_failover(operation, context)
         except JobCancelledError:
             through_failover(lambda: store.transition(
                 job_id, (jobstates.RUNNING,), jobstates.CANCELLED, finished_at=utcnow()),
@@ -245,6 +255,22 @@ class JobTask(Task):
         store.notify_parent(job_id)
         notify_watchers(job_id)
         logger.info("job %s succeeded host=%s", job_id, host)
+
+
+def _through_failover(operation: Callable[[JobContext], dict[str, Any] | None],
+                      context: JobContext) -> dict[str, Any] | None:
+    """Run the operation; if Redis went away under it (a failover), run it again once Redis
+    is back. Operations are idempotent (a redelivered job runs them again anyway)."""
+    for attempt in range(3):
+        try:
+            return operation(context)
+        except TRANSIENT_REDIS_ERRORS as exc:
+            if attempt == 2:
+                raise
+            logger.warning("job %s: Redis went away during the job (%s); running it again "
+                           "once Redis is back", context.job_id, type(exc).__name__)
+            through_failover(lambda: get_redis().ping(), f"job {context.job_id} wait")
+    raise AssertionError("unreachable")
 
 
 class _LeaseKeeper:

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FAILOVER_SECONDS = 60.0
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+TRANSIENT_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
               redis.BusyLoadingError)
 
 
@@ -31,7 +31,7 @@ def through_failover(call: Callable[[], T], what: str,
     while True:
         try:
             return call()
-        except _TRANSIENT as exc:
+        except TRANSIENT_REDIS_ERRORS as exc:
             if time.monotonic() + delay > deadline:
                 raise
             logger.warning("%s: Redis unavailable (%s); retrying in %.1fs", what,

@@ -7,20 +7,32 @@ Redis and a queue no worker consumes, so every step is decided, not raced.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 import redis
+import requests
 from celery import Celery
 
 from app import handoff
 from app.celery import make_celery
 from app.config import Settings
 from app.dispatch import lane_key
-from app.jobs import Claim, JobStore, events_key
-from tests.integration.conftest import SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL
+from app.jobs import FINAL_STATES, Claim, JobStore, events_key, job_key
+from app.store import redis_client
+from tests.integration.conftest import ADMIN_TOKEN, SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL, Api
+from tests.integration.helpers import BUSYBOX, eventually
+from tests.integration.test_faults import PrivateRedis, private_stack_env
+from tests.integration.test_sentinel import MASTER, SentinelSet, _answers
+from tests.support.stack import ROOT, VENV_BIN, Stack
 
 CALLER = {"id": "t-operator", "name": "test-operator", "role": "operator", "hosts": None}
 
@@ -180,3 +192,213 @@ def test_a_running_job_whose_runner_stopped_renewing_is_sent_again_and_taken_ove
     assert (late.code, late.previous) == (0, "succeeded")
     assert _final_events(store, job_id) == ["succeeded"]
     assert store.get(job_id)["runner"] == "dyt-runner-b"
+
+
+# -- the drill: real processes, real sentinels, real provisions --------------------------------
+
+DRILL_JOBS = int(os.environ.get("DOCKYARD_HA_DRILL_JOBS", "60"))
+# Sweeper timings short enough for a test; the production margins are documented.
+DRILL_TIMINGS = {"DOCKYARD_JOB_LEASE_SECONDS": "5", "DOCKYARD_JOB_LOST_GRACE_SECONDS": "10",
+                 "DOCKYARD_JOB_SWEEP_SECONDS": "2"}
+
+
+@pytest.fixture
+def sentinels(state_dir: Path) -> Iterator[SentinelSet]:
+    servers = SentinelSet(state_dir / f"ha-{uuid.uuid4().hex[:6]}")
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+def _second_instance(env: dict[str, str], folder: Path) -> Stack:
+    """Another API (own port), ops and query worker and beat on the same Redis."""
+    other = Stack(env, folder / "log")
+    other.log_dir.mkdir(parents=True, exist_ok=True)
+    other.start_worker("worker-ops-b", "engine.ops", "prefork", 2)
+    other.start_worker("worker-query-b", "engine.query", "threads", 8)
+    other._spawn("api", [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+                         "--bind", f"127.0.0.1:{other.port}", "--workers", "2", "wsgi:app"])
+    other.wait_ready()
+    return other
+
+
+def _beat(stack: Stack, folder: Path) -> None:
+    stack._spawn("beat", [str(VENV_BIN / "celery"), "-A", "app.celery_app:celery", "beat",
+                          "-s", str(folder / "beat-schedule"), "-l", "INFO"])
+
+
+def test_a_burst_survives_killing_the_primary_an_ops_worker_and_an_api(
+        sentinels: SentinelSet, stack_env: dict[str, str], state_dir: Path, engine,
+        unique) -> None:
+    ha = sentinels
+    folder = state_dir / f"drill-{unique}"
+    store = PrivateRedis(folder / "unused")  # only for the environment's shape
+    env = private_stack_env(stack_env, store, folder / "a", stack_env["DOCKER_HOST"])
+    env.update({"DOCKYARD_REDIS_URL": "redis://127.0.0.1/0",
+                "DOCKYARD_REDIS_PASSWORD_FILE": str(ha.password_file),
+                "DOCKYARD_REDIS_SENTINELS": ha.sentinels, "DOCKYARD_REDIS_MASTER": MASTER,
+                **DRILL_TIMINGS})
+    env_b = {**env, "DOCKYARD_STATE_DIR": str(folder / "b")}
+    settings = Settings(redis_url="redis://127.0.0.1/0", redis_password=ha.password,
+                        redis_sentinels=tuple(ha.sentinels.split(",")), redis_master=MASTER)
+    a = Stack(env, folder / "a" / "log")
+    b: Stack | None = None
+    try:
+        a.start(ops_concurrency=2)
+        b = _second_instance(env_b, folder / "b")
+        _beat(a, folder / "a")
+        _beat(b, folder / "b")
+        apis = [Api(a.url, ADMIN_TOKEN), Api(b.url, ADMIN_TOKEN)]
+        client = redis_client(settings, socket_timeout=5)
+        outcome = _burst(apis, unique, ha, a, b, client)
+        facts = outcome["facts"]
+        accepted = {key: ids[0] for key, ids in outcome["answers"].items() if ids}
+        # Every Idempotency-Key names one job, whichever API and attempt answered.
+        for key, ids in outcome["answers"].items():
+            assert len(set(ids)) <= 1, (key, ids)
+        assert len(accepted) + len(outcome["refused"]) == DRILL_JOBS, outcome["refused"]
+
+        def all_final() -> bool:
+            pipe = client.pipeline(transaction=False)
+            for job_id in accepted.values():
+                pipe.hget(job_key(job_id), "state")
+            return all(state in FINAL_STATES for state in pipe.execute())
+
+        eventually(lambda: _answers(all_final), timeout=240, interval=1)
+        made: dict[str, int] = {}
+        for container in engine.containers.list(all=True,
+                                                filters={"label": f"dyt.drill={unique}"}):
+            job = container.labels.get("dockyard.job", "")
+            made[job] = made.get(job, 0) + 1
+        states: dict[str, int] = {}
+        for key, job_id in accepted.items():
+            state = client.hget(job_key(job_id), "state")
+            states[state] = states.get(state, 0) + 1
+            finals = [json.loads(f["data"])["state"] for _, f in client.xrange(events_key(job_id))
+                      if f["type"] == "state"
+                      and json.loads(f["data"])["state"] in FINAL_STATES]
+            assert finals == [state], (key, job_id, finals)
+            assert made.get(job_id, 0) <= 1, (key, job_id, made.get(job_id))
+            if state == "succeeded":
+                assert made.get(job_id, 0) == 1, (key, job_id)
+        cut = facts.get("worker_jobs_cut", [])
+        summary = {
+            "jobs": DRILL_JOBS, "accepted": len(accepted), "refused": len(outcome["refused"]),
+            "states": states, "answers_503": facts["answers_503"],
+            "cut_answers": facts["cut_answers"],
+            "writes_back_after_primary_kill_s": round(
+                facts["first_write_after_kill"] - facts["primary_killed_at"], 1)
+            if "first_write_after_kill" in facts else None,
+            "jobs_running_on_killed_worker": len(cut),
+            "those_final_after_worker_kill_s": round(max(
+                _epoch(client.hget(job_key(j), "finished_at")) for j in cut)
+                - facts["worker_killed_at"], 1) if cut else None,
+            "containers_of_unaccepted_jobs": sum(
+                n for job, n in made.items() if job not in set(accepted.values()))}
+        (state_dir / "log").mkdir(parents=True, exist_ok=True)
+        with (state_dir / "log" / "failover-drill.jsonl").open("a") as log:
+            log.write(json.dumps(summary) + "\n")
+        print("failover drill:", summary)
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+        for container in engine.containers.list(all=True,
+                                                filters={"label": f"dyt.drill={unique}"}):
+            container.remove(force=True)
+
+
+def _burst(apis: list[Api], unique: str, ha: SentinelSet, a: Stack, b: Stack,
+           client: redis.Redis) -> dict:
+    """DRILL_JOBS provisions from 8 threads. The primary dies at a quarter of the accepted
+    jobs, b's API at half; a's whole ops worker once it runs jobs after the failover."""
+    answers: dict[str, list[str]] = {f"{unique}-{i}": [] for i in range(DRILL_JOBS)}
+    refused: dict[str, str] = {}
+    lock = threading.Lock()
+    accepted = threading.Semaphore(0)
+    facts: dict = {"cut_answers": 0, "answers_503": 0}
+    primary_killed = threading.Event()
+
+    def controller() -> None:
+        for _ in range(DRILL_JOBS // 4):
+            accepted.acquire()
+        killed = time.time()
+        ha.kill_primary()
+        facts["primary_killed_at"] = killed
+        primary_killed.set()
+        for _ in range(DRILL_JOBS // 4):
+            accepted.acquire()
+        b.stop_process("api", sig=signal.SIGKILL)
+        facts["api_killed"] = True
+        # a's ops worker dies while it runs jobs (once the new primary serves).
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                running = _running_under(client, "worker-ops.")
+            except redis.RedisError:
+                running = []
+            if running:
+                a.stop_process("worker-ops", sig=signal.SIGKILL)
+                facts["worker_killed_at"] = time.time()
+                facts["worker_jobs_cut"] = running
+                return
+            time.sleep(0.2)
+
+    def submit(i: int) -> None:
+        key = f"{unique}-{i}"
+        spec = {"image": BUSYBOX, "name": key, "command": ["sleep", "300"],
+                "labels": {"dyt.drill": unique}}
+        deadline = time.monotonic() + 240
+        attempt = i % 2
+        while time.monotonic() < deadline:
+            api = apis[attempt % 2]
+            attempt += 1
+            sent_after_kill = primary_killed.is_set()
+            try:
+                response = api.post("/hosts/local/containers", json=spec, timeout=30,
+                                    headers={"Idempotency-Key": key})
+            except requests.RequestException:
+                with lock:
+                    facts["cut_answers"] += 1
+                time.sleep(0.2)  # a cut answer: the other API, same key
+                continue
+            assert response.status_code != 500, response.text
+            if response.status_code in (200, 202):
+                with lock:
+                    answers[key].append(response.json()["id"])
+                    if sent_after_kill and "first_write_after_kill" not in facts:
+                        facts["first_write_after_kill"] = time.time()
+                accepted.release()
+                return
+            if response.status_code == 409:
+                refused[key] = response.text
+                return
+            assert response.status_code == 503, response.text
+            with lock:
+                facts["answers_503"] += 1
+            time.sleep(0.3)
+        raise AssertionError(f"{key}: no answer in time")
+
+    killer = threading.Thread(target=controller, daemon=True)
+    killer.start()
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(submit, i) for i in range(DRILL_JOBS)]:
+            future.result()
+    killer.join(120)
+    return {"answers": answers, "refused": refused, "facts": facts}
+
+
+def _running_under(client: redis.Redis, prefix: str) -> list[str]:
+    """Jobs (of this drill's store) running with a runner whose name starts with ``prefix``."""
+    found = []
+    for job_id in client.zrange(handoff.INFLIGHT, 0, -1):
+        state, runner = client.hmget(job_key(job_id), "state", "runner")
+        if state == "running" and (runner or "").startswith(prefix):
+            found.append(job_id)
+    return found
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
