@@ -194,6 +194,56 @@ def test_a_running_job_whose_runner_stopped_renewing_is_sent_again_and_taken_ove
     assert store.get(job_id)["runner"] == "dyt-runner-b"
 
 
+def test_a_job_no_replica_confirmed_in_time_is_refused_yet_kept_and_its_key_names_it(
+        sentinels: SentinelSet, api_celery) -> None:
+    """WAIT: a replica that does not answer (SIGSTOPped) makes creation raise (the API's
+    503 + Retry-After); the job stays queued with its message; the same key gets it back.
+    A primary with no replica connected at all does not block."""
+    primary, replica = sentinels.data_ports
+    client = redis.Redis(port=primary, password=sentinels.password, decode_responses=True)
+    store = JobStore(client, 3600)
+    store.replication = handoff.Replication(1, 300)
+    queue = "host.dyt-wait.ops"
+    client.zadd(lane_key(queue), {"dyt-fake-worker": time.time() + 3600})
+
+    def create(key: str) -> tuple[dict, tuple[str, str | None]]:
+        record = store.new_record("containers.action", "dyt-wait", "x", "dyt", "dyt-t", queue)
+        message = handoff.broker_message(api_celery, "containers.action",
+                                         [record["id"], "dyt-wait", "x", "stop", {}, CALLER],
+                                         queue, record["id"])
+        claim = Claim(key, json.dumps({"job": record["id"], "fp": "f"}), 600)
+        return record, store.create(record, lane_key(queue), claim, message)
+
+    _, outcome = create("dy:idem:dyt:a")
+    assert outcome == ("created", None)  # the replica confirmed
+    stopped = sentinels.procs[replica]
+    stopped.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(handoff.NotReplicatedError):
+            create("dy:idem:dyt:b")
+        held = json.loads(client.get("dy:idem:dyt:b"))
+        assert store.get(held["job"])["state"] == "queued"
+        assert client.hget(handoff.MESSAGES, held["job"]) is not None
+        assert client.llen(queue) == 2
+        # The retry: same key, the original job; nothing new written or pushed.
+        with pytest.raises(handoff.NotReplicatedError):
+            create("dy:idem:dyt:b")
+    finally:
+        stopped.send_signal(signal.SIGCONT)
+    again, outcome = create("dy:idem:dyt:b")
+    assert outcome[0] == "claimed" and json.loads(outcome[1])["job"] == held["job"]
+    assert not client.exists(job_key(again["id"]))
+    assert client.llen(queue) == 2
+    # No replica connected: WAIT is capped by what is connected, so creation goes on.
+    stopped.kill()
+    stopped.wait(10)
+    eventually(lambda: client.info("replication")["connected_slaves"] == 0, timeout=30)
+    began = time.monotonic()
+    assert create("dy:idem:dyt:c")[1] == ("created", None)
+    assert create("dy:idem:dyt:d")[1] == ("created", None)
+    assert time.monotonic() - began < 2
+
+
 # -- the drill: real processes, real sentinels, real provisions --------------------------------
 
 DRILL_JOBS = int(os.environ.get("DOCKYARD_HA_DRILL_JOBS", "60"))
