@@ -230,6 +230,7 @@ def test_a_job_no_replica_confirmed_in_time_is_refused_yet_kept_and_its_key_name
             create("dy:idem:dyt:b")
     finally:
         stopped.send_signal(signal.SIGCONT)
+    store.replication = handoff.Replication(1, 10000)  # the replica catches up: plenty of time
     again, outcome = create("dy:idem:dyt:b")
     assert outcome[0] == "claimed" and json.loads(outcome[1])["job"] == held["job"]
     assert not client.exists(job_key(again["id"]))
@@ -238,6 +239,7 @@ def test_a_job_no_replica_confirmed_in_time_is_refused_yet_kept_and_its_key_name
     stopped.kill()
     stopped.wait(10)
     eventually(lambda: client.info("replication")["connected_slaves"] == 0, timeout=30)
+    store.replication = handoff.Replication(1, 300)
     began = time.monotonic()
     assert create("dy:idem:dyt:c")[1] == ("created", None)
     assert create("dy:idem:dyt:d")[1] == ("created", None)
@@ -262,16 +264,14 @@ def sentinels(state_dir: Path) -> Iterator[SentinelSet]:
         servers.stop()
 
 
-def _second_instance(env: dict[str, str], folder: Path) -> Stack:
-    """Another API (own port), ops and query worker and beat on the same Redis."""
-    other = Stack(env, folder / "log")
+def _start_second_instance(other: Stack) -> None:
+    """Another API (own port), ops and query worker on the same Redis."""
     other.log_dir.mkdir(parents=True, exist_ok=True)
     other.start_worker("worker-ops-b", "engine.ops", "prefork", 2)
     other.start_worker("worker-query-b", "engine.query", "threads", 8)
     other._spawn("api", [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
                          "--bind", f"127.0.0.1:{other.port}", "--workers", "2", "wsgi:app"])
     other.wait_ready()
-    return other
 
 
 def _beat(stack: Stack, folder: Path) -> None:
@@ -294,10 +294,14 @@ def test_a_burst_survives_killing_the_primary_an_ops_worker_and_an_api(
     settings = Settings(redis_url="redis://127.0.0.1/0", redis_password=ha.password,
                         redis_sentinels=tuple(ha.sentinels.split(",")), redis_master=MASTER)
     a = Stack(env, folder / "a" / "log")
-    b: Stack | None = None
+    b = Stack(env_b, folder / "b" / "log")
     try:
-        a.start(ops_concurrency=2)
-        b = _second_instance(env_b, folder / "b")
+        # Both instances come up side by side (a registers the engine as host 'local').
+        starting = ThreadPoolExecutor(1).submit(a.start, ops_concurrency=2)
+        try:
+            _start_second_instance(b)
+        finally:
+            starting.result()
         _beat(a, folder / "a")
         _beat(b, folder / "b")
         apis = [Api(a.url, ADMIN_TOKEN), Api(b.url, ADMIN_TOKEN)]
@@ -353,8 +357,7 @@ def test_a_burst_survives_killing_the_primary_an_ops_worker_and_an_api(
         print("failover drill:", summary)
     finally:
         a.stop()
-        if b is not None:
-            b.stop()
+        b.stop()
         for container in engine.containers.list(all=True,
                                                 filters={"label": f"dyt.drill={unique}"}):
             container.remove(force=True)
