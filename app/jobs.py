@@ -54,7 +54,8 @@ return {1, cur}
 # A worker's claim on a job it received (KEYS: record, events; ARGV: runner, lease
 # seconds, event JSON, events maxlen, started_at). Queued -> running, or a running job
 # whose runner's lease lapsed (its worker died) taken over; anything else is not run:
-# {1, 'queued'} started, {2, 'running'} taken over, {0, state, seconds the lease has left}.
+# {1, 'queued'} started, {2, 'running'} taken over, {3, 'running'} already this runner's
+# (a retry whose first answer was lost), {0, state, seconds the lease has left}.
 _START = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {-1, ''} end
@@ -64,6 +65,7 @@ local code = 0
 if cur == 'queued' then
   code = 1
 elseif cur == 'running' then
+  if redis.call('HGET', KEYS[1], 'runner') == ARGV[1] then return {3, cur, '0'} end
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') or 0
   if lease >= now then return {0, cur, tostring(lease - now)} end
   code = 2
@@ -146,7 +148,8 @@ class Transition:
 
 @dataclass(frozen=True)
 class Start:
-    """What ``JobStore.start`` did: 1 started, 2 took over from a dead runner, 0 neither."""
+    """What ``JobStore.start`` did: 1 started, 2 took over from a dead runner, 3 it was this
+    runner's already, 0 none of these (not to be run)."""
 
     code: int
     previous: str | None
@@ -343,11 +346,28 @@ class JobStore:
         return Transition(bool(code), previous or None)
 
     def start(self, job_id: str, runner: str, lease_seconds: float) -> Start:
-        """Claim a received job for ``runner``: see ``_START``."""
-        code, previous, left = self._start(
-            keys=[job_key(job_id), events_key(job_id)],
-            args=[runner, lease_seconds, json.dumps({"state": RUNNING}), _EVENTS_MAXLEN,
-                  utcnow()])
+        """Claim a received job for ``runner``: see ``_START``.
+
+        With replication settings the claim is WAITed for like the job's creation, so the
+        job is 'running' on a replica before the operation touches anything: a failover
+        then cannot hand the job to a second worker as if it had never started.
+        """
+        keys = [job_key(job_id), events_key(job_id)]
+        args = [runner, lease_seconds, json.dumps({"state": RUNNING}), _EVENTS_MAXLEN,
+                utcnow()]
+        if self.replication is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            self._start(keys=keys, args=args, client=pipe)
+            try:
+                code, previous, left = execute_replicated(pipe, self.replication,
+                                                          self.redis)[0]
+            except NotReplicatedError as exc:
+                # Written on the primary, but no replica confirmed in time: carry on (the
+                # window docs/reliability.md leaves open); the record says running.
+                logger.warning("job %s start not confirmed by a replica: %s", job_id, exc)
+                code, previous, left = self._start(keys=keys, args=args)
+        else:
+            code, previous, left = self._start(keys=keys, args=args)
         if code == -1:
             raise NotFoundError(f"no job '{job_id}'")
         return Start(int(code), previous or None, float(left or 0))

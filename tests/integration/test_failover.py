@@ -162,6 +162,8 @@ def test_a_running_job_whose_runner_stopped_renewing_is_sent_again_and_taken_ove
     store.redis.rpop(lone_queue)  # taken, and acknowledged by nobody: kombu lost track
     first = store.start(job_id, "dyt-runner-a", 15)
     assert (first.code, first.previous) == (1, "queued")
+    # The same runner again (its first answer lost to a failover): still its job.
+    assert store.start(job_id, "dyt-runner-a", 15).code == 3
     # Another delivery while runner a holds a live lease: not run.
     second = store.start(job_id, "dyt-runner-b", 15)
     assert second.code == 0 and second.previous == "running" and second.lease_left > 0
