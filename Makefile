@@ -1,5 +1,5 @@
 # Dockyard: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run stop test unit lint bench install compose-smoke ha ha-stop
+.PHONY: run stop test unit lint bench install compose-smoke ha ha-stop ha-drill
 
 run:            ## install what is missing, start everything, serve the API on 127.0.0.1:8000
 	@bash scripts/run.sh
@@ -30,3 +30,6 @@ ha:             ## a Redis primary, replica and three sentinels, two of each Doc
 
 ha-stop:        ## stop what `make ha` started
 	@bash scripts/ha.sh down
+
+ha-drill:       ## failover drill: 500 provisions while the primary, an API and an ops worker are SIGKILLed
+	@bash scripts/ha-drill.sh

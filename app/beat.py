@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any
 
 import redis
 from celery.beat import PersistentScheduler
 
+from app import handoff
+from app.runtime import runtime
 from app.store import PREFIX, get_redis
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class LeaderScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lease = Lease(get_redis())
         self.leading: bool | None = None  # unknown: the first tick logs which it is
+        self._swept = float("-inf")
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -78,7 +82,23 @@ class LeaderScheduler(PersistentScheduler):
                         else "standing by: another beat holds the lease")
         if not leading:
             return RENEW_SECONDS
-        return min(super().tick(*args, **kwargs), RENEW_SECONDS)
+        self._sweep_when_due()
+        return min(super().tick(*args, **kwargs), RENEW_SECONDS, handoff.SWEEP_SECONDS)
+
+    def _sweep_when_due(self) -> None:
+        """The job sweeper (app/handoff.py) runs here, in the leading beat, not as a task:
+        it must not wait behind the very jobs on a lane whose worker died."""
+        now = time.monotonic()
+        if now - self._swept < handoff.SWEEP_SECONDS:
+            return
+        self._swept = now
+        try:
+            done = handoff.sweep(get_redis(), runtime().jobs)
+        except redis.RedisError as exc:
+            logger.warning("beat: job sweep skipped (%s)", exc)
+            return
+        if any(done.values()):
+            logger.warning("beat: job sweep %s", done)
 
     def close(self) -> None:
         if self.leading:

@@ -111,6 +111,13 @@ class Settings:
     redis_sentinels: tuple[str, ...] = field(
         default_factory=lambda: _env_list("DOCKYARD_REDIS_SENTINELS", ""))
     redis_master: str = field(default_factory=lambda: _env("DOCKYARD_REDIS_MASTER", ""))
+    # Replicas that must confirm a job's creation (and a worker's final write) before it is
+    # answered: WAIT n. -1 means the default: 1 with sentinels, else 0. Only replicas the
+    # primary has connected are counted, so losing the only one does not block.
+    redis_wait_replicas: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_REDIS_WAIT_REPLICAS", -1))
+    redis_wait_timeout_ms: int = field(
+        default_factory=lambda: _env_int("DOCKYARD_REDIS_WAIT_TIMEOUT_MS", 1000))
     secret_key: str = field(default_factory=lambda: _env_secret("DOCKYARD_SECRET_KEY"))
     admin_token: str = field(default_factory=lambda: _env_secret("DOCKYARD_ADMIN_TOKEN"))
     state_dir: Path = field(
@@ -230,6 +237,13 @@ class Settings:
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
+
+    @property
+    def wait_replicas(self) -> int:
+        """DOCKYARD_REDIS_WAIT_REPLICAS, or its default (1 with sentinels, else 0)."""
+        if self.redis_wait_replicas >= 0:
+            return self.redis_wait_replicas
+        return 1 if self.redis_sentinels else 0
 
     @property
     def effective_visibility_timeout(self) -> int:

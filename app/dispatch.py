@@ -9,7 +9,8 @@ import uuid
 from typing import Any
 
 from app.auth import Principal
-from app.errors import NoWorkerError, QueryTimeoutError, error_from_problem
+from app.errors import NoWorkerError, QueryTimeoutError, UnavailableError, error_from_problem
+from app.handoff import NotReplicatedError, broker_message
 from app.hosts import queues_for
 from app.jobs import QUEUED, RUNNING, job_key
 from app.pipes import PipeReader, new_pipe_id
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 LANE_TTL_SECONDS = 15
 REPLY_TTL_SECONDS = 60
+REPLICATION_RETRY_AFTER_SECONDS = 1
 
 
 def lane_key(queue: str) -> str:
@@ -97,17 +99,26 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
                                 parent=parent, spool=spool)
     claim = (rt.idempotency.claim_for(principal.token_id, idempotency[0], idempotency[1],
                                       record["id"]) if idempotency is not None else None)
-    # One round trip: lane check, key claim and the record (see JobStore.create).
-    outcome, held = rt.jobs.create(record, lane_key(queue), claim)
+    task_args = [record["id"], host, *args] if host_record else [record["id"], *args]
+    # The signed message send_task would publish, pushed by the job script itself (see
+    # app/handoff.py): a record never exists without its message, nor a message without
+    # its record, and one round trip does both.
+    message = broker_message(rt.celery, kind, task_args, queue, record["id"])
+    try:
+        outcome, held = rt.jobs.create(
+            record, lane_key(queue), claim, message,
+            keep=not (host_record and host_record.get("route") == "agent"))
+    except NotReplicatedError as exc:
+        # The job is queued and will run; but a failover now could forget it, so the
+        # client is told to retry (with its Idempotency-Key it gets this same job).
+        logger.warning("job %s queued but not replicated: %s", record["id"], exc)
+        raise UnavailableError("the job store could not confirm the job on a replica in "
+                               "time; retry with the same Idempotency-Key",
+                               retry_after=REPLICATION_RETRY_AFTER_SECONDS) from exc
     if outcome == "no-lane":
         raise _no_worker(queue, host)
     if outcome == "claimed":
         return rt.jobs.get(rt.idempotency.earlier_job(held, idempotency[1])), False
-    task_args = [record["id"], host, *args] if host_record else [record["id"], *args]
-    # argsrepr/kwargsrepr: Celery would otherwise repr the spec into the message headers,
-    # which costs CPU per job and copies the spec where nobody reads it.
-    rt.celery.send_task(kind, args=task_args, queue=queue, task_id=record["id"],
-                        argsrepr="", kwargsrepr="")
     # DEBUG: at hundreds of submissions a second this line was a tenth of the API's CPU.
     logger.debug("job %s queued kind=%s host=%s", record["id"], kind, host)
     return record, True

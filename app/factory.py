@@ -7,6 +7,7 @@ import logging
 import uuid
 from typing import Any
 
+import kombu.exceptions
 import redis
 from apispec import BasePlugin
 from flask import Flask, Response, current_app, g, json, request
@@ -152,6 +153,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # be loading: both are "try again shortly", never a 500.
     app.register_error_handler(redis.exceptions.ReadOnlyError, _redis_down)
     app.register_error_handler(redis.exceptions.BusyLoadingError, _redis_down)
+    # The broker (kombu) gives up on a Redis that is away with its own error: same answer.
+    app.register_error_handler(kombu.exceptions.OperationalError, _redis_down)
     app.register_error_handler(Exception, _unexpected_error)
 
     # Blueprints are imported inside the factory so nothing imports the app at load time.
@@ -317,7 +320,7 @@ def _dockyard_error(error: DockyardError) -> Response:
     response = problem_response(error.to_problem())
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dockyard"'
-    if error.status == 429:
+    if error.status == 429 or (error.status == 503 and "retry_after" in error.extra):
         response.headers["Retry-After"] = str(error.extra.get("retry_after", 1))
     return response
 

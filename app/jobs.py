@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +16,15 @@ import redis
 
 from app.auth import Principal
 from app.errors import ConflictError, InvalidInputError, NotFoundError
+from app.handoff import INFLIGHT, MESSAGES, NotReplicatedError, Replication, execute_replicated
 from app.ids import new_id
 from app.store import PREFIX, utcnow
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+logger = logging.getLogger(__name__)
 
 _INDEX = PREFIX + "jobs"
 # job id -> its host ("" for a host-less job): where the job's keys live (see job_key).
@@ -29,7 +33,9 @@ _JSON_FIELDS = ("progress", "result", "error", "children")
 _EVENTS_MAXLEN = 10000
 
 # Moves a job between states atomically and records the change in its event stream,
-# so a reader of the stream never sees a state the record does not have.
+# so a reader of the stream never sees a state the record does not have. A job that
+# ends drops its kept broker message (KEYS: record, events, INFLIGHT, MESSAGES; ARGV:
+# allowed, new state, event, events maxlen, job id, fields...; see app/handoff.py).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {-1, ''} end
@@ -38,27 +44,87 @@ for s in string.gmatch(ARGV[1], '[^,]+') do
   if s == cur then allowed = true end
 end
 if not allowed then return {0, cur} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 6))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'state', 'data', ARGV[3])
+if KEYS[3] and (ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'cancelled') then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('HDEL', KEYS[4], ARGV[5])
+end
 return {1, cur}
 """
 
+# A worker's claim on a job it received (KEYS: record, events; ARGV: runner, lease
+# seconds, event JSON, events maxlen, started_at). Queued -> running, or a running job
+# whose runner's lease lapsed (its worker died) taken over; anything else is not run:
+# {1, 'queued'} started, {2, 'running'} taken over, {3, 'running'} already this runner's
+# (a retry whose first answer was lost), {0, state, seconds the lease has left}.
+_START = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {-1, ''} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local code = 0
+if cur == 'queued' then
+  code = 1
+elseif cur == 'running' then
+  if redis.call('HGET', KEYS[1], 'runner') == ARGV[1] then return {3, cur, '0'} end
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') or 0
+  if lease >= now then return {0, cur, tostring(lease - now)} end
+  code = 2
+else
+  return {0, cur, '0'}
+end
+local fields = {'state', 'running', 'runner', ARGV[1],
+                'lease_until', tostring(now + tonumber(ARGV[2]))}
+if code == 1 then
+  table.insert(fields, 'started_at')
+  table.insert(fields, ARGV[5])
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'state', 'data', ARGV[3])
+return {code, cur, '0'}
+"""
+
+# The runner renews its lease while the job runs; only the runner that holds it.
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'runner') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
+return 1
+"""
+
 # Creates a job in one round trip: the lane's liveness (a worker's heartbeat score is the
-# time it is good until), the Idempotency-Key claim, the record, the index and the first
-# event. Nothing is written when the lane is dead or the key was already claimed.
+# time it is good until), the Idempotency-Key claim, the record, the index, the first
+# event and the job's broker message (LPUSHed as kombu's Redis transport would, a copy
+# kept until the job ends; see app/handoff.py). Nothing is written when the lane is dead
+# or the key was already claimed.
+# KEYS: 1 lane, 2 record, 3 index, 4 events, 5 queue list, 6 MESSAGES, 7 INFLIGHT,
+#       8 HOST_INDEX, 9 Idempotency-Key (optional)
+# ARGV: 1 now, 2 retention, 3 job id, 4 first event, 5 events maxlen, 6 claim value,
+#       7 claim ttl, 8 message ('' to push none), 9 kept copy ('' to keep none: an agent's
+#       job, which the sweeper cannot see), 10 host, 11... record fields
 _CREATE = """
 if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then return {'no-lane'} end
-if KEYS[5] ~= '' then
-  if not redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[7]) then
-    return {'claimed', redis.call('GET', KEYS[5])}
+if KEYS[9] then
+  if not redis.call('SET', KEYS[9], ARGV[6], 'NX', 'EX', ARGV[7]) then
+    return {'claimed', redis.call('GET', KEYS[9])}
   end
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[2], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
-redis.call('HSET', KEYS[6], ARGV[3], ARGV[8])
+redis.call('HSET', KEYS[8], ARGV[3], ARGV[10])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'type', 'state', 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[2])
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[6], ARGV[3], ARGV[9])
+  redis.call('ZADD', KEYS[7], ARGV[1], ARGV[3])
+end
+if ARGV[8] ~= '' then
+  redis.call('LPUSH', KEYS[5], ARGV[8])
+end
 return {'created'}
 """
 
@@ -100,6 +166,16 @@ class Transition:
     previous: str | None
 
 
+@dataclass(frozen=True)
+class Start:
+    """What ``JobStore.start`` did: 1 started, 2 took over from a dead runner, 3 it was this
+    runner's already, 0 none of these (not to be run)."""
+
+    code: int
+    previous: str | None
+    lease_left: float
+
+
 class JobStore:
     """Redis-backed job records.
 
@@ -116,6 +192,10 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
         self._get = client.register_script(_GET)
+        self._start = client.register_script(_START)
+        self._renew = client.register_script(_RENEW)
+        # Set by the runtime: the WAIT every job write that must survive a failover makes.
+        self.replication: Replication | None = None
 
     # -- where a job's keys live ------------------------------------------------------
 
@@ -167,22 +247,48 @@ class JobStore:
                   maxlen=_EVENTS_MAXLEN, approximate=True)
         pipe.expire(events, self.retention)
 
-    def create(self, record: dict[str, Any], lane: str, claim: Claim | None) -> tuple[str, str | None]:
+    def create(self, record: dict[str, Any], lane: str, claim: Claim | None,
+               message: tuple[str, str, str] | None = None,
+               keep: bool = True) -> tuple[str, str | None]:
         """Write ``record`` if the lane (a heartbeat key) is live and ``claim`` is free.
+
+        ``message`` (queue list, kombu JSON, delivery tag; see ``handoff.broker_message``)
+        is pushed in the same script, so a record never exists without its message. With
+        replication settings, the script is followed by a WAIT on the same connection.
+        ``keep`` keeps a copy for the sweeper; an agent's job keeps none (its worker's
+        Redis user cannot drop it, nor can the sweeper see the agent's deliveries).
 
         Returns:
             ("created", None); ("no-lane", None) and nothing written; or ("claimed", the
             value the key already holds) and nothing written.
+
+        Raises:
+            NotReplicatedError: created, but too few replicas confirmed it in time.
         """
         host = record.get("host") or ""
+        queue_list, payload, tag = message or ("", "", "")
         keys = [lane, job_key(record["id"], host), _INDEX, events_key(record["id"], host),
-                claim.key if claim else "", HOST_INDEX]
+                queue_list or lane, MESSAGES, INFLIGHT, HOST_INDEX]
         fields = [item for pair in _encode(record).items() for item in pair]
+        kept = json.dumps({"queue": queue_list, "tag": tag, "message": payload, "sent": 1}
+                          ) if message and keep else ""
         args = [time.time(), self.retention, record["id"], json.dumps({"state": QUEUED}),
-                _EVENTS_MAXLEN, claim.value if claim else "", claim.ttl if claim else 0, host,
-                *fields]
-        outcome = self._create(keys=keys, args=args)
+                _EVENTS_MAXLEN, claim.value if claim else "", claim.ttl if claim else 0,
+                payload, kept, host, *fields]
+        if claim is not None:
+            keys.append(claim.key)
+        pipe = self.redis.pipeline(transaction=False)
+        self._create(keys=keys, args=args, client=pipe)
+        replication = self.replication if message else None
+        outcome = execute_replicated(pipe, replication, self.redis)[0]
         return outcome[0], (outcome[1] if len(outcome) > 1 else None)
+
+    def forget_message(self, job_id: str) -> None:
+        """Drop a job's kept message (it ended, or its record expired)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(INFLIGHT, job_id)
+        pipe.hdel(MESSAGES, job_id)
+        pipe.execute()
 
     # -- reads ------------------------------------------------------------------------
 
@@ -280,13 +386,59 @@ class JobStore:
                    event: dict[str, Any] | None = None, **fields: Any) -> Transition:
         """Move a job to ``new_state`` if its current state is one of ``allowed``."""
         argv: list[Any] = [",".join(allowed), new_state,
-                           json.dumps(event or {"state": new_state}), _EVENTS_MAXLEN]
+                           json.dumps(event or {"state": new_state}), _EVENTS_MAXLEN, job_id]
         for name, value in _encode(fields).items():
             argv.extend((name, value))
-        code, previous = self._transition(keys=list(self.keys(job_id)), args=argv)
+        keys = list(self.keys(job_id))
+        if not self.agent_host:  # an agent's jobs keep no message (see create)
+            keys += [INFLIGHT, MESSAGES]
+        if new_state in FINAL_STATES and self.replication is not None:
+            # A worker WAITs for a job's final state to reach a replica before it acks the
+            # message: a failover must not forget an ending the broker already forgot.
+            pipe = self.redis.pipeline(transaction=False)
+            self._transition(keys=keys, args=argv, client=pipe)
+            try:
+                code, previous = execute_replicated(pipe, self.replication, self.redis)[0]
+            except NotReplicatedError as exc:
+                logger.warning("job %s %s, not confirmed by a replica: %s", job_id,
+                               new_state, exc)
+                code, previous = 1, None
+        else:
+            code, previous = self._transition(keys=keys, args=argv)
         if code == -1:
             raise NotFoundError(f"no job '{job_id}'")
         return Transition(bool(code), previous or None)
+
+    def start(self, job_id: str, runner: str, lease_seconds: float) -> Start:
+        """Claim a received job for ``runner``: see ``_START``.
+
+        With replication settings the claim is WAITed for like the job's creation, so the
+        job is 'running' on a replica before the operation touches anything: a failover
+        then cannot hand the job to a second worker as if it had never started.
+        """
+        keys = list(self.keys(job_id))
+        args = [runner, lease_seconds, json.dumps({"state": RUNNING}), _EVENTS_MAXLEN,
+                utcnow()]
+        if self.replication is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            self._start(keys=keys, args=args, client=pipe)
+            try:
+                code, previous, left = execute_replicated(pipe, self.replication,
+                                                          self.redis)[0]
+            except NotReplicatedError as exc:
+                # Written on the primary, but no replica confirmed in time: carry on (the
+                # window docs/reliability.md leaves open); the record says running.
+                logger.warning("job %s start not confirmed by a replica: %s", job_id, exc)
+                code, previous, left = self._start(keys=keys, args=args)
+        else:
+            code, previous, left = self._start(keys=keys, args=args)
+        if code == -1:
+            raise NotFoundError(f"no job '{job_id}'")
+        return Start(int(code), previous or None, float(left or 0))
+
+    def renew(self, job_id: str, runner: str, lease_seconds: float) -> bool:
+        """Extend ``runner``'s lease on a running job; False once it is not the runner."""
+        return bool(self._renew(keys=[self.keys(job_id)[0]], args=[runner, lease_seconds]))
 
     def aggregate_parent(self, parent_id: str) -> None:
         """Fold the children's states into a fan-out parent; finish it when all are final.

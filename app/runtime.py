@@ -10,6 +10,7 @@ from celery import Celery
 from app.audit import AuditLog
 from app.auth import TokenStore
 from app.celery import make_celery
+from app.handoff import Replication
 from app.hosts import HostStore
 from app.jobs import IdempotencyStore, JobStore
 from app.ratelimit import RateLimiter
@@ -32,8 +33,12 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(get_redis(), self.settings.job_retention_seconds,
-                        agent_host=self.settings.agent_host)
+        store = JobStore(get_redis(), self.settings.job_retention_seconds,
+                         agent_host=self.settings.agent_host)
+        if self.settings.wait_replicas > 0:
+            store.replication = Replication(self.settings.wait_replicas,
+                                            self.settings.redis_wait_timeout_ms)
+        return store
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:

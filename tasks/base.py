@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
+import redis
 import requests
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from app import handoff, logs, metrics, outbox
 from app import jobs as jobstates
-from app import logs, metrics, outbox
 from app.dispatch import REPLY_TTL_SECONDS, reply_key
 from app.engine.client import EngineClients
 from app.engine.errors import translate_engine_error
@@ -24,10 +27,14 @@ from app.pipes import PipeClosedError, PipeWriter
 from app.runtime import runtime
 from app.store import get_redis, utcnow
 from app.webhooks import notify_watchers
+from tasks.failover import TRANSIENT_REDIS_ERRORS, through_failover
 
 logger = logging.getLogger(__name__)
 
 _clients: EngineClients | None = None
+# How long a delivery of a job another live runner holds waits for it before giving up
+# (acknowledged; should that runner die later, the sweeper sends the kept copy again).
+DUPLICATE_WAIT_SECONDS = 60.0
 
 
 def engine_clients() -> EngineClients:
@@ -116,15 +123,24 @@ class JobContext:
         if not force and now - self._last_progress < 0.25:
             return
         self._last_progress = now
-        runtime().jobs.set_progress(self.job_id, {"done": done, "total": total, "unit": unit,
-                                                  "message": message})
+        try:
+            runtime().jobs.set_progress(self.job_id, {"done": done, "total": total,
+                                                      "unit": unit, "message": message})
+        except redis.RedisError as exc:  # a failover: progress is news, not state; go on
+            logger.warning("job %s: progress not recorded (%s)", self.job_id,
+                           type(exc).__name__)
 
     def log(self, message: str, **data: Any) -> None:
-        runtime().jobs.add_event(self.job_id, "log", {"message": message, **data})
+        try:
+            runtime().jobs.add_event(self.job_id, "log", {"message": message, **data})
+        except redis.RedisError as exc:
+            logger.warning("job %s: log event not recorded (%s): %s", self.job_id,
+                           type(exc).__name__, message)
 
     def check_cancelled(self) -> None:
         """Raise JobCancelledError if a client asked to cancel this job."""
-        if runtime().jobs.cancel_requested(self.job_id):
+        if through_failover(lambda: runtime().jobs.cancel_requested(self.job_id),
+                            f"job {self.job_id} cancel check"):
             raise JobCancelledError(f"job '{self.job_id}' was cancelled")
 
 
@@ -161,24 +177,58 @@ class JobTask(Task):
     def _run_job(self, job_id: str, host: str | None,
                  operation: Callable[[JobContext], dict[str, Any] | None]) -> None:
         store = runtime().jobs
-        # A redelivered job is already 'running': it runs again, so operations are idempotent.
-        started = store.transition(job_id, (jobstates.QUEUED, jobstates.RUNNING),
-                                   jobstates.RUNNING, started_at=utcnow())
-        if not started.applied:
-            logger.info("job %s skipped: it is %s", job_id, started.previous)
+        runner = f"{self.request.hostname or 'worker'}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        started = self._claim(store, job_id, runner)
+        if started is None:
             _job_ended(job_id, host, parent=False)  # cancelled while queued: announce it now
             return
-        if started.previous == jobstates.RUNNING:
-            logger.warning("job %s redelivered; resuming", job_id)
+        if started.code == 2:
+            logger.warning("job %s: its earlier runner died; resuming", job_id)
+        lease = _LeaseKeeper(store, job_id, runner)
+        lease.start()
+        try:
+            # Anything but a fresh start (2: taken over from a dead runner, 3: this runner's
+            # already) may find what an earlier run made: the operation looks for it.
+            self._run_claimed(store, job_id, host, operation, redelivered=started.code != 1)
+        finally:
+            lease.stop()
+
+    def _claim(self, store: Any, job_id: str, runner: str) -> Any:
+        """Take the job for ``runner``, or None when this delivery must not run it.
+
+        Only a queued job, or a running one whose runner stopped renewing its lease (its
+        worker died), is taken, atomically: a re-sent or redelivered message of a job
+        another worker runs waits for that runner (up to DUPLICATE_WAIT_SECONDS), and one
+        of a job that ended changes nothing. Either way the message is acknowledged.
+        """
+        deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
+        while True:
+            started = through_failover(
+                lambda: store.start(job_id, runner, handoff.RUNNER_LEASE_SECONDS),
+                f"job {job_id} start")
+            if started.code:
+                return started
+            if started.previous != jobstates.RUNNING or time.monotonic() >= deadline:
+                logger.info("job %s skipped: it is %s", job_id,
+                            started.previous)
+                return None
+            # Another runner holds it: a duplicate, or a runner that just died (its lease
+            # lapses within RUNNER_LEASE_SECONDS); look again when the lease would end.
+            time.sleep(min(max(started.lease_left, 0.2), 2.0))
+
+    def _run_claimed(self, store: Any, job_id: str, host: str | None,
+                     operation: Callable[[JobContext], dict[str, Any] | None],
+                     redelivered: bool = True) -> None:
         context = JobContext(job_id, host)
-        context.redelivered = started.previous == jobstates.RUNNING
+        context.redelivered = redelivered
         began = time.monotonic()
         try:
             context.check_cancelled()
-            result = operation(context)
+            result = _through_failover(operation, context)
         except JobCancelledError:
-            store.transition(job_id, (jobstates.RUNNING,), jobstates.CANCELLED,
-                             finished_at=utcnow())
+            through_failover(lambda: store.transition(
+                job_id, (jobstates.RUNNING,), jobstates.CANCELLED, finished_at=utcnow()),
+                f"job {job_id} end")
             metrics.record_job(self.name, jobstates.CANCELLED, time.monotonic() - began)
             _job_ended(job_id, host)
             logger.info("job %s cancelled host=%s", job_id, host)
@@ -189,9 +239,10 @@ class JobTask(Task):
                 logger.exception("job %s failed unexpectedly host=%s", job_id, host)
             else:
                 logger.info("job %s failed host=%s: %s", job_id, host, problem["detail"])
-            store.transition(job_id, (jobstates.RUNNING,), jobstates.FAILED,
-                             event={"state": jobstates.FAILED, "error": problem},
-                             error=problem, finished_at=utcnow())
+            through_failover(lambda: store.transition(
+                job_id, (jobstates.RUNNING,), jobstates.FAILED,
+                event={"state": jobstates.FAILED, "error": problem}, error=problem,
+                finished_at=utcnow()), f"job {job_id} end")
             if problem["status"] == 403:
                 _audit_denial(job_id, self.name, host, problem)
             metrics.record_job(self.name, jobstates.FAILED, time.monotonic() - began)
@@ -201,9 +252,10 @@ class JobTask(Task):
             if not isinstance(exc, Exception):
                 raise
             return
-        store.transition(job_id, (jobstates.RUNNING,), jobstates.SUCCEEDED,
-                         event={"state": jobstates.SUCCEEDED}, result=result,
-                         finished_at=utcnow())
+        through_failover(lambda: store.transition(
+            job_id, (jobstates.RUNNING,), jobstates.SUCCEEDED,
+            event={"state": jobstates.SUCCEEDED}, result=result, finished_at=utcnow()),
+            f"job {job_id} end")
         metrics.record_job(self.name, jobstates.SUCCEEDED, time.monotonic() - began)
         _job_ended(job_id, host)
         logger.info("job %s succeeded host=%s", job_id, host)
@@ -224,6 +276,47 @@ def _job_ended(job_id: str, host: str | None, parent: bool = True) -> None:
     if parent:
         runtime().jobs.notify_parent(job_id)
     notify_watchers(job_id)
+
+
+def _through_failover(operation: Callable[[JobContext], dict[str, Any] | None],
+                      context: JobContext) -> dict[str, Any] | None:
+    """Run the operation; if Redis went away under it (a failover), run it again once Redis
+    is back. Operations are idempotent (a redelivered job runs them again anyway)."""
+    for attempt in range(3):
+        try:
+            return operation(context)
+        except TRANSIENT_REDIS_ERRORS as exc:
+            if attempt == 2:
+                raise
+            logger.warning("job %s: Redis went away during the job (%s); running it again "
+                           "once Redis is back", context.job_id, type(exc).__name__)
+            through_failover(lambda: get_redis().ping(), f"job {context.job_id} wait")
+            context.redelivered = True  # the first attempt may have made something to adopt
+    raise AssertionError("unreachable")
+
+
+class _LeaseKeeper:
+    """Renews a runner's lease on its job every few seconds while the job runs."""
+
+    def __init__(self, store: Any, job_id: str, runner: str) -> None:
+        self.store, self.job_id, self.runner = store, job_id, runner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True,
+                                        name=f"dockyard-lease-{job_id}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(handoff.RUNNER_LEASE_SECONDS / 3):
+            try:
+                if not self.store.renew(self.job_id, self.runner, handoff.RUNNER_LEASE_SECONDS):
+                    return
+            except Exception:  # Redis briefly away: the next renewal retries
+                logger.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
 
 
 def _audit_denial(job_id: str, kind: str, host: str | None, problem: dict[str, Any]) -> None:
