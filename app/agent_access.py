@@ -56,6 +56,7 @@ _COMMANDS = (
     "-psubscribe", "-ssubscribe", "-dbsize", "-swapdb", "-flushdb", "-flushall",
     "-client|list", "-client|kill", "-client|info", "-sort", "-sort_ro", "-object",
     "-readonly", "-readwrite",
+    "+time",  # the job scripts' runner leases read the server's clock
 )
 
 
