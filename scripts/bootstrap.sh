@@ -46,6 +46,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
   venv_pip install -q --require-hashes -r "$lock"
   venv_pip install -q --no-deps -e "$ROOT"
-  venv_pip check >/dev/null
+  venv_pip check >/dev/null || { venv_pip check >&2; exit 1; }
   echo "$digest" > "$stamp"
 fi
