@@ -2,10 +2,11 @@
 #
 # No public registry is reachable where Dockyard is built, so everything is local:
 #   bash scripts/debian-base.sh                 # dockyard-base:bookworm (debootstrap + import)
-#   .venv/bin/pip wheel . -w wheels/ --find-links wheels/   # the project + its deps as wheels
+#   wheels/: the project's wheel + every wheel requirements.lock names (hash-checked)
 #   DOCKER_BUILDKIT=0 docker build -t dockyard:latest .
 # (scripts/compose-smoke.sh does all three.) The build installs from the wheelhouse only,
-# so no compiler and no index are needed, and neither the wheels nor pip end up in the image.
+# exactly the versions and sha256 of requirements.lock (`make lock`), so no compiler and no
+# index are needed, and neither the wheels nor pip end up in the image.
 
 ARG BASE=dockyard-base:bookworm
 
@@ -15,9 +16,13 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 COPY wheels/ /wheels/
+COPY requirements.lock /wheels/requirements.lock
 RUN python3 -m venv /opt/dockyard/venv \
  && /opt/dockyard/venv/bin/pip install --no-index --find-links /wheels --no-cache-dir \
-      --disable-pip-version-check dockyard \
+      --disable-pip-version-check --require-hashes -r /wheels/requirements.lock \
+ && /opt/dockyard/venv/bin/pip install --no-index --find-links /wheels --no-cache-dir \
+      --disable-pip-version-check --no-deps dockyard \
+ && /opt/dockyard/venv/bin/pip check \
  && /opt/dockyard/venv/bin/pip uninstall -y -q pip setuptools
 
 FROM ${BASE}

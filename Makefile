@@ -1,5 +1,5 @@
 # Dockyard: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run stop test unit lint bench install compose-smoke ha ha-stop ha-drill
+.PHONY: run stop test unit lint bench install lock compose-smoke ha ha-stop ha-drill
 
 run:            ## install what is missing, start everything, serve the API on 127.0.0.1:8000
 	@bash scripts/run.sh
@@ -18,6 +18,9 @@ lint:
 
 install:
 	@bash scripts/bootstrap.sh
+
+lock:           ## re-resolve requirements.lock and requirements-test.lock from pyproject.toml (uv)
+	@bash scripts/lock.sh
 
 bench:          ## benchmarks (see docs/benchmarks.md)
 	@bash scripts/bench.sh

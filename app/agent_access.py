@@ -4,7 +4,7 @@ An agent host's workers log in as ``dockyard-agent-<host>@<db>``. The user may r
 commands (no SCAN/KEYS/RANDOMKEY, pub/sub, admin or dangerous commands, functions) on:
 
 * its host's queues ``host.<h>.ops`` and ``host.<h>.query``, kombu's priority lists of
-  them and their binding sets;
+  them and their binding sets (``_kombu.binding.<q>``, ``_kombu.binding_permanent.<q>``);
 * its lanes' heartbeats ``dy:lane:host.<h>.ops|query``;
 * every key under ``dy:h:<h>:`` (its jobs, events, replies, pipes, kombu's unacked
   bookkeeping for the agent, a secret-free copy of its host record).
@@ -80,6 +80,8 @@ def queue_keys(host: str) -> list[str]:
         keys.append(queue)
         keys.extend(queue + _PRIORITY_SEP + step for step in _PRIORITY_STEPS)
         keys.append(f"_kombu.binding.{queue}")
+        # kombu >= 5.7 also records a permanent (non-expiring) queue's binding here.
+        keys.append(f"_kombu.binding_permanent.{queue}")
         keys.append(f"{PREFIX}lane:{queue}")
     return keys
 

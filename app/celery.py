@@ -5,13 +5,15 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from celery import Celery, signals
 from celery.schedules import crontab
 
 from app import agent_access, logs, signing
 from app.config import Settings
-from app.store import broker_url_and_options
+from app.store import broker_url_and_options, get_redis_bytes
 from app.task_names import BACKUPS_RUN_SCHEDULES, HOSTS_SYNC_AGENT_ACCESS, JOBS_PRUNE_INDEX
 
 
@@ -74,7 +76,49 @@ def make_celery(settings: Settings) -> Celery:
     os.register_at_fork(after_in_child=celery._after_fork)
     # After the logging receivers: the signature covers every header they add.
     signing.install(celery, settings)
+    _guard_closed_channel_clients()
     return celery
+
+
+def _no_client_after_close(channel: object) -> bool:
+    """Whether kombu can no longer build a client for ``channel``: its pools are gone and so
+    is the broker connection they were made from (the channel is being closed after the
+    connection was released)."""
+    transport = getattr(channel, "connection", None)
+    return getattr(channel, "_pool", None) is None and (
+        transport is None or getattr(transport, "client", None) is None)
+
+
+def _guard_closed_channel_clients() -> None:
+    """Let kombu's Redis channel ack and restore after its connection was released.
+
+    kombu 5.7 closes a channel whose broker connection was lost (a Redis failover) only
+    after releasing that connection; closing restores the unacknowledged messages, and
+    building the client for that (``conn_or_acquire``) reads the released connection's
+    address: ``AttributeError: 'NoneType' object has no attribute 'hostname'``, which
+    Celery calls an unrecoverable error and stops the worker. The broker is Dockyard's own
+    Redis (``broker_url_and_options``), so such an ack or restore goes through Dockyard's
+    client of it instead, Sentinel-aware like the broker. If that Redis is down too, the
+    error is a connection error, which kombu and Celery do recover from (the messages stay
+    unacknowledged and come back after the visibility timeout).
+    """
+    from kombu.transport import redis as kombu_redis
+
+    channel_class = kombu_redis.Channel
+    original = channel_class.conn_or_acquire
+    if getattr(original, "dockyard_guard", False):
+        return
+
+    @contextmanager
+    def conn_or_acquire(self, client=None) -> Iterator[object]:
+        if client is None and _no_client_after_close(self):
+            yield get_redis_bytes()
+            return
+        with original(self, client) as acquired:
+            yield acquired
+
+    conn_or_acquire.dockyard_guard = True  # type: ignore[attr-defined]
+    channel_class.conn_or_acquire = conn_or_acquire
 
 
 def load_before_fork(celery: Celery) -> None:

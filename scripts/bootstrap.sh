@@ -32,15 +32,20 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Python packages come from the lock (exact versions and their sha256, made by `make lock`),
+# so a clean clone installs what CI tested; the project itself goes in editable, no deps.
+lock="$ROOT/requirements-test.lock"
 stamp="$VENV/.dockyard-installed"
-digest=$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)
+digest=$(cat "$lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   python3 -m venv "$VENV"
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
-  log "installing Dockyard and its test tools into $VENV"
+  log "installing Dockyard and its test tools into $VENV (from ${lock##*/})"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/pip" install -q -e "$ROOT[test]"
+  venv_pip install -q --require-hashes -r "$lock"
+  venv_pip install -q --no-deps -e "$ROOT"
+  venv_pip check >/dev/null || { venv_pip check >&2; exit 1; }
   echo "$digest" > "$stamp"
 fi

@@ -88,11 +88,14 @@ for tag in manylinux_2_36 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux
 done
 mkdir -p "$ROOT/wheels"
 rm -f "$ROOT"/wheels/dockyard-*.whl
-"$VENV/bin/pip" wheel -q --no-deps "$ROOT" -w "$ROOT/wheels" 2>&1 | grep -v 'is ignored' >&2 || true
-"$VENV/bin/pip" download -q --only-binary=:all: --python-version "$TARGET_PYTHON" \
-  --implementation cp --abi cp311 "${platforms[@]}" --find-links "$ROOT/wheels" \
-  -d "$ROOT/wheels" "$ROOT"/wheels/dockyard-*.whl "async-timeout>=4.0.3" 2>&1 \
-  | grep -v 'is ignored' >&2 || true
+venv_pip wheel -q --no-deps "$ROOT" -w "$ROOT/wheels"
+# The wheels of requirements.lock, each checked against its sha256. pip evaluates markers
+# on the host, so the one that depends on the image's older patch release
+# (`python_full_version < '3.11.3'`) is dropped here and judged by pip in the image.
+sed "s/ ; python_full_version < '3.11.3'//" "$ROOT/requirements.lock" > "$WORK/wheels.lock"
+venv_pip download -q --only-binary=:all: --python-version "$TARGET_PYTHON" \
+  --implementation cp --abi cp311 "${platforms[@]}" --require-hashes --no-deps \
+  -d "$ROOT/wheels" -r "$WORK/wheels.lock"
 ls "$ROOT"/wheels/dockyard-*.whl >/dev/null
 
 secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }

@@ -13,6 +13,10 @@ mkdir -p "$RUN_DIR" "$LOG_DIR"
 
 log() { printf '[dockyard] %s\n' "$*" >&2; }
 
+# venv_pip ARGS...: the venv's pip, without the "Location ... is ignored" lines that a pip.conf
+# naming absent local indexes adds; pip's own exit status is kept.
+venv_pip() { "$VENV/bin/pip" "$@" 2> >(grep -v 'is ignored' >&2); }
+
 # pid_alive FILE: the pid in FILE is a live process.
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

@@ -23,13 +23,15 @@ def reachable(host: str, key: str) -> bool:
 
 def test_a_host_reaches_its_queues_lanes_and_prefix_only():
     own = [job_key("J", "edge"), events_key("J", "edge"), "host.edge.ops", "host.edge.query",
-           "host.edge.ops\x06\x169", "_kombu.binding.host.edge.ops", "dy:lane:host.edge.ops",
+           "host.edge.ops\x06\x169", "_kombu.binding.host.edge.ops",
+           "_kombu.binding_permanent.host.edge.query", "dy:lane:host.edge.ops",
            reply_key(new_reply_id("edge")), _data_key(new_pipe_id("edge")),
            worker_beat_key("S", "edge"), _data_key(output_pipe("S", "edge"))]
     assert all(reachable("edge", key) for key in own)
     # A host whose name extends another's (edge -> edge.b, edge-b) stays out of reach.
     foreign = [job_key("J", "edge.b"), "host.edge.b.ops", "dy:lane:host.edge.b.ops",
-               "_kombu.binding.host.edge.b.query", job_key("J"), "dy:jobs", "dy:jobs:host",
+               "_kombu.binding.host.edge.b.query", "_kombu.binding_permanent.host.edge.b.ops",
+               "_kombu.binding_deadlines", job_key("J"), "dy:jobs", "dy:jobs:host",
                "dy:hosts", "dy:tokens:by-id", "dy:registries", "engine.ops", "dy:events",
                "dy:audit", "unacked", client_beat_key("S", "edge-b"), "dy:lane:engine.query"]
     assert [key for key in foreign if reachable("edge", key)] == []
