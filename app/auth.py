@@ -21,9 +21,9 @@ from app.errors import (
     UnauthorizedError,
 )
 from app.ids import new_id
+from app.names import ROLES
 from app.store import PREFIX, utcnow
 
-ROLES = ("viewer", "operator", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 _BY_HASH = PREFIX + "tokens:by-hash"
 _BY_ID = PREFIX + "tokens:by-id"

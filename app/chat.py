@@ -11,8 +11,9 @@ from typing import Any
 
 import redis
 
-from app.auth import ROLES, Principal, TokenStore
+from app.auth import Principal, TokenStore
 from app.errors import NotFoundError, UnauthorizedError
+from app.names import ROLES
 from app.store import PREFIX, utcnow
 
 PLATFORMS = ("slack", "mattermost")

@@ -15,15 +15,14 @@ from cryptography.hazmat.primitives import serialization
 from app import agent_access, crypto
 from app.config import Settings
 from app.errors import ConflictError, InvalidInputError, NotFoundError
+from app.names import NAME_PATTERN
 from app.registries import RegistryStore
 from app.store import PREFIX, utcnow
 
 _HOSTS = PREFIX + "hosts"
 _STATUS = PREFIX + "hosts:status"
 _REVISION = PREFIX + "hosts:revision"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 RESERVED_NAMES = frozenset({"auto"})
-ROUTES = ("central", "agent")
 TLS_FIELDS = ("ca_cert", "client_cert", "client_key")
 SSH_FIELDS = ("private_key", "known_hosts", "passphrase")
 _SSH_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")

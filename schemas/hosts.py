@@ -2,7 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
-from app.hosts import NAME_PATTERN, ROUTES
+from app.names import NAME_PATTERN, ROUTES
 from schemas.common import FullMatch
 
 

@@ -2,8 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
-from app.auth import ROLES
-from app.hosts import NAME_PATTERN
+from app.names import NAME_PATTERN, ROLES
 from schemas.common import FullMatch
 
 
