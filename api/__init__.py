@@ -5,6 +5,13 @@ from __future__ import annotations
 from flask import Flask
 
 
+def problem_schema() -> type:
+    """The schema every error answer follows (the factory documents it before the blueprints)."""
+    from schemas.common import ProblemSchema
+
+    return ProblemSchema
+
+
 def register_blueprints(app: Flask, api) -> None:
     """Import and register every blueprint (inside the factory, never at import time)."""
     from api import (

