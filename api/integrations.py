@@ -163,7 +163,7 @@ def run_chat_command(platform: str, form: dict[str, str]) -> dict[str, Any]:
         return message(f"You are not a Dockyard user ({platform} id "
                        f"{form.get('user_id') or '?'}). Ask an admin to map you.")
     try:
-        command = parse(form.get("text", ""))
+        command = parse(form.get("text", ""), check_spec=ProvisionSpecSchema().load)
     except GrammarError as exc:
         return message(str(exc), code=True)
     if not command.method:

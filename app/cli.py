@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -15,6 +16,14 @@ from app.grammar import Command, GrammarError, describe_job, parse, render
 
 USAGE_ERROR = 125  # what docker exits with when it cannot parse its command line
 _FINAL = ("succeeded", "failed", "cancelled")
+# The API's schema for a run spec, taken by import path (app/ never imports schemas/): a bad
+# flag is then named before any request is sent, as chat does.
+_RUN_SPEC_SCHEMA = ("schemas.containers", "ProvisionSpecSchema")
+
+
+def _check_run_spec(spec: dict[str, Any]) -> Any:
+    module, name = _RUN_SPEC_SCHEMA
+    return getattr(importlib.import_module(module), name)().load(spec)
 
 
 class Client:
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
                         os.environ.get("DOCKYARD_TOKEN", ""))
         return terminal.run(client.session, client.base, argv)
     try:
-        command = parse(argv)
+        command = parse(argv, check_spec=_check_run_spec)
     except GrammarError as exc:
         print(f"dockyard: {exc}", file=err)
         return USAGE_ERROR

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from marshmallow import ValidationError
-
-from schemas.containers import ProvisionSpecSchema
 
 
 class GrammarError(ValueError):
@@ -133,8 +132,15 @@ def help_text(name: str | None = None) -> str:
         f"  {spec[0]}" for spec in _SYNTAX.values())
 
 
-def parse(text: str | list[str]) -> Command:
+# The API's own check of a run spec (``ProvisionSpecSchema().load``), handed in by the caller:
+# app/ never imports schemas/.
+SpecCheck = Callable[[dict[str, Any]], Any]
+
+
+def parse(text: str | list[str], check_spec: SpecCheck | None = None) -> Command:
     """Parse a command line (a string, or argv) into the API request it stands for.
+
+    ``check_spec``, when given, checks a ``run`` spec early so an error names the flag typed.
 
     Raises:
         GrammarError: unknown command or flag, missing argument or invalid value.
@@ -155,7 +161,10 @@ def parse(text: str | list[str]) -> Command:
         return Command("help", "", "", text=help_text(name))
     options, args = _split(name, rest, flags, interspersed)
     _check_count(name, args, least, most)
-    return _BUILDERS[name](args, options)
+    command = _BUILDERS[name](args, options)
+    if command.name == "run" and check_spec is not None and command.body is not None:
+        validate_run_spec(command.body, check_spec)
+    return command
 
 
 def _split(name: str, argv: list[str], flags: dict[str, _Flag],
@@ -302,18 +311,17 @@ def run_spec(args: list[str], options: dict[str, Any]) -> dict[str, Any]:
                                "not a number") from None
     if options.get("replace"):
         spec["replace"] = True
-    validate_run_spec(spec)
     return spec
 
 
-def validate_run_spec(spec: dict[str, Any]) -> None:
+def validate_run_spec(spec: dict[str, Any], check_spec: SpecCheck) -> None:
     """Check a spec with the API's own schema, naming the flag like docker would.
 
     The API validates the same spec again; this only makes the error arrive sooner and
     read like the command line the user typed.
     """
     try:
-        ProvisionSpecSchema().load(spec)
+        check_spec(spec)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {"_": exc.messages}
         key = sorted(messages)[0]

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from app.grammar import GrammarError, describe_job, parse, render
+from app.grammar import GrammarError, describe_job, render
+from app.grammar import parse as parse_with
 from schemas.containers import ProvisionSpecSchema
+
+
+def parse(text):
+    """Parse as chat and the CLI do: with the API's own check of a run spec."""
+    return parse_with(text, check_spec=ProvisionSpecSchema().load)
 
 
 def test_run_yields_the_provision_spec_the_api_takes():
