@@ -22,6 +22,7 @@ from app import jobs as jobstates
 from app.dispatch import REPLY_TTL_SECONDS, reply_key
 from app.engine.client import EngineClients
 from app.engine.errors import translate_engine_error
+from app.engine.images import ProgressFn
 from app.errors import DockyardError, JobCancelledError, NotFoundError, QueryTimeoutError
 from app.pipes import PipeClosedError, PipeWriter
 from app.runtime import runtime
@@ -460,3 +461,16 @@ def _close_when_reader_leaves(writer: PipeWriter, closer: Callable[[], None],
         if writer.reader_gone():
             closer()
             return
+
+
+def layer_progress(job: JobContext) -> ProgressFn:
+    """Progress for a layer stream: every finished layer is an event, the chatter between
+    is rate-limited."""
+    last_done: list[int | None] = [None]
+
+    def report(done: int | None, total: int | None, unit: str, message: str) -> None:
+        force = done != last_done[0] or done == total
+        last_done[0] = done
+        job.progress(done, total, unit, message, force=force)
+
+    return report

@@ -15,9 +15,8 @@ from app.engine.errors import translate_engine_error
 from app.errors import DockyardError, JobCancelledError
 from app.runtime import runtime
 from app.task_names import BUILDS_BUILD
-from tasks.base import JobContext, JobTask
+from tasks.base import JobContext, JobTask, layer_progress
 from tasks.containers import registry_auth
-from tasks.images import layer_progress
 
 
 @shared_task(bind=True, base=JobTask, name=BUILDS_BUILD)

@@ -37,7 +37,7 @@ from app.task_names import (
     CONTAINERS_UPDATE,
     CONTAINERS_WAIT,
 )
-from tasks.base import JobContext, JobTask, QueryTask, engine_read
+from tasks.base import JobContext, JobTask, QueryTask, engine_read, layer_progress
 
 # -- jobs ---------------------------------------------------------------------------------
 
@@ -270,7 +270,6 @@ def commit(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any]
            push_repository: str | None, caller: dict[str, Any]) -> None:
     """``docker commit`` and, when asked, ``docker push`` of the new image."""
     from app.engine import images
-    from tasks.images import layer_progress  # tasks.images imports this module
 
     def operation(job: JobContext) -> dict[str, Any]:
         made = containers.commit_container(

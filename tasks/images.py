@@ -7,7 +7,6 @@ from typing import Any
 from celery import shared_task
 
 from app.engine import images
-from app.engine.images import ProgressFn
 from app.task_names import (
     IMAGES_HISTORY,
     IMAGES_INSPECT,
@@ -20,23 +19,10 @@ from app.task_names import (
     IMAGES_SEARCH,
     IMAGES_TAG,
 )
-from tasks.base import JobContext, JobTask, engine_read
+from tasks.base import JobTask, engine_read, layer_progress
 from tasks.containers import registry_auth
 
 # -- jobs ---------------------------------------------------------------------------------
-
-
-def layer_progress(job: JobContext) -> ProgressFn:
-    """Progress for a layer stream: every finished layer is an event, the chatter between
-    is rate-limited."""
-    last_done: list[int | None] = [None]
-
-    def report(done: int | None, total: int | None, unit: str, message: str) -> None:
-        force = done != last_done[0] or done == total
-        last_done[0] = done
-        job.progress(done, total, unit, message, force=force)
-
-    return report
 
 
 @shared_task(bind=True, base=JobTask, name=IMAGES_PULL)
