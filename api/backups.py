@@ -8,8 +8,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import call, caller_context, principal, requires
-from api.hosts import host_record
+from api.common import call, caller_context, host_record, principal, requires
 from api.services import backups as service
 from app.backups.download import digest_headers, none_match, parse_range
 from app.backups.schedules import BackupScheduleStore, validate_cron

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import g, request
+from flask import Response, g, request, stream_with_context
 
 from api import services
-from api.services import Call
+from api.services import Call, host_record  # noqa: F401  (blueprints take it from here)
+from api.services import jobs as job_service
 from app.auth import Principal
 from app.errors import BadRequestError
+from app.pipes import PipeReader
 from app.redaction import redact_for
 
 CALLBACK_HEADER = "Dockyard-Callback-URL"
@@ -78,3 +80,33 @@ def require_json_object() -> dict:
     if not isinstance(body, dict):
         raise BadRequestError("the body must be a JSON object")
     return body
+
+
+def visible_job(job_id: str) -> dict:
+    """The job, if the caller may see it (404 otherwise, as for a job that does not exist)."""
+    return job_service.visible_job(call(), job_id)
+
+
+# -- Server-Sent Events ---------------------------------------------------------------------
+
+
+def sse_lines(reader: PipeReader, event: str,
+              transform: Callable[[str], str] = lambda line: line) -> Iterator[str]:
+    """Each complete line from the pipe as one SSE event (``transform``ed)."""
+    pending = b""
+    yield "retry: 2000\n\n"
+    for chunk in reader.chunks():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield f"event: {event}\ndata: {transform(line.decode('utf-8', 'replace'))}\n\n"
+    if pending:
+        yield f"event: {event}\ndata: {transform(pending.decode('utf-8', 'replace'))}\n\n"
+    yield "event: end\ndata: {}\n\n"
+
+
+def sse_response(reader: PipeReader, event: str,
+                 transform: Callable[[str], str] = lambda line: line) -> Response:
+    return Response(stream_with_context(sse_lines(reader, event, transform)),
+                    mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -8,12 +8,10 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import call, caller_context, redacted, requires, start_job
-from api.hosts import host_record
+from api.common import call, caller_context, host_record, redacted, requires, sse_response, start_job
 from api.services import containers as service
 from api.services.containers import require_admin_for_unmanaged
 from api.services.images import caller_policy, stored_registry_address
-from api.transfers import sse_response
 from app.dispatch import open_stream, run_query
 from app.engine.references import resolve_in_registry
 from app.errors import ConflictError, InvalidInputError

@@ -9,8 +9,7 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import call, redacted, requires, start_job
-from api.hosts import host_record
+from api.common import call, host_record, redacted, requires, start_job
 from api.services import images as service
 from api.services.images import caller_policy, stored_registry_address
 from app.dispatch import run_query

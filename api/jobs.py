@@ -8,7 +8,7 @@ from flask import Response, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import call, requires
+from api.common import call, requires, visible_job
 from api.services import jobs as service
 from app import jobs as jobstates
 from app.runtime import runtime
@@ -18,11 +18,6 @@ from schemas.jobs import JobListArgsSchema, JobPageSchema, JobWaitArgsSchema
 blp = Blueprint("jobs", __name__, description="Jobs: the state of every operation")
 
 _SSE_IDLE_SECONDS = 15
-
-
-def visible_job(job_id: str) -> dict:
-    """The job, if the caller may see it (404 otherwise, as for a job that does not exist)."""
-    return service.visible_job(call(), job_id)
 
 
 @blp.route("/jobs")

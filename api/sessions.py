@@ -15,8 +15,7 @@ from flask_smorest import Blueprint
 from simple_websocket import Server
 
 import app
-from api.common import caller_context, principal, requires
-from api.hosts import host_record
+from api.common import caller_context, host_record, principal, requires
 from app.dispatch import require_lane, run_query
 from app.errors import NotFoundError
 from app.hosts import queues_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,16 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from api.common import accepts, call, caller_context, redacted, requires, start_job
-from api.hosts import host_record
+from api.common import (
+    accepts,
+    call,
+    caller_context,
+    host_record,
+    redacted,
+    requires,
+    sse_response,
+    start_job,
+)
 from api.services.images import caller_policy
 from app.dispatch import open_stream, run_query
 from app.pipes import PipeReader
@@ -69,28 +77,6 @@ def check_loaded_names(spool: str) -> None:
 
 def relay(reader: PipeReader) -> Iterator[bytes]:
     yield from reader.chunks()
-
-
-def sse_lines(reader: PipeReader, event: str,
-              transform: Callable[[str], str] = lambda line: line) -> Iterator[str]:
-    """Each complete line from the pipe as one SSE event (``transform``ed)."""
-    pending = b""
-    yield "retry: 2000\n\n"
-    for chunk in reader.chunks():
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield f"event: {event}\ndata: {transform(line.decode('utf-8', 'replace'))}\n\n"
-    if pending:
-        yield f"event: {event}\ndata: {transform(pending.decode('utf-8', 'replace'))}\n\n"
-    yield "event: end\ndata: {}\n\n"
-
-
-def sse_response(reader: PipeReader, event: str,
-                 transform: Callable[[str], str] = lambda line: line) -> Response:
-    return Response(stream_with_context(sse_lines(reader, event, transform)),
-                    mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def redacted_json_line(line: str) -> str:

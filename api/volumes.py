@@ -7,8 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import principal, requires, start_job
-from api.hosts import host_record
+from api.common import host_record, principal, requires, start_job
 from app.dispatch import run_query
 from app.errors import ConflictError
 from app.policy import SCOPE_LABEL, Violation, label_violations, raise_for

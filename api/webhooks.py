@@ -5,8 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import principal, requires
-from api.jobs import visible_job
+from api.common import principal, requires, visible_job
 from app.webhooks import envelope, job_log, public_subscription, subscription_log, webhooks
 from schemas.webhooks import (
     DeliveryAttemptSchema,
