@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-from app.logs import gunicorn_logconfig
+from app.core.logs import gunicorn_logconfig
 
 
 def _env_int(name: str, default: int) -> int:
@@ -75,7 +75,7 @@ logger_class = QuietAccessLogger
 
 
 def _metrics_root() -> Path:
-    from app.config import Settings
+    from app.core.config import Settings
 
     return Settings().state_dir / "metrics"
 
@@ -99,7 +99,7 @@ def _prepare_metrics_dir() -> None:
                 shutil.rmtree(old, ignore_errors=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(root / f"gunicorn-{os.getpid()}")
     os.environ["_DOCKYARD_METRICS_MASTER"] = str(os.getpid())
-    from app.metrics import reset_multiprocess_dir
+    from app.ops.metrics import reset_multiprocess_dir
 
     reset_multiprocess_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
 
@@ -127,15 +127,15 @@ control_socket_disable = True
 
 # The master imports the app once and the workers share its pages copy-on-write (about
 # 50 MiB less per worker). What must not be shared across the fork is reset in the child:
-# Redis pools (app/store.py, app/runtime.py), Celery's broker pool (app/celery.py), metric
-# buffers (app/metrics.py). The signing key is read-only and may be shared.
+# Redis pools (app/core/store.py, app/runtime.py), Celery's broker pool (app/jobs/celery.py), metric
+# buffers (app/ops/metrics.py). The signing key is read-only and may be shared.
 preload_app = True
 _prepare_metrics_dir()
 
 
 def when_ready(server):
     """Load, once in the master, what every worker would otherwise load on its first request."""
-    from app.celery import load_before_fork
+    from app.jobs.celery import load_before_fork
     from app.runtime import runtime
 
     load_before_fork(runtime().celery)

@@ -6,8 +6,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, requires
-from app.policy import policy_from_settings
 from app.runtime import runtime
+from app.security.policy import policy_from_settings
 from schemas.audit import AuditArgsSchema, AuditPageSchema, PolicyCheckSchema
 from schemas.containers import ProvisionSpecSchema
 

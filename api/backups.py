@@ -12,9 +12,9 @@ from api.common import call, caller_context, host_record, principal, requires
 from api.services import backups as service
 from app.backups.download import digest_headers, none_match, parse_range
 from app.backups.schedules import BackupScheduleStore, validate_cron
-from app.errors import problem_from_http
+from app.core.errors import problem_from_http
+from app.core.store import get_redis
 from app.factory import problem_response
-from app.store import get_redis
 from schemas.backups import (
     BackupJobSchema,
     BackupListArgsSchema,

@@ -17,13 +17,13 @@ from werkzeug.http import parse_options_header
 from api.common import accepts, call, require_json_object, requires
 from api.services import builds as service
 from api.services.builds import load_spec
-from app.errors import (
+from app.core.errors import (
     BadRequestError,
     InvalidInputError,
     PayloadTooLargeError,
 )
+from app.jobs.spool import require_tar, spool_dir, spool_upload
 from app.runtime import runtime
-from app.spool import require_tar, spool_dir, spool_upload
 from schemas.builds import BuildJobSchema, BuildSpecSchema
 
 blp = Blueprint("builds", __name__, description="Image builds, optionally pushed")

@@ -11,10 +11,10 @@ from flask import Response, g, request, stream_with_context
 from api import services
 from api.services import Call, host_record  # noqa: F401  (blueprints take it from here)
 from api.services import jobs as job_service
-from app.auth import Principal
-from app.errors import BadRequestError
-from app.pipes import PipeReader
-from app.redaction import redact_for
+from app.core.errors import BadRequestError
+from app.jobs.pipes import PipeReader
+from app.security.auth import Principal
+from app.security.redaction import redact_for
 
 CALLBACK_HEADER = "Dockyard-Callback-URL"
 
@@ -29,7 +29,7 @@ def caller_context() -> dict[str, Any]:
 
 
 def redacted(kind: str, value: Any) -> Any:
-    """``value`` as the caller may see it (see ``app.redaction``)."""
+    """``value`` as the caller may see it (see ``app.security.redaction``)."""
     return redact_for(principal().role, kind, value)
 
 

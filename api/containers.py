@@ -12,12 +12,8 @@ from api.common import call, caller_context, host_record, redacted, requires, ss
 from api.services import containers as service
 from api.services.containers import require_admin_for_unmanaged
 from api.services.images import caller_policy, stored_registry_address
-from app.dispatch import open_stream, run_query
-from app.engine.references import resolve_in_registry
-from app.errors import ConflictError, InvalidInputError
-from app.policy import enforce_local_name, policy_from_settings
-from app.runtime import runtime
-from app.task_names import (
+from app.core.errors import ConflictError, InvalidInputError
+from app.core.task_names import (
     CONTAINERS_CHANGES,
     CONTAINERS_CHECK_RUNNING,
     CONTAINERS_COMMIT,
@@ -34,6 +30,10 @@ from app.task_names import (
     CONTAINERS_WAIT,
     TRANSFERS_FOLLOW_LOGS,
 )
+from app.engine.references import resolve_in_registry
+from app.jobs.dispatch import open_stream, run_query
+from app.runtime import runtime
+from app.security.policy import enforce_local_name, policy_from_settings
 from schemas.containers import (
     BulkRemoveArgsSchema,
     ChangeSchema,

@@ -11,12 +11,12 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, requires
-from app.auth import Principal
-from app.errors import InvalidInputError
-from app.redaction import redact_for
+from app.core.errors import InvalidInputError
+from app.core.store import get_redis
+from app.integrations.webhooks import EVENTS_STREAM
 from app.runtime import runtime
-from app.store import get_redis
-from app.webhooks import EVENTS_STREAM
+from app.security.auth import Principal
+from app.security.redaction import redact_for
 from schemas.webhooks import EVENT_ID, EventStreamArgsSchema
 
 blp = Blueprint("events", __name__, description="Live engine events of every host")

@@ -9,12 +9,12 @@ from flask_smorest import Blueprint
 
 from api.common import principal, requires, start_job
 from api.services.images import check_registry_credentials
-from app.dispatch import run_queries, submit_fanout, submit_job
-from app.errors import ConflictError
-from app.placement import select_hosts
-from app.policy import policy_from_settings
+from app.core.errors import ConflictError
+from app.core.task_names import CONTAINERS_EXISTS, CONTAINERS_PROVISION
+from app.fleet.placement import select_hosts
+from app.jobs.dispatch import run_queries, submit_fanout, submit_job
 from app.runtime import runtime
-from app.task_names import CONTAINERS_EXISTS, CONTAINERS_PROVISION
+from app.security.policy import policy_from_settings
 from schemas.fleet import PlacedProvisionJobSchema, PlacedProvisionSchema
 
 blp = Blueprint("fleet", __name__, description="Placement and fan-out across hosts")

@@ -8,11 +8,11 @@ import redis
 import redis.sentinel
 from flask import Blueprint, Response, jsonify, request
 
-from app import metrics
-from app.dispatch import lane_alive
-from app.hosts import queues_for
+from app.core.store import get_redis, is_loopback_url, redis_is_open
+from app.fleet.hosts import queues_for
+from app.jobs.dispatch import lane_alive
+from app.ops import metrics
 from app.runtime import runtime
-from app.store import get_redis, is_loopback_url, redis_is_open
 
 logger = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)

@@ -9,13 +9,13 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, redacted, requires
-from app import hosts as hostviews
-from app.dispatch import lane_alive, run_query
+from app.core.errors import ConflictError, DockyardError, InvalidInputError
+from app.core.task_names import HOSTS_DF, HOSTS_EVENTS, HOSTS_INFO, HOSTS_SUMMARY, HOSTS_VERSION
 from app.engine.event_times import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS, parse_event_time
-from app.errors import ConflictError, DockyardError, InvalidInputError
-from app.hosts import queues_for
+from app.fleet import hosts as hostviews
+from app.fleet.hosts import queues_for
+from app.jobs.dispatch import lane_alive, run_query
 from app.runtime import runtime
-from app.task_names import HOSTS_DF, HOSTS_EVENTS, HOSTS_INFO, HOSTS_SUMMARY, HOSTS_VERSION
 from schemas.hosts import (
     AgentCredentialsSchema,
     DiskUsageSchema,

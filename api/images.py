@@ -12,14 +12,8 @@ from flask_smorest import Blueprint
 from api.common import call, host_record, redacted, requires, start_job
 from api.services import images as service
 from api.services.images import caller_policy, stored_registry_address
-from app.dispatch import run_query
-from app.engine.references import resolve_in_registry, split_reference
-from app.errors import InvalidInputError
-from app.policy import (
-    enforce_local_name,
-    image_allowed,
-)
-from app.task_names import (
+from app.core.errors import InvalidInputError
+from app.core.task_names import (
     IMAGES_HISTORY,
     IMAGES_INSPECT,
     IMAGES_PRUNE,
@@ -28,6 +22,12 @@ from app.task_names import (
     IMAGES_REMOVE_MANY,
     IMAGES_SEARCH,
     IMAGES_TAG,
+)
+from app.engine.references import resolve_in_registry, split_reference
+from app.jobs.dispatch import run_query
+from app.security.policy import (
+    enforce_local_name,
+    image_allowed,
 )
 from schemas.images import (
     REPOSITORY_ERROR,

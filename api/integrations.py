@@ -19,22 +19,22 @@ from werkzeug.exceptions import HTTPException
 from api.common import accepts, requires
 from api.services import Call, backups, builds, containers, images, jobs
 from api.services.builds import load_spec
-from app import audit
-from app import jobs as jobstates
-from app.auth import Principal
-from app.chat import (
+from app.core.errors import DockyardError, InvalidInputError, UnavailableError, problem_from_http
+from app.core.store import get_redis, utcnow
+from app.factory import REDIS_RETRY_AFTER_SECONDS
+from app.integrations.chat import (
     PLATFORMS,
     ChatUserStore,
     message,
     verify_mattermost_token,
     verify_slack_request,
 )
-from app.errors import DockyardError, InvalidInputError, UnavailableError, problem_from_http
-from app.factory import REDIS_RETRY_AFTER_SECONDS
-from app.grammar import Command, GrammarError, describe_job, parse, render
+from app.integrations.grammar import Command, GrammarError, describe_job, parse, render
+from app.integrations.webhooks import url_allowed, watch_job
+from app.jobs import records as jobstates
 from app.runtime import runtime
-from app.store import get_redis, utcnow
-from app.webhooks import url_allowed, watch_job
+from app.security import audit
+from app.security.auth import Principal
 from schemas.backups import BackupJobSchema, BackupSpecSchema, RestoreJobSchema, RestoreSpecSchema
 from schemas.builds import BuildJobSchema
 from schemas.common import JobSchema
@@ -270,7 +270,7 @@ def dispatch_as(caller: Principal, command: Command,
     The same steps as the HTTP call, without re-entering Flask: the rate-limit charge on
     ``caller``'s token, the role and scope check, the operation's marshmallow schema, the
     service (policy, ``start_job`` or the query), the response schema, and the audit record
-    (``app.audit.entry``) naming ``sender``, the chat user. Answers (status, JSON payload).
+    (``app.security.audit.entry``) naming ``sender``, the chat user. Answers (status, JSON payload).
     """
     operation = OPERATIONS[command.name]
     path = unquote("/api/v1" + command.path)

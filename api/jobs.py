@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 
 from api.common import call, requires, visible_job
 from api.services import jobs as service
-from app import jobs as jobstates
+from app.jobs import records as jobstates
 from app.runtime import runtime
 from schemas.common import JobSchema
 from schemas.jobs import JobListArgsSchema, JobPageSchema, JobWaitArgsSchema

@@ -9,16 +9,16 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import requires
-from app import registries as registryviews
-from app import registry_client
-from app.dispatch import run_central_query
-from app.runtime import runtime
-from app.task_names import (
+from app.core.task_names import (
     REGISTRIES_CHECK,
     REGISTRIES_DELETE_MANIFEST,
     REGISTRIES_REPOSITORIES,
     REGISTRIES_TAGS,
 )
+from app.jobs.dispatch import run_central_query
+from app.registry import client as registry_client
+from app.registry import registries as registryviews
+from app.runtime import runtime
 from schemas.registries import (
     ManifestDeletedSchema,
     PageArgsSchema,

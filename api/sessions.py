@@ -16,14 +16,14 @@ from simple_websocket import Server
 
 import app
 from api.common import caller_context, host_record, principal, requires
-from app.dispatch import require_lane, run_query
-from app.errors import NotFoundError
-from app.hosts import queues_for
-from app.policy import policy_from_settings
+from app.core.errors import NotFoundError
+from app.core.store import get_redis
+from app.core.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
+from app.fleet.hosts import queues_for
+from app.jobs.dispatch import require_lane, run_query
 from app.runtime import runtime
-from app.sessions import Relay, SessionStore, audit_entry
-from app.store import get_redis
-from app.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
+from app.security.policy import policy_from_settings
+from app.sessions.relay import Relay, SessionStore, audit_entry
 from schemas.sessions import SessionSchema, SessionSpecSchema
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, requires
-from app.auth import BOOTSTRAP_ID, GRANT_RULE, Principal
-from app.errors import InvalidInputError, PolicyViolationError
+from app.core.errors import InvalidInputError, PolicyViolationError
 from app.runtime import runtime
+from app.security.auth import BOOTSTRAP_ID, GRANT_RULE, Principal
 from schemas.tokens import TokenCreatedSchema, TokenCreateSchema, TokenSchema
 
 blp = Blueprint("tokens", __name__, description="API tokens (admin)")

@@ -24,12 +24,7 @@ from api.common import (
     start_job,
 )
 from api.services.images import caller_policy
-from app.dispatch import open_stream, run_query
-from app.pipes import PipeReader
-from app.policy import enforce_local_name
-from app.runtime import runtime
-from app.spool import require_tar, saved_image_names, spool_dir, spool_upload
-from app.task_names import (
+from app.core.task_names import (
     CONTAINERS_CHECK_ACCESS,
     TRANSFERS_ARCHIVE_IN,
     TRANSFERS_ARCHIVE_OUT,
@@ -38,6 +33,11 @@ from app.task_names import (
     TRANSFERS_LOAD,
     TRANSFERS_SAVE,
 )
+from app.jobs.dispatch import open_stream, run_query
+from app.jobs.pipes import PipeReader
+from app.jobs.spool import require_tar, saved_image_names, spool_dir, spool_upload
+from app.runtime import runtime
+from app.security.policy import enforce_local_name
 from schemas.transfers import (
     ArchiveInJobSchema,
     ArchivePathSchema,

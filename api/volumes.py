@@ -8,10 +8,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import host_record, principal, requires, start_job
-from app.dispatch import run_query
-from app.errors import ConflictError
-from app.policy import SCOPE_LABEL, Violation, label_violations, raise_for
-from app.task_names import (
+from app.core.errors import ConflictError
+from app.core.task_names import (
     VOLUMES_CREATE,
     VOLUMES_FIND,
     VOLUMES_INSPECT,
@@ -19,6 +17,8 @@ from app.task_names import (
     VOLUMES_PRUNE,
     VOLUMES_REMOVE,
 )
+from app.jobs.dispatch import run_query
+from app.security.policy import SCOPE_LABEL, Violation, label_violations, raise_for
 from schemas.volumes import (
     VolumeCreatedJobSchema,
     VolumeCreateSchema,

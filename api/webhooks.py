@@ -6,7 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.common import principal, requires, visible_job
-from app.webhooks import envelope, job_log, public_subscription, subscription_log, webhooks
+from app.integrations.webhooks import envelope, job_log, public_subscription, subscription_log, webhooks
 from schemas.webhooks import (
     DeliveryAttemptSchema,
     WebhookPayloadSchema,

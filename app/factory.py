@@ -15,15 +15,17 @@ from flask import Flask, Response, current_app, g, json, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from app import __version__, audit, metrics
-from app.errors import (
+from app import __version__
+from app.core.errors import (
     DockyardError,
     UnavailableError,
     UnsupportedMediaTypeError,
     problem_from_http,
 )
+from app.core.store import utcnow as _utcnow
+from app.ops import metrics
 from app.runtime import runtime
-from app.store import utcnow as _utcnow
+from app.security import audit
 
 logger = logging.getLogger(__name__)
 

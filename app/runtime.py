@@ -7,15 +7,15 @@ from functools import cached_property
 
 from celery import Celery
 
-from app.audit import AuditLog
-from app.auth import TokenStore
-from app.celery import make_celery
-from app.handoff import Replication
-from app.hosts import HostStore
-from app.jobs import IdempotencyStore, JobStore
-from app.ratelimit import RateLimiter
-from app.registries import RegistryStore
-from app.store import get_redis, get_settings
+from app.core.store import get_redis, get_settings
+from app.fleet.hosts import HostStore
+from app.jobs.celery import make_celery
+from app.jobs.handoff import Replication
+from app.jobs.records import IdempotencyStore, JobStore
+from app.registry.registries import RegistryStore
+from app.security.audit import AuditLog
+from app.security.auth import TokenStore
+from app.security.ratelimit import RateLimiter
 
 
 class Runtime:

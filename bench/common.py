@@ -190,14 +190,14 @@ def machine_summary() -> str:
 
 def redis_password() -> str:
     """The stack's Redis password (``DOCKYARD_REDIS_PASSWORD`` or its ``_FILE``), or ''."""
-    from app.config import secret_from_env
+    from app.core.config import secret_from_env
 
     return secret_from_env("DOCKYARD_REDIS_PASSWORD")
 
 
 def with_redis_password(url: str) -> str:
     """``url`` with the stack's Redis password added, as Dockyard's own processes add it."""
-    from app.config import _with_password
+    from app.core.config import _with_password
 
     password = redis_password()
     return _with_password(url, password) if password else url

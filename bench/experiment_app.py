@@ -10,7 +10,7 @@ Serve it with ``python -m bench.submit --own-api --api-app bench.experiment_app:
   request (heartbeats come every 5 s and live 15 s, so fail-fast is at most 1 s later).
 - ``argsrepr``: submit_job passes argsrepr/kwargsrepr to send_task, so Celery does not
   saferepr() the arguments of every message (they are in the job record anyway).
-- ``quiet-log``: the per-job "job … queued" INFO line (app.dispatch) is not emitted; the
+- ``quiet-log``: the per-job "job … queued" INFO line (app.jobs.dispatch) is not emitted; the
   audit log already records every submission. Today each line costs a LogRecord, the
   redaction regexes and a formatted write.
 - ``gc-freeze``: gc.freeze() once the app is loaded, so full collections skip the ~98k
@@ -26,8 +26,8 @@ import threading
 import time
 from typing import Any
 
-import app.dispatch as dispatch
-from app.hosts import HostStore
+import app.jobs.dispatch as dispatch
+from app.fleet.hosts import HostStore
 from wsgi import app, celery
 
 ALL = "host-cache,lane-cache,argsrepr,quiet-log,gc-freeze"

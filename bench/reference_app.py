@@ -19,7 +19,7 @@ import redis
 from celery import Celery
 from flask import Flask, jsonify
 
-from app.config import _with_password, secret_from_env
+from app.core.config import _with_password, secret_from_env
 
 REDIS_URL = os.environ.get("DOCKYARD_REDIS_URL", "redis://127.0.0.1:6379/0")
 # The stack's password (DOCKYARD_REDIS_PASSWORD or its _FILE), added as Dockyard adds it.

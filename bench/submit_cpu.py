@@ -79,8 +79,8 @@ def _pieces(app: Any, count: int) -> list[list[str]]:
     from gunicorn import glogging
     from gunicorn.config import Config
 
-    from app.jobs import JobStore, public_view
-    from app.logs import gunicorn_logconfig
+    from app.core.logs import gunicorn_logconfig
+    from app.jobs.records import JobStore, public_view
     from schemas.containers import ContainerStateJobSchema
 
     record = JobStore.new_record(JobStore.__new__(JobStore), "containers.action", SINK, "x",
@@ -146,8 +146,8 @@ def main() -> int:
     import logging
 
     logging.disable(logging.INFO)  # gunicorn runs the app at INFO: no per-request line either
-    from app.dispatch import submit_job
     from app.factory import create_app
+    from app.jobs.dispatch import submit_job
     from app.runtime import runtime
 
     settings = runtime().settings

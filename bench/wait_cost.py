@@ -24,11 +24,11 @@ from pathlib import Path
 
 import redis
 
-from app.celery import make_celery
-from app.config import Settings
-from app.dispatch import lane_key
-from app.handoff import Replication, broker_message
-from app.jobs import JobStore
+from app.core.config import Settings
+from app.jobs.celery import make_celery
+from app.jobs.dispatch import lane_key
+from app.jobs.handoff import Replication, broker_message
+from app.jobs.records import JobStore
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from app.names import NAME_PATTERN
+from app.core.names import NAME_PATTERN
 from schemas.common import FullMatch, job_of
 from schemas.images import is_reference
 

@@ -2,7 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
-from app.names import NAME_PATTERN, ROUTES
+from app.core.names import NAME_PATTERN, ROUTES
 from schemas.common import FullMatch
 
 

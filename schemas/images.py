@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from app.names import NAME_PATTERN
+from app.core.names import NAME_PATTERN
 from schemas.common import (
     LABEL_NOT_DESCRIPTION,
     FullMatch,

@@ -2,7 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
-from app.names import NAME_PATTERN
+from app.core.names import NAME_PATTERN
 from schemas.common import FullMatch
 
 MAX_CA_CERT = 64 * 1024

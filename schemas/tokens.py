@@ -2,7 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
-from app.names import NAME_PATTERN, ROLES
+from app.core.names import NAME_PATTERN, ROLES
 from schemas.common import FullMatch
 
 

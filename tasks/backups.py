@@ -8,16 +8,16 @@ from typing import Any
 
 from celery import shared_task
 
-from app.auth import Principal
 from app.backups.schedules import BackupScheduleStore, apply_retention, due_minutes
 from app.backups.storage import storage_for
-from app.dispatch import submit_job
+from app.core.errors import DockyardError
+from app.core.store import get_redis
+from app.core.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, BACKUPS_RUN_SCHEDULES
 from app.engine import backups
-from app.errors import DockyardError
-from app.policy import policy_from_settings
+from app.jobs.dispatch import submit_job
 from app.runtime import runtime
-from app.store import get_redis
-from app.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, BACKUPS_RUN_SCHEDULES
+from app.security.auth import Principal
+from app.security.policy import policy_from_settings
 from tasks.base import JobContext, JobTask
 from tasks.containers import enforce_policy_on_host, guarded
 

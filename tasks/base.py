@@ -17,17 +17,19 @@ import requests
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app import handoff, logs, metrics, outbox
-from app import jobs as jobstates
-from app.dispatch import REPLY_TTL_SECONDS, reply_key
+from app.core import logs
+from app.core.errors import DockyardError, JobCancelledError, NotFoundError, QueryTimeoutError
+from app.core.store import get_redis, utcnow
 from app.engine.client import EngineClients
 from app.engine.errors import translate_engine_error
 from app.engine.images import ProgressFn
-from app.errors import DockyardError, JobCancelledError, NotFoundError, QueryTimeoutError
-from app.pipes import PipeClosedError, PipeWriter
+from app.integrations.webhooks import notify_watchers
+from app.jobs import handoff, outbox
+from app.jobs import records as jobstates
+from app.jobs.dispatch import REPLY_TTL_SECONDS, reply_key
+from app.jobs.pipes import PipeClosedError, PipeWriter
+from app.ops import metrics
 from app.runtime import runtime
-from app.store import get_redis, utcnow
-from app.webhooks import notify_watchers
 from tasks.failover import TRANSIENT_REDIS_ERRORS, through_failover
 
 logger = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ import docker
 import requests
 from celery import shared_task
 
-from app import crypto
+from app.core.errors import DockyardError, JobCancelledError
+from app.core.task_names import BUILDS_BUILD
 from app.engine import builds, images
 from app.engine.errors import translate_engine_error
-from app.errors import DockyardError, JobCancelledError
 from app.runtime import runtime
-from app.task_names import BUILDS_BUILD
+from app.security import crypto
 from tasks.base import JobContext, JobTask, layer_progress
 from tasks.containers import registry_auth
 

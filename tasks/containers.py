@@ -8,14 +8,8 @@ from typing import Any
 import docker
 from celery import Task, shared_task
 
-from app import jobs as jobstates
-from app.auth import Principal
-from app.engine import containers, guard
-from app.errors import ConflictError, DockyardError
-from app.policy import Policy, image_registry, policy_from_settings, registry_host
-from app.registries import registry_address, require_reference_in_registry
-from app.runtime import runtime
-from app.task_names import (
+from app.core.errors import ConflictError, DockyardError
+from app.core.task_names import (
     CONTAINERS_ACTION,
     CONTAINERS_CHANGES,
     CONTAINERS_CHECK_ACCESS,
@@ -37,6 +31,12 @@ from app.task_names import (
     CONTAINERS_UPDATE,
     CONTAINERS_WAIT,
 )
+from app.engine import containers, guard
+from app.jobs import records as jobstates
+from app.registry.registries import registry_address, require_reference_in_registry
+from app.runtime import runtime
+from app.security.auth import Principal
+from app.security.policy import Policy, image_registry, policy_from_settings, registry_host
 from tasks.base import JobContext, JobTask, QueryTask, engine_read, layer_progress
 
 # -- jobs ---------------------------------------------------------------------------------

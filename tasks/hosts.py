@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from app.engine import events, system
-from app.runtime import runtime
-from app.task_names import (
+from app.core.task_names import (
     HOSTS_DF,
     HOSTS_EVENTS,
     HOSTS_INFO,
@@ -14,6 +12,8 @@ from app.task_names import (
     HOSTS_SYNC_AGENT_ACCESS,
     HOSTS_VERSION,
 )
+from app.engine import events, system
+from app.runtime import runtime
 from tasks.base import QueryTask
 
 

@@ -6,8 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from app.engine import images
-from app.task_names import (
+from app.core.task_names import (
     IMAGES_HISTORY,
     IMAGES_INSPECT,
     IMAGES_LIST,
@@ -19,6 +18,7 @@ from app.task_names import (
     IMAGES_SEARCH,
     IMAGES_TAG,
 )
+from app.engine import images
 from tasks.base import JobTask, engine_read, layer_progress
 from tasks.containers import registry_auth
 

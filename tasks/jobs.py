@@ -6,8 +6,8 @@ import logging
 
 from celery import shared_task
 
+from app.core.task_names import JOBS_PRUNE_INDEX
 from app.runtime import runtime
-from app.task_names import JOBS_PRUNE_INDEX
 
 logger = logging.getLogger(__name__)
 

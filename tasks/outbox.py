@@ -19,11 +19,11 @@ from typing import Any
 import redis
 from celery.signals import worker_ready, worker_shutdown
 
-from app import outbox
-from app.jobs import HOST_INDEX
+from app.core.store import get_redis, utcnow
+from app.integrations.webhooks import WebhookStore, notify_watchers, publish_engine_event
+from app.jobs import outbox
+from app.jobs.records import HOST_INDEX
 from app.runtime import runtime
-from app.store import get_redis, utcnow
-from app.webhooks import WebhookStore, notify_watchers, publish_engine_event
 
 logger = logging.getLogger(__name__)
 

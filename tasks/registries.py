@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from app import registry_client
-from app.registry_client import RegistryEndpoint
-from app.runtime import runtime
-from app.task_names import (
+from app.core.task_names import (
     REGISTRIES_CHECK,
     REGISTRIES_DELETE_MANIFEST,
     REGISTRIES_REPOSITORIES,
     REGISTRIES_TAGS,
 )
+from app.registry import client as registry_client
+from app.registry.client import RegistryEndpoint
+from app.runtime import runtime
 from tasks.base import QueryTask
 
 

@@ -19,12 +19,14 @@ import docker
 from celery import Task, shared_task
 from celery.signals import worker_shutting_down
 
+from app.core.store import get_redis
+from app.core.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
 from app.engine.containers import kill_marked, require_running
 from app.engine.sessions import EngineSession, open_attach, open_exec
-from app.pipes import CONTROL, DATA, END, PipeClosedError, PipeReader, PipeWriter
-from app.policy import policy_from_settings
+from app.jobs.pipes import CONTROL, DATA, END, PipeClosedError, PipeReader, PipeWriter
 from app.runtime import runtime
-from app.sessions import (
+from app.security.policy import policy_from_settings
+from app.sessions.relay import (
     CLOSE_CONTAINER_STOPPED,
     CLOSE_IDLE,
     CLOSE_MAX_DURATION,
@@ -36,8 +38,6 @@ from app.sessions import (
     output_pipe,
     worker_beat_key,
 )
-from app.store import get_redis
-from app.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
 from tasks.base import client_for, engine_clients, to_problem
 from tasks.containers import accessible, container_read
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from celery import shared_task
 
-from app.engine import transfers
-from app.task_names import (
+from app.core.task_names import (
     TRANSFERS_ARCHIVE_IN,
     TRANSFERS_ARCHIVE_OUT,
     TRANSFERS_FOLLOW_EVENTS,
@@ -18,6 +17,7 @@ from app.task_names import (
     TRANSFERS_LOAD,
     TRANSFERS_SAVE,
 )
+from app.engine import transfers
 from tasks.base import JobContext, JobTask, StreamTask
 from tasks.containers import accessible, guarded
 

@@ -6,9 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from app.auth import Principal
-from app.engine import guard, volumes
-from app.task_names import (
+from app.core.task_names import (
     VOLUMES_CREATE,
     VOLUMES_FIND,
     VOLUMES_INSPECT,
@@ -16,6 +14,8 @@ from app.task_names import (
     VOLUMES_PRUNE,
     VOLUMES_REMOVE,
 )
+from app.engine import guard, volumes
+from app.security.auth import Principal
 from tasks.base import JobContext, JobTask, engine_read
 
 # -- jobs ---------------------------------------------------------------------------------

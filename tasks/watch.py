@@ -17,13 +17,13 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from app import outbox
-from app.agent_access import key_prefix
+from app.core.store import get_redis
 from app.engine.events import event_view
-from app.hosts import queues_for
+from app.fleet.hosts import queues_for
+from app.integrations.webhooks import WebhookStore, publish_engine_event
+from app.jobs import outbox
 from app.runtime import runtime
-from app.store import get_redis
-from app.webhooks import WebhookStore, publish_engine_event
+from app.security.agent_access import key_prefix
 from tasks.base import client_for, engine_clients
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class HostWatcher(threading.Thread):
                 if not event["time_nano"] or event["time_nano"] <= cursor:
                     continue  # the engine's `since` is inclusive: seen in the last window
                 if runtime().settings.agent_host:
-                    # The relay appends it to dy:events and fans it out (app/outbox.py).
+                    # The relay appends it to dy:events and fans it out (app/jobs/outbox.py).
                     outbox.post(self.host, outbox.ENGINE_EVENT, event=event)
                 else:
                     publish_engine_event(self.host, event, self.store)

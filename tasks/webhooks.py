@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
+from app.core.task_names import WEBHOOKS_DELIVER
+from app.integrations.webhooks import attempt_delivery, retry_delay
 from app.runtime import runtime
-from app.task_names import WEBHOOKS_DELIVER
-from app.webhooks import attempt_delivery, retry_delay
 
 
 @shared_task(bind=True, name=WEBHOOKS_DELIVER, acks_late=True, max_retries=None,

@@ -7,7 +7,7 @@ import threading
 
 from celery.signals import worker_ready, worker_shutdown
 
-from app.dispatch import LANE_TTL_SECONDS, beat_lanes, leave_lanes
+from app.jobs.dispatch import LANE_TTL_SECONDS, beat_lanes, leave_lanes
 from app.runtime import runtime
 
 logger = logging.getLogger(__name__)

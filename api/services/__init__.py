@@ -7,7 +7,7 @@ then starts the job (``start_job``) or runs the query, and returns what the view
 Views (``api/<area>.py``) and the chat dispatcher (``api/integrations.py``) are thin callers;
 the rate-limit charge and the audit record are made where a request enters (the Flask hooks
 in ``app/factory.py`` for HTTP, the dispatcher for chat) with the same functions
-(``RateLimiter.charge``, ``app.audit.entry``), since denied and unknown requests are charged
+(``RateLimiter.charge``, ``app.security.audit.entry``), since denied and unknown requests are charged
 and audited too and never reach a service. Services import ``app`` and ``schemas``, never
 Flask's request or another blueprint.
 """
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app import jobs as jobstates
-from app.auth import Principal
-from app.dispatch import submit_job
-from app.errors import InvalidInputError
-from app.redaction import redact_for
+from app.core.errors import InvalidInputError
+from app.integrations.webhooks import check_callback_url, watch_job
+from app.jobs import records as jobstates
+from app.jobs.dispatch import submit_job
 from app.runtime import runtime
-from app.webhooks import check_callback_url, watch_job
+from app.security.auth import Principal
+from app.security.redaction import redact_for
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Call:
         return self.principal.as_caller()
 
     def redacted(self, kind: str, value: Any) -> Any:
-        """``value`` as the caller may see it (see ``app.redaction``)."""
+        """``value`` as the caller may see it (see ``app.security.redaction``)."""
         return redact_for(self.principal.role, kind, value)
 
     @property

@@ -7,11 +7,11 @@ from typing import Any
 from api.services import Call, host_record, operation, start_job
 from app.backups.restore import default_image, restore_spec
 from app.backups.storage import storage_for
-from app.dispatch import run_query
-from app.errors import ConflictError, ForbiddenError
-from app.policy import enforce_local_name, policy_from_settings
+from app.core.errors import ConflictError, ForbiddenError
+from app.core.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, CONTAINERS_EXISTS, CONTAINERS_INSPECT
+from app.jobs.dispatch import run_query
 from app.runtime import runtime
-from app.task_names import BACKUPS_CREATE, BACKUPS_RESTORE, CONTAINERS_EXISTS, CONTAINERS_INSPECT
+from app.security.policy import enforce_local_name, policy_from_settings
 
 
 def storage():

@@ -9,14 +9,14 @@ from urllib.parse import urlsplit
 from marshmallow import ValidationError
 
 from api.services import Call, host_record, operation, replayed, start_job
-from app import crypto, dockerfiles
-from app.dockerfiles import dockerfiles_in_context
+from app.core.errors import BadRequestError, InvalidInputError, PolicyViolationError
+from app.core.task_names import BUILDS_BUILD
 from app.engine.references import resolve_in_registry, split_reference
-from app.errors import BadRequestError, InvalidInputError, PolicyViolationError
-from app.policy import enforce_image_source, enforce_local_name, policy_from_settings
-from app.registries import registry_address
+from app.registry.registries import registry_address
 from app.runtime import runtime
-from app.task_names import BUILDS_BUILD
+from app.security import crypto, dockerfiles
+from app.security.dockerfiles import dockerfiles_in_context
+from app.security.policy import enforce_image_source, enforce_local_name, policy_from_settings
 from schemas.builds import BuildSpecSchema, context_errors
 
 

@@ -6,11 +6,8 @@ from typing import Any
 
 from api.services import Call, host_record, operation, parse_wait, start_job
 from api.services.images import check_registry_credentials
-from app.dispatch import run_query
-from app.errors import ConflictError, ForbiddenError
-from app.policy import policy_from_settings
-from app.runtime import runtime
-from app.task_names import (
+from app.core.errors import ConflictError, ForbiddenError
+from app.core.task_names import (
     CONTAINERS_ACTION,
     CONTAINERS_EXISTS,
     CONTAINERS_LIST,
@@ -18,6 +15,9 @@ from app.task_names import (
     CONTAINERS_PROVISION,
     CONTAINERS_REMOVE,
 )
+from app.jobs.dispatch import run_query
+from app.runtime import runtime
+from app.security.policy import policy_from_settings
 
 
 def check_spec_policy(call: Call, spec: dict[str, Any]) -> None:

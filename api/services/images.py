@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from api.services import Call, host_record, operation, start_job
-from app.dispatch import run_query
+from app.core.errors import InvalidInputError, NotFoundError
+from app.core.task_names import IMAGES_LIST, IMAGES_PULL
 from app.engine.references import resolve_in_registry
-from app.errors import InvalidInputError, NotFoundError
-from app.policy import Policy, enforce_image_source, policy_from_settings
-from app.registries import registry_address, require_reference_in_registry
+from app.jobs.dispatch import run_query
+from app.registry.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
-from app.task_names import IMAGES_LIST, IMAGES_PULL
+from app.security.policy import Policy, enforce_image_source, policy_from_settings
 
 
 def stored_registry(name: str) -> dict[str, Any]:

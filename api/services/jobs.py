@@ -6,8 +6,8 @@ import functools
 from typing import Any
 
 from api.services import Call, operation
-from app import jobs as jobstates
-from app.errors import NotFoundError
+from app.core.errors import NotFoundError
+from app.jobs import records as jobstates
 from app.runtime import runtime
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from app.errors import DockyardError
+from app.core.errors import DockyardError
 
 COMPRESSIONS = ("none", "gzip", "zstd")
 CONSISTENCIES = ("none", "pause", "stop")

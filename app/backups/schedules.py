@@ -11,9 +11,9 @@ from typing import Any
 import redis
 
 from app.backups.storage import BackupStorage
-from app.errors import InvalidInputError, NotFoundError
-from app.ids import new_id
-from app.store import PREFIX, utcnow
+from app.core.errors import InvalidInputError, NotFoundError
+from app.core.ids import new_id
+from app.core.store import PREFIX, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from app.backups.download import BundleArchive
 from app.backups.parts import MANIFEST, BackupCorruptError, file_sha256
-from app.errors import NotFoundError
+from app.core.errors import NotFoundError
 
 logger = logging.getLogger(__name__)
 

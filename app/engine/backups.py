@@ -16,10 +16,11 @@ from typing import Any
 import docker
 
 from app import __version__
-from app.auth import Principal
 from app.backups.parts import CHUNK_BYTES, FORMAT, BackupStalledError, PartWriter, part_name, read_part
 from app.backups.restore import image_changes
 from app.backups.storage import LocalBackupStorage
+from app.core.errors import ConflictError
+from app.core.store import utcnow
 from app.engine import guard
 from app.engine.containers import (
     JOB_LABEL,
@@ -29,9 +30,8 @@ from app.engine.containers import (
     require_container,
 )
 from app.engine.errors import raise_for_stream_chunk
-from app.errors import ConflictError
-from app.policy import SCOPE_LABEL, Policy
-from app.store import utcnow
+from app.security.auth import Principal
+from app.security.policy import SCOPE_LABEL, Policy
 
 logger = logging.getLogger(__name__)
 

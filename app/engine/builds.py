@@ -17,8 +17,8 @@ from typing import Any, BinaryIO
 import docker
 import requests
 
+from app.core.errors import DockyardError, EngineError, JobCancelledError
 from app.engine.images import split_reference
-from app.errors import DockyardError, EngineError, JobCancelledError
 
 logger = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import docker
 import requests
 from docker.types import Healthcheck, LogConfig, Mount
 
-from app.auth import Principal
+from app.core.errors import ConflictError, EngineError, NotFoundError, QueryTimeoutError
 from app.engine import guard
 from app.engine.event_times import parse_event_time
 from app.engine.images import ensure_image
-from app.errors import ConflictError, EngineError, NotFoundError, QueryTimeoutError
-from app.policy import SCOPE_LABEL, Policy
+from app.security.auth import Principal
+from app.security.policy import SCOPE_LABEL, Policy
 
 logger = logging.getLogger(__name__)
 

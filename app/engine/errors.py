@@ -8,7 +8,7 @@ import docker.errors
 import paramiko
 import requests.exceptions
 
-from app.errors import (
+from app.core.errors import (
     ConflictError,
     DockyardError,
     EngineError,

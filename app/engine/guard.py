@@ -1,6 +1,6 @@
 """Containment on the engine: what a request refers to, and who may touch a container.
 
-The API judges a request by its text (``app.policy``); only the worker can see what the text
+The API judges a request by its text (``app.security.policy``); only the worker can see what the text
 names on the engine. Here, on the worker and just before the engine call:
 
 - a network is resolved by the engine (name, id or prefix) and must be an allowed one;
@@ -27,9 +27,9 @@ from typing import Any
 import docker
 from docker.types import Mount
 
-from app.auth import Principal
-from app.errors import ForbiddenError, NotFoundError
-from app.policy import (
+from app.core.errors import ForbiddenError, NotFoundError
+from app.security.auth import Principal
+from app.security.policy import (
     BUILTIN_NETWORKS,
     MANAGED_LABEL,
     SCOPE_LABEL,

@@ -8,13 +8,13 @@ from typing import Any
 
 import docker
 
+from app.core.errors import EngineError, NotFoundError
 from app.engine.errors import raise_for_stream_chunk, translate_engine_error
 from app.engine.references import (  # noqa: F401 (moved there, without docker-py, for the API)
     explicit_registry,
     resolve_in_registry,
     split_reference,
 )
-from app.errors import EngineError, NotFoundError
 
 logger = logging.getLogger(__name__)
 

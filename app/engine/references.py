@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.errors import InvalidInputError
+from app.core.errors import InvalidInputError
 
 
 def split_reference(reference: str) -> tuple[str, str | None]:

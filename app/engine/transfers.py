@@ -11,10 +11,10 @@ from typing import Any
 
 import docker
 
+from app.core.errors import NotFoundError
 from app.engine.containers import time_arg
 from app.engine.errors import raise_for_stream_chunk
-from app.errors import NotFoundError
-from app.pipes import CHUNK_BYTES
+from app.jobs.pipes import CHUNK_BYTES
 
 Download = tuple[dict[str, Any], Iterator[bytes], Callable[[], None]]
 

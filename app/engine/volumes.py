@@ -7,8 +7,8 @@ from typing import Any
 
 import docker
 
+from app.core.errors import ConflictError
 from app.engine.containers import JOB_LABEL, MANAGED_LABEL
-from app.errors import ConflictError
 
 logger = logging.getLogger(__name__)
 

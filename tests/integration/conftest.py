@@ -19,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from app.config import Settings, secret_from_env
+from app.core.config import Settings, secret_from_env
 from tests.integration.helpers import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 from tests.support.stack import ROOT, Stack
 

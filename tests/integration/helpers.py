@@ -45,8 +45,8 @@ def httpd_spec(name: str, port: int, root: str, **extra: Any) -> dict[str, Any]:
 
 
 def job_keys(client, job_id: str) -> tuple[str, str]:
-    """A job's record and events keys (under its host's prefix, as app.jobs names them)."""
-    from app.jobs import HOST_INDEX, events_key, job_key
+    """A job's record and events keys (under its host's prefix, as app.jobs.records names them)."""
+    from app.jobs.records import HOST_INDEX, events_key, job_key
 
     host = client.hget(HOST_INDEX, job_id)
     return job_key(job_id, host), events_key(job_id, host)

@@ -17,10 +17,10 @@ import pytest
 import redis
 from cryptography.fernet import InvalidToken
 
-from app.agent_access import unseal_as_agent
-from app.celery import make_celery
-from app.config import Settings
-from app.jobs import HOST_INDEX, JobStore, job_key
+from app.core.config import Settings
+from app.jobs.celery import make_celery
+from app.jobs.records import HOST_INDEX, JobStore, job_key
+from app.security.agent_access import unseal_as_agent
 from tests.integration.conftest import SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL, Api
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually
 from tests.integration.test_signed_tasks import CAPTURE, OPERATOR, captured, provision_spec

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import requests
 
-from app.auth import hash_token
+from app.security.auth import hash_token
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.support.stack import Stack
 

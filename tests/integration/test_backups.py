@@ -16,8 +16,8 @@ import docker
 import pytest
 import requests
 
-from app.celery import make_celery
-from app.config import Settings
+from app.core.config import Settings
+from app.jobs.celery import make_celery
 from tests.integration.conftest import SECRET_KEY, STACK_REDIS_URL
 from tests.integration.helpers import BUSYBOX, eventually, free_port
 

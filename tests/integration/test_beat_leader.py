@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from app.beat import Lease
+from app.ops.beat import Lease
 from tests.integration.conftest import TEST_REDIS_URL
 from tests.integration.helpers import eventually
 from tests.support.stack import ROOT, VENV_BIN

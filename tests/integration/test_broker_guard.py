@@ -4,7 +4,7 @@ Celery, on losing the broker, releases the connection and then closes its channe
 restores the channel's unacknowledged messages, and kombu 5.7 builds the client for that
 from the released connection: ``AttributeError: 'NoneType' object has no attribute
 'hostname'``, which stopped the worker ("Unrecoverable error") in test_sentinel's failover
-about one run in three. ``app.celery`` sends such a restore through Dockyard's own client of
+about one run in three. ``app.jobs.celery`` sends such a restore through Dockyard's own client of
 the same Redis. This test puts a real channel, on a Redis of its own, into exactly that
 state: a message delivered and not acknowledged, the connection released, then the close.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
-from app.celery import make_celery
-from app.store import get_settings
+from app.core.store import get_settings
+from app.jobs.celery import make_celery
 from tests.integration.test_faults import PrivateRedis
 
 

@@ -13,8 +13,8 @@ import uuid
 import docker
 import pytest
 
-from app.ids import new_id
-from app.store import PREFIX
+from app.core.ids import new_id
+from app.core.store import PREFIX
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX, eventually
 from tests.integration.test_chatops import slack_request

@@ -22,12 +22,12 @@ import redis
 import requests
 from celery import Celery
 
-from app import handoff
-from app.celery import make_celery
-from app.config import Settings
-from app.dispatch import lane_key
-from app.jobs import FINAL_STATES, HOST_INDEX, Claim, JobStore, job_key
-from app.store import redis_client
+from app.core.config import Settings
+from app.core.store import redis_client
+from app.jobs import handoff
+from app.jobs.celery import make_celery
+from app.jobs.dispatch import lane_key
+from app.jobs.records import FINAL_STATES, HOST_INDEX, Claim, JobStore, job_key
 from tests.integration.conftest import ADMIN_TOKEN, SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL, Api
 from tests.integration.helpers import BUSYBOX, eventually, job_keys
 from tests.integration.test_faults import PrivateRedis, private_stack_env

@@ -28,8 +28,8 @@ import pytest
 import redis
 import requests
 
-from app.dispatch import lane_key
-from app.jobs import HOST_INDEX, events_key, job_key
+from app.jobs.dispatch import lane_key
+from app.jobs.records import HOST_INDEX, events_key, job_key
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually, free_port
 from tests.support.remote_engine import RemoteEngine, start_on_a_free_subnet

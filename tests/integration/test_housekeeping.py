@@ -1,6 +1,6 @@
 """Beat's housekeeping task keeps the job index in step with record expiry."""
 
-from app.jobs import JobStore, job_key
+from app.jobs.records import JobStore, job_key
 
 
 def test_prune_index_drops_only_expired_jobs(test_redis, operator, unique, cleanup):

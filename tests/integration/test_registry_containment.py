@@ -18,9 +18,9 @@ import docker
 import pytest
 import redis
 
-from app.config import Settings
-from app.errors import InvalidInputError
-from app.registries import RegistryStore
+from app.core.config import Settings
+from app.core.errors import InvalidInputError
+from app.registry.registries import RegistryStore
 from app.runtime import runtime
 from tasks.containers import registry_auth
 from tests.integration.conftest import ADMIN_TOKEN, SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL, Api

@@ -18,8 +18,8 @@ import pytest
 import redis
 import requests
 
-from app.config import Settings, SettingsError
-from app.store import broker_url_and_options, redis_client
+from app.core.config import Settings, SettingsError
+from app.core.store import broker_url_and_options, redis_client
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually, free_port
 from tests.integration.test_faults import PrivateRedis, private_stack_env

@@ -13,10 +13,10 @@ import pytest
 import redis
 from celery import Celery
 
-from app import signing
-from app.celery import make_celery
-from app.config import Settings
-from app.jobs import JobStore
+from app.core.config import Settings
+from app.jobs.celery import make_celery
+from app.jobs.records import JobStore
+from app.security import signing
 from tests.integration.conftest import SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_URL
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually
 from tests.support.stack import Stack

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from app.webhooks import verify
+from app.integrations.webhooks import verify
 from tests.integration.conftest import WEBHOOK_SECRET
 from tests.integration.helpers import BUSYBOX, eventually
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 
-from app import agent_access
-from app.agent import worker_commands, worker_env
-from app.config import Settings
-from app.dispatch import new_reply_id, reply_key
-from app.jobs import events_key, job_key
-from app.pipes import _credit_key, _data_key, new_pipe_id
-from app.sessions import client_beat_key, output_pipe, worker_beat_key
+from app.core.config import Settings
+from app.fleet.agent import worker_commands, worker_env
+from app.jobs.dispatch import new_reply_id, reply_key
+from app.jobs.pipes import _credit_key, _data_key, new_pipe_id
+from app.jobs.records import events_key, job_key
+from app.security import agent_access
+from app.sessions.relay import client_beat_key, output_pipe, worker_beat_key
 
 SETTINGS = Settings(redis_url="redis://127.0.0.1:6379/7", secret_key="unit-secret")
 

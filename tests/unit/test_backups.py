@@ -19,9 +19,9 @@ from app.backups.parts import BackupCorruptError, PartWriter, read_part
 from app.backups.restore import image_changes, restore_spec
 from app.backups.schedules import CronExpression, apply_retention, due_minutes, validate_cron
 from app.backups.storage import LocalBackupStorage
+from app.core.errors import InvalidInputError, NotFoundError
+from app.core.ids import new_id
 from app.engine.backups import StallWatchdog, _dechunk
-from app.errors import InvalidInputError, NotFoundError
-from app.ids import new_id
 from schemas.backups import BackupSpecSchema, RestoreSpecSchema, ScheduleSpecSchema
 
 

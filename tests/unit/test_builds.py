@@ -9,8 +9,8 @@ import pytest
 from marshmallow import ValidationError
 
 from api.builds import FormParts
+from app.core.errors import BadRequestError, EngineError
 from app.engine.builds import BuildFailedError, Redactor, _follow, inline_context
-from app.errors import BadRequestError, EngineError
 from schemas.builds import BuildSpecSchema, context_errors, is_context_path, is_tag_reference
 
 # -- the spec -----------------------------------------------------------------------------

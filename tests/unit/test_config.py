@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.celery import make_celery
-from app.config import Settings
+from app.core.config import Settings
+from app.jobs.celery import make_celery
 
 ALL_VARS = [
     "DOCKYARD_REDIS_URL", "DOCKYARD_SECRET_KEY", "DOCKYARD_ADMIN_TOKEN", "DOCKYARD_STATE_DIR",

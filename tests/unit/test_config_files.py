@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.config import Settings, SettingsError
+from app.core.config import Settings, SettingsError
 
 SECRETS = ("DOCKYARD_SECRET_KEY", "DOCKYARD_ADMIN_TOKEN", "DOCKYARD_REDIS_PASSWORD",
            "DOCKYARD_WEBHOOK_SECRET", "DOCKYARD_SLACK_SIGNING_SECRET", "DOCKYARD_MATTERMOST_TOKEN")

@@ -7,10 +7,10 @@ import struct
 import pytest
 from marshmallow import ValidationError
 
+from app.core.errors import PolicyViolationError
 from app.engine.containers import ExecOutput, stats_figures
 from app.engine.events import event_view, parse_event_time
-from app.errors import PolicyViolationError
-from app.policy import Policy
+from app.security.policy import Policy
 from schemas.containers import BulkRemoveArgsSchema, ExecSpecSchema, UpdateSpecSchema
 
 

@@ -6,8 +6,8 @@ import pytest
 from flask import Flask, jsonify
 
 from api.services import DumpedJob, dumped_job
-from app import jobs as jobstates
-from app.jobs import JobStore
+from app.jobs import records as jobstates
+from app.jobs.records import JobStore
 from schemas.backups import BackupJobSchema, RestoreJobSchema
 from schemas.common import JobSchema
 from schemas.containers import ContainerStateJobSchema, ExecJobSchema, ProvisionJobSchema

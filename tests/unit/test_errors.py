@@ -10,8 +10,7 @@ import pytest
 import requests
 import requests.exceptions
 
-from app.engine.errors import StreamError, raise_for_stream_chunk, translate_engine_error
-from app.errors import (
+from app.core.errors import (
     PROBLEM_BASE,
     BadRequestError,
     ConflictError,
@@ -33,6 +32,7 @@ from app.errors import (
     error_from_problem,
     problem_from_http,
 )
+from app.engine.errors import StreamError, raise_for_stream_chunk, translate_engine_error
 
 HOST = "edge-1"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.grammar import GrammarError, describe_job, render
-from app.grammar import parse as parse_with
+from app.integrations.grammar import GrammarError, describe_job, render
+from app.integrations.grammar import parse as parse_with
 from schemas.containers import ProvisionSpecSchema
 
 

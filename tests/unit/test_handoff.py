@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-from app.config import Settings
-from app.handoff import queue_key, queue_keys
+from app.core.config import Settings
+from app.jobs.handoff import queue_key, queue_keys
 
 
 @pytest.mark.parametrize("priority", range(10))

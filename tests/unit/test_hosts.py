@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from app.errors import InvalidInputError
-from app.hosts import (
+from app.core.errors import InvalidInputError
+from app.fleet.hosts import (
     name_is_valid,
     public_view,
     queues_for,

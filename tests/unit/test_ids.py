@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from app.ids import new_id
+from app.core.ids import new_id
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from marshmallow import ValidationError
 
+from app.core.errors import InvalidInputError
 from app.engine.images import explicit_registry, resolve_in_registry, split_reference
-from app.errors import InvalidInputError
 from schemas.images import (
     ImagePruneSchema,
     PullSpecSchema,

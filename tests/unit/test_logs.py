@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from flask import Flask, g
 
-from app import logs
-from app.store import get_settings
+from app.core import logs
+from app.core.store import get_settings
 
 
 @pytest.fixture(autouse=True)
@@ -168,5 +168,5 @@ def test_format_defaults_to_text_and_json_is_chosen_by_the_variable(monkeypatch)
     get_settings.cache_clear()
     assert logs.log_format() == "json"
     config = logs.gunicorn_logconfig()
-    assert config["formatters"]["dockyard"]["()"] == "app.logs.JsonFormatter"
+    assert config["formatters"]["dockyard"]["()"] == "app.core.logs.JsonFormatter"
     assert config["handlers"]["console"]["filters"] == ["context", "redact"]

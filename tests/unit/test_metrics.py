@@ -12,7 +12,7 @@ import pytest
 import requests
 from flask import Flask
 
-from app import metrics
+from app.ops import metrics
 
 
 @pytest.fixture(scope="module")

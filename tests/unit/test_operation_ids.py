@@ -17,8 +17,8 @@ def openapi() -> dict:
         env.setenv("DOCKYARD_ADMIN_TOKEN", "")
         env.setenv("DOCKYARD_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
         env.delenv("DOCKYARD_REDIS_PASSWORD_FILE", raising=False)
+        from app.core.store import get_settings
         from app.factory import create_app
-        from app.store import get_settings
 
         get_settings.cache_clear()
         try:
@@ -26,11 +26,11 @@ def openapi() -> dict:
             return flask_app.test_client().get("/api/v1/openapi.json").get_json()
         finally:
             # Nothing built for this document stays for other tests.
+            import app.core.store
             import app.runtime
-            import app.store
 
             get_settings.cache_clear()
-            app.store._reset_after_fork()
+            app.core.store._reset_after_fork()
             app.runtime._runtime = app.runtime.Runtime()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import PolicyViolationError
-from app.policy import Policy, image_registry
+from app.core.errors import PolicyViolationError
+from app.security.policy import Policy, image_registry
 
 POLICY = Policy(bind_roots=("/srv/dockyard", "/data/apps/"), engine_sockets=(
     "/var/run/docker.sock", "/run/docker.sock", "/opt/dy/run/docker.sock"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.redaction import REDACTED, redact_for
+from app.security.redaction import REDACTED, redact_for
 
 INSPECT = {
     "Id": "abc", "Args": ["-c", "run --password=hunter2"],

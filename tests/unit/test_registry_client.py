@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from app.errors import InvalidInputError, RegistryError, UnavailableError
-from app.registry_client import (
+from app.core.errors import InvalidInputError, RegistryError, UnavailableError
+from app.registry.client import (
     RegistryEndpoint,
     base_url,
     is_digest,

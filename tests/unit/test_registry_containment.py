@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app import dockerfiles
-from app.errors import InvalidInputError, PolicyViolationError
-from app.policy import Policy, enforce_image_source, enforce_local_name, registry_host
-from app.registries import parse_registry_url, require_reference_in_registry
-from app.spool import saved_image_names
+from app.core.errors import InvalidInputError, PolicyViolationError
+from app.jobs.spool import saved_image_names
+from app.registry.registries import parse_registry_url, require_reference_in_registry
+from app.security import dockerfiles
+from app.security.policy import Policy, enforce_image_source, enforce_local_name, registry_host
 
 ALLOWING = Policy(bind_roots=(), allowed_registries=("127.0.0.1:5000",))
 

@@ -7,8 +7,9 @@ import json
 import pytest
 from marshmallow import ValidationError
 
+from app.cli.terminal import session_body, websocket_url
 from app.engine.sessions import Demultiplexer
-from app.sessions import (
+from app.sessions.relay import (
     CLOSE_NO_WORKER,
     InvalidControlError,
     SessionOutcome,
@@ -17,7 +18,6 @@ from app.sessions import (
     close_reason,
     parse_control,
 )
-from app.terminal import session_body, websocket_url
 from schemas.sessions import SessionSpecSchema
 
 

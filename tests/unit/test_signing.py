@@ -7,8 +7,8 @@ import time
 import pytest
 from kombu.serialization import dumps, loads
 
-from app import signing
-from app.config import Settings
+from app.core.config import Settings
+from app.security import signing
 
 SECRET = "unit-secret-key"
 HEADERS = {"task": "containers.provision", "id": "job-1", "eta": None, "retries": 0,

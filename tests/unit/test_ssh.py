@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from app.core.errors import EngineError, HostUnreachableError
 from app.engine.errors import SSHTransportError, UntrustedHostKeyError, translate_engine_error
 from app.engine.ssh import host_key_name, ssh_docker_client
-from app.errors import EngineError, HostUnreachableError
 
 HOST = "edge-ssh"
 
