@@ -30,7 +30,8 @@ from app.integrations.chat import (
     verify_slack_request,
 )
 from app.integrations.grammar import Command, GrammarError, describe_job, parse, render
-from app.integrations.webhooks import url_allowed, watch_job
+from app.integrations.webhook_targets import url_allowed
+from app.integrations.webhooks import watch_job
 from app.jobs import records as jobstates
 from app.runtime import runtime
 from app.security import audit

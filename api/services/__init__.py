@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import InvalidInputError
-from app.integrations.webhooks import check_callback_url, watch_job
+from app.integrations.webhook_targets import check_callback_url
+from app.integrations.webhooks import watch_job
 from app.jobs import records as jobstates
 from app.jobs.dispatch import submit_job
 from app.runtime import runtime

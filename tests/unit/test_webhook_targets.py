@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from app.integrations.webhooks import post_to, resolve_target
+from app.integrations.webhook_targets import post_to, resolve_target
 from tests.support.pki import cert_pem, key_pem, make_cert
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from app.core.errors import UnauthorizedError
 from app.integrations.chat import slack_signature, verify_mattermost_token, verify_slack_request
-from app.integrations.webhooks import engine_event_type, event_matches, sign, url_allowed, verify
+from app.integrations.webhook_targets import url_allowed
+from app.integrations.webhooks import engine_event_type, event_matches, sign, verify
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 BODY = b"token=x&team_id=T1&user_id=U1&command=%2Fdockyard&text=ps+local"
