@@ -31,7 +31,8 @@ from app.core.task_names import (
     CONTAINERS_UPDATE,
     CONTAINERS_WAIT,
 )
-from app.engine import containers, guard
+from app.engine import containers, execs, guard, observe
+from app.engine import provision as provisioning
 from app.jobs import records as jobstates
 from app.registry.registries import registry_address, require_reference_in_registry
 from app.runtime import runtime
@@ -114,7 +115,7 @@ def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any],
     def operation(job: JobContext) -> dict[str, Any]:
         principal = Principal.from_caller(caller)
         policy = enforce_policy_on_host(job, spec, principal)
-        return containers.provision_container(
+        return provisioning.provision_container(
             job.client, spec, job_id, caller=principal, policy=policy,
             auth=registry_auth(spec["image"], spec.get("registry")),
             progress=lambda done, total, unit, message: job.progress(
@@ -160,7 +161,7 @@ def exec_(self: JobTask, job_id: str, host: str, ref: str, spec: dict[str, Any],
             raise ConflictError("the worker running this exec was lost; the command is not run "
                                 "twice, check the container before retrying")
         policy_from_settings(runtime().settings).enforce_exec(spec, caller["role"] == "admin")
-        return containers.exec_in_container(job.client, guarded(job, ref, caller, "exec"), spec,
+        return execs.exec_in_container(job.client, guarded(job, ref, caller, "exec"), spec,
                                             marker=job_id, checkpoint=job.check_cancelled)
 
     self.run_job(job_id, host, operation)
@@ -249,13 +250,13 @@ inspect = container_read(CONTAINERS_INSPECT, "inspect", lambda client, info: inf
 logs = container_read(CONTAINERS_LOGS, "logs", lambda client, info, args:
                       containers.container_logs(client, info["Id"], **args))
 top = container_read(CONTAINERS_TOP, "top", lambda client, info, ps_args:
-                     containers.container_top(client, info["Id"], ps_args))
+                     observe.container_top(client, info["Id"], ps_args))
 stats = container_read(CONTAINERS_STATS, "stats",
-                       lambda client, info: containers.container_stats(client, info["Id"]))
+                       lambda client, info: observe.container_stats(client, info["Id"]))
 changes = container_read(CONTAINERS_CHANGES, "changes",
-                         lambda client, info: containers.container_changes(client, info["Id"]))
+                         lambda client, info: observe.container_changes(client, info["Id"]))
 ports = container_read(CONTAINERS_PORTS, "port",
-                       lambda client, info: containers.container_ports(client, info["Id"]))
+                       lambda client, info: observe.container_ports(client, info["Id"]))
 # A precheck before an upload is spooled: may the caller do ``action`` to the container?
 check_access = engine_read(
     CONTAINERS_CHECK_ACCESS,

@@ -21,7 +21,8 @@ from celery.signals import worker_shutting_down
 
 from app.core.store import get_redis
 from app.core.task_names import SESSIONS_CHECK, SESSIONS_REAP, SESSIONS_RUN
-from app.engine.containers import kill_marked, require_running
+from app.engine.containers import require_running
+from app.engine.execs import kill_marked
 from app.engine.sessions import EngineSession, open_attach, open_exec
 from app.jobs.pipes import CONTROL, DATA, END, PipeClosedError, PipeReader, PipeWriter
 from app.runtime import runtime

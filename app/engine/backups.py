@@ -22,14 +22,9 @@ from app.backups.storage import LocalBackupStorage
 from app.core.errors import ConflictError
 from app.core.store import utcnow
 from app.engine import guard
-from app.engine.containers import (
-    JOB_LABEL,
-    MANAGED_LABEL,
-    describe_container,
-    provision_container,
-    require_container,
-)
+from app.engine.containers import JOB_LABEL, MANAGED_LABEL, describe_container, require_container
 from app.engine.errors import raise_for_stream_chunk
+from app.engine.provision import provision_container
 from app.security.auth import Principal
 from app.security.policy import SCOPE_LABEL, Policy
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import docker
 
-from app.engine.containers import EXEC_MARKER_ENV, exec_exit_code, kill_marked
+from app.engine.execs import EXEC_MARKER_ENV, exec_exit_code, kill_marked
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ import pytest
 from marshmallow import ValidationError
 
 from app.core.errors import PolicyViolationError
-from app.engine.containers import ExecOutput, stats_figures
 from app.engine.events import event_view, parse_event_time
+from app.engine.execs import ExecOutput
+from app.engine.observe import stats_figures
 from app.security.policy import Policy
 from schemas.containers import BulkRemoveArgsSchema, ExecSpecSchema, UpdateSpecSchema
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from marshmallow import ValidationError
 
-from app.engine.containers import create_kwargs
+from app.engine.provision import create_kwargs
 from schemas.containers import (
     KillArgsSchema,
     LogsArgsSchema,
