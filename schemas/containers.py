@@ -1,4 +1,8 @@
-"""Schemas for /hosts/{host}/containers: the provision spec (docker run -d) and container reads."""
+"""Schemas for /hosts/{host}/containers: the provision spec (docker run -d) and container reads.
+
+Kept whole: the provision spec and the container command schemas share their field types
+(ports, mounts, argv, labels); together they are the document of the containers API.
+"""
 
 from __future__ import annotations
 

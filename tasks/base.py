@@ -1,4 +1,9 @@
-"""Base tasks owning the job lifecycle, query replies and engine clients per host."""
+"""Base tasks owning the job lifecycle, query replies and engine clients per host.
+
+Kept whole: the three task bases (job, query, stream) share the engine clients and the
+mapping of errors to problems, and a job's lifecycle (claim, lease, run through a failover,
+end, announce) reads best as one piece next to them.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Back a container up (``docker export`` + ``docker cp`` of its mounts); restore it (``docker import``)."""
+"""Back a container up (``docker export`` + ``docker cp`` of its mounts); restore it (``docker import``).
+
+Kept whole: export and restore of one bundle on the engine side share the part streaming,
+the stall watch and the guard checks; each half alone would hide the format both must agree
+on.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The docker-CLI grammar shared by chat commands and the ``dockyard`` CLI: text → API request."""
+"""The docker-CLI grammar shared by chat commands and the ``dockyard`` CLI: text → API request.
+
+Kept whole: one table of commands, each with its flags and the builder that turns it into a
+request, and the renderer of their answers; splitting syntax from builders would put a
+command's flags and its meaning in two files.
+"""
 
 from __future__ import annotations
 

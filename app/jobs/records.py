@@ -1,4 +1,9 @@
-"""Job records, their state machine and their event streams, kept in Redis."""
+"""Job records, their state machine and their event streams, kept in Redis.
+
+Kept whole: the job store's Lua transitions, its event streams and the idempotency keys that
+point at its records are read and changed together. IdempotencyStore is the next cut
+(app/jobs/idempotency.py) once the branches now changing this module have landed.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Calls to a registry's Distribution v2 API: login check, catalog, tags, manifest delete."""
+"""Calls to a registry's Distribution v2 API: login check, catalog, tags, manifest delete.
+
+Kept whole: one Distribution v2 client: its connection, token challenge, pagination and
+error translation share one time budget and one set of reference patterns.
+"""
 
 from __future__ import annotations
 
