@@ -17,7 +17,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from app.core.store import get_redis
+from app.core.store import RELEASE_IF_OWNER, get_redis
 from app.engine.events import event_view
 from app.fleet.hosts import queues_for
 from app.integrations.webhooks import WebhookStore, publish_engine_event
@@ -37,10 +37,6 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -74,7 +70,7 @@ class HostWatcher(threading.Thread):
                                      LOCK_TTL_SECONDS))
 
     def release(self) -> None:
-        get_redis().eval(_RELEASE, 1, lock_key(self.host), self.owner)
+        get_redis().eval(RELEASE_IF_OWNER, 1, lock_key(self.host), self.owner)
 
     def run(self) -> None:
         logger.info("watching engine events host=%s", self.host)

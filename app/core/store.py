@@ -158,3 +158,10 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 def utcnow() -> str:
     """Now as an RFC 3339 UTC timestamp with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# Deletes a lock or lease only if ``ARGV[1]`` still holds it (KEYS[1]): 1 when deleted.
+RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

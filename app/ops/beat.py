@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery.beat import PersistentScheduler
 
-from app.core.store import PREFIX, get_redis
+from app.core.store import PREFIX, RELEASE_IF_OWNER, get_redis
 from app.jobs import handoff
 from app.runtime import runtime
 
@@ -34,10 +34,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -57,7 +53,7 @@ class Lease:
         return bool(self.client.eval(_ACQUIRE, 1, self.key, self.owner, self.millis))
 
     def release(self) -> None:
-        self.client.eval(_RELEASE, 1, self.key, self.owner)
+        self.client.eval(RELEASE_IF_OWNER, 1, self.key, self.owner)
 
 
 class LeaderScheduler(PersistentScheduler):

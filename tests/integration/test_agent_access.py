@@ -7,7 +7,6 @@ Real Redis ACLs and a real `dockyard-agent` that holds only what the API handed 
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +24,7 @@ from tests.integration.conftest import SECRET_KEY, STACK_REDIS_URL, TEST_REDIS_U
 from tests.integration.helpers import BUSYBOX, containers_of_job, eventually
 from tests.integration.test_signed_tasks import CAPTURE, OPERATOR, captured, provision_spec
 from tests.integration.test_webhooks import Receiver
-from tests.support.stack import VENV_BIN
+from tests.support.agent import AgentProcess
 
 MARK = "dyt-agent-access"
 
@@ -252,47 +251,11 @@ def test_registry_passwords_reach_an_agent_sealed_with_its_own_key(admin, hosts,
     assert test_redis.hget(f"dy:h:{mine['name']}:registries", name) is None
 
 
-class Agent:
-    """`dockyard-agent` for ``host`` on the suite's engine, with only what the API handed out."""
-
-    def __init__(self, stack_env: dict[str, str], host: str, credentials: dict[str, str],
-                 log_dir) -> None:
-        self.env = {key: value for key, value in stack_env.items() if key not in (
-            "DOCKYARD_SECRET_KEY", "DOCKYARD_SECRET_KEY_FILE", "DOCKYARD_REDIS_PASSWORD",
-            "DOCKYARD_REDIS_PASSWORD_FILE", "DOCKYARD_ADMIN_TOKEN")}
-        self.env.update({"DOCKYARD_REDIS_URL": credentials["redis_url"],
-                         "DOCKYARD_TASK_VERIFY_KEY": credentials["task_verify_key"],
-                         "DOCKYARD_AGENT_KEY": credentials["agent_key"]})
-        self.args = [str(VENV_BIN / "dockyard-agent"), "--host", host, "--engine",
-                     stack_env["DOCKYARD_LOCAL_ENGINE"], "--ops-concurrency", "1",
-                     "--query-concurrency", "2"]
-        self.log = log_dir / f"agent-{host}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def refusal(self, task_id: str) -> str | None:
-        text = self.log.read_text(errors="replace")
-        return next((row for row in text.splitlines()
-                     if "refused task message" in row and f"id={task_id}" in row), None)
-
-
 @pytest.fixture(scope="module")
-def agent(hosts, stack_env, state_dir, viewer, test_redis) -> Iterator[Agent]:
+def agent(hosts, stack_env, state_dir, viewer, test_redis) -> Iterator[AgentProcess]:
     name = hosts["mine"]["name"]
-    running = Agent(stack_env, name, hosts["mine"]["agent_credentials"], state_dir / "log")
+    running = AgentProcess(stack_env, name, hosts["mine"]["agent_credentials"], state_dir / "log",
+                           engine=stack_env["DOCKYARD_LOCAL_ENGINE"])
     running.start()
     try:
         eventually(lambda: viewer.get(f"/hosts/{name}").json().get("lanes_alive")

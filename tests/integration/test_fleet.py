@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -23,9 +22,9 @@ import requests
 from tests.integration.conftest import STACK_REDIS_URL, Api
 from tests.integration.helpers import BUSYBOX, eventually
 from tests.integration.test_webhooks import Receiver
+from tests.support.agent import AgentProcess
 from tests.support.forward import Forwarder
 from tests.support.remote_engine import RemoteEngine
-from tests.support.stack import VENV_BIN
 
 pytestmark = pytest.mark.remote
 
@@ -80,43 +79,16 @@ def agent_host(agent_engine: RemoteEngine, admin: Api) -> Iterator[str]:
     admin.delete(f"/hosts/{name}")
 
 
-class Agent:
-    """`dockyard-agent` running inside the host's namespace, reaching Redis over the veth.
-
-    It holds only what the API handed out for its host: its own Redis login, its own key
-    and the public verify key (no DOCKYARD_SECRET_KEY, no data password).
-    """
-
-    def __init__(self, remote: RemoteEngine, host: str, stack_env: dict[str, str],
-                 log_dir, credentials: dict[str, str]) -> None:
-        login = urlsplit(credentials["redis_url"])
-        url = login._replace(netloc=f"{login.netloc.rpartition('@')[0]}@{remote.host_ip}:"
-                                    f"{REDIS_RELAY_PORT}").geturl()
-        self.env = {key: value for key, value in stack_env.items() if key not in (
-            "DOCKYARD_SECRET_KEY", "DOCKYARD_SECRET_KEY_FILE", "DOCKYARD_REDIS_PASSWORD",
-            "DOCKYARD_REDIS_PASSWORD_FILE", "DOCKYARD_ADMIN_TOKEN")}
-        self.env.update({"DOCKYARD_REDIS_URL": url,
-                         "DOCKYARD_TASK_VERIFY_KEY": credentials["task_verify_key"],
-                         "DOCKYARD_AGENT_KEY": credentials["agent_key"]})
-        self.args = ["nsenter", f"--net={remote.netns_path}", str(VENV_BIN / "dockyard-agent"),
-                     "--host", host, "--engine", f"unix://{remote.docker_sock}",
-                     "--ops-concurrency", "1", "--query-concurrency", "2"]
-        self.log = log_dir / f"agent-{host}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(10)
+def agent_in_namespace(remote: RemoteEngine, host: str, stack_env: dict[str, str], log_dir,
+                       credentials: dict[str, str]) -> AgentProcess:
+    """`dockyard-agent` running inside the host's namespace, reaching Redis over the veth
+    with its own login (see tests/support/agent.py for what it holds)."""
+    login = urlsplit(credentials["redis_url"])
+    url = login._replace(netloc=f"{login.netloc.rpartition('@')[0]}@{remote.host_ip}:"
+                                f"{REDIS_RELAY_PORT}").geturl()
+    return AgentProcess(stack_env, host, credentials, log_dir,
+                        engine=f"unix://{remote.docker_sock}", redis_url=url,
+                        prefix=("nsenter", f"--net={remote.netns_path}"))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +116,8 @@ def test_agent_serves_its_host_from_inside_the_namespace(admin: Api, operator: A
                                                         agent_engine: RemoteEngine,
                                                         agent_host: str, relay: None,
                                                         stack_env, state_dir, test_redis) -> None:
-    agent = Agent(agent_engine, agent_host, stack_env, state_dir / "log", CREDENTIALS[agent_host])
+    agent = agent_in_namespace(agent_engine, agent_host, stack_env, state_dir / "log",
+                               CREDENTIALS[agent_host])
     agent.start()
     receiver = Receiver()
     try:
