@@ -60,6 +60,25 @@ def worker_commands(host: str, ops_concurrency: int, query_concurrency: int) -> 
     ]
 
 
+def _wait_for_lane(queue: str, worker: subprocess.Popen, timeout: float = 120.0) -> bool:
+    """Wait until ``worker`` beats for ``queue``; False if it died first.
+
+    After ``timeout`` with the worker alive but no beat seen, go on anyway (the lane check
+    itself may be what fails): the workers' own logs then say why.
+    """
+    from app.jobs.dispatch import lane_alive
+
+    deadline = time.monotonic() + timeout
+    while worker.poll() is None and time.monotonic() < deadline:
+        try:
+            if lane_alive(queue):
+                return True
+        except Exception as exc:  # Redis not reachable yet: keep waiting
+            print(f"dockyard-agent: waiting for the {queue} lane: {exc}", file=sys.stderr)
+        time.sleep(0.5)
+    return worker.poll() is None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dockyard-agent", description=__doc__.split("\n")[0])
     parser.add_argument("--host", required=True, help="the Dockyard host name this agent serves")
@@ -76,17 +95,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("set DOCKYARD_TASK_VERIFY_KEY (printed by `dockyard-admin task-verify-key`) "
                      "or DOCKYARD_SECRET_KEY")
     env = worker_env(dict(os.environ), args.host, args.engine, max(args.query_concurrency, 2))
-    children = [subprocess.Popen(cmd, cwd=ROOT, env=env)
-                for cmd in worker_commands(args.host, args.ops_concurrency,
-                                           args.query_concurrency)]
+    ops, query = worker_commands(args.host, args.ops_concurrency, args.query_concurrency)
+    # Reads start only once the job lane beats: a host must not answer reads while its
+    # jobs are refused with 503 "no live worker".
+    children = [subprocess.Popen(ops, cwd=ROOT, env=env)]
+    stopping = False
 
     def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if _wait_for_lane(f"host.{args.host}.ops", children[0]) and not stopping:
+        children.append(subprocess.Popen(query, cwd=ROOT, env=env))
     # If one worker dies the agent is not whole: stop the other and exit non-zero, so a
     # supervisor (systemd, a container runtime) restarts the pair.
     while all(child.poll() is None for child in children):
