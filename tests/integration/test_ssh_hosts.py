@@ -163,11 +163,16 @@ def test_repeated_calls_reuse_one_ssh_connection_per_worker_process(
         for path in ("version", "info", "df"):
             response = admin.get(f"/hosts/{ssh_host}/{path}")
             assert response.status_code == 200, response.text
-    # 30 more calls: no new SSH login, the same TCP connections, the same channels (each runs
-    # one `docker system dial-stdio`) and no ssh client processes.
+    # 30 more calls: no new SSH login, the same TCP connections, and no ssh client processes.
     assert ssh_engine.accepted_logins() == logins
     assert ssh_engine.ssh_connections() == connections
-    assert ssh_engine.dial_stdio_processes() == channels
+    # Channels (each runs one `docker system dial-stdio`) are pooled: every one open before
+    # still is (none closed and dialled again). The host's events watcher shares the query
+    # worker's pool, so a call may open another while the watcher's window holds one, but
+    # never more than the pools hold (8 in the query worker, 4 per ops child).
+    after = ssh_engine.dial_stdio_processes()
+    assert set(channels) <= set(after), (channels, after)
+    assert len(after) <= 8 + 4 * (len(connections) - 1), after
     # One query worker process and two ops worker children at most.
     assert 1 <= len(connections) <= 3, connections
     ssh_clients = subprocess.run(["pgrep", "-f", f"ssh .*{ssh_engine.address}"],
