@@ -81,7 +81,9 @@ def test_a_beat_embedded_in_a_worker_leads_and_stops_with_it_releasing_the_lease
         cwd=ROOT, env=stack_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # The lease may still be held by a beat of an earlier test until it expires (15 s).
-        eventually(lambda: "beat: leading" in log_path.read_text(), timeout=60)
+        # "ready." once every step started: the pool process exists as well as beat.
+        eventually(lambda: "beat: leading" in (text := log_path.read_text())
+                   and " ready." in text, timeout=60)
         owner = client.get(LEASE_KEY)
         assert owner is not None
         children = [int(pid) for pid in subprocess.run(
