@@ -1,10 +1,11 @@
 """Idle memory of the `make run` stack: the sum of PSS over the processes it started.
 
 The processes are those named by the pidfiles `scripts/processes.sh` writes under the run
-folder (api, worker-ops, worker-query, beat) and all their descendants (gunicorn workers,
-Celery pool processes). PSS (proportional set size, from /proc/PID/smaps_rollup) charges a
-page shared by N processes 1/N to each, so the sum is the stack's real footprint: pages a
-preloading parent shares copy-on-write with its children count once.
+folder (api, worker-ops, worker-query, and beat when it runs on its own) and all their
+descendants (gunicorn workers, Celery pool processes, the beat embedded in the ops worker).
+PSS (proportional set size, from /proc/PID/smaps_rollup) charges a page shared by N processes
+1/N to each, so the sum is the stack's real footprint: pages a preloading parent shares
+copy-on-write with its children count once.
 
 The stack counts as idle once its processes used less than 2% of one CPU over 2 s.
 
@@ -74,6 +75,14 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def _embeds_beat(pid: int | None) -> bool:
+    """Whether the worker ``pid`` runs beat as its child (``celery worker -B``)."""
+    try:
+        return pid is not None and b"-B" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def started_pids(run_dir: Path) -> dict[str, int]:
     found = {}
     for name in NAMES:
@@ -118,9 +127,12 @@ def main() -> int:
         rows.append([name, len(tree), f"{kib / 1024:.1f}"])
     mib = total / 1024
     rows.append(["**total**", sum(len(t) for t in trees.values()), f"**{mib:.1f}**"])
-    missing = [name for name in NAMES if name not in roots]
+    missing = [name for name in NAMES if name not in roots
+               and not (name == "beat" and _embeds_beat(roots.get("worker-ops")))]
     print("### Idle stack memory (sum of PSS)\n")
+    embedded = "beat" not in roots and _embeds_beat(roots.get("worker-ops"))
     print(f"Machine: {machine_summary()}. Run folder {args.run_dir}"
+          + ("; beat runs inside worker-ops (`-B`), counted there" if embedded else "")
           + ("" if idle else "; the stack did not go idle within 120 s (measured anyway)")
           + (f"; not running: {', '.join(missing)}" if missing else "") + ".\n")
     print(table(["processes", "count", "PSS MiB"], rows))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: every issue-17 figure in one run (see docs/benchmarks.md). Makes sure the
-# services and the `make run` stack (API, both lanes, beat) are up, then runs pss (idle
+# services and the `make run` stack (API, both lanes, beat inside the ops lane) are up, then runs pss (idle
 # memory, first, while the stack is idle), provision, list, submit and backup (or the ones
 # named as arguments: `bash scripts/bench.sh submit`). Each prints markdown tables and
 # records its figures; bench/summary.py then prints one table with a verdict per target and

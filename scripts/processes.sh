@@ -19,15 +19,25 @@ start_bg() {  # name, command...
 }
 
 up() {
+  # Beat runs inside the ops worker (a child it forks, sharing what it loaded) unless
+  # DOCKYARD_BEAT=separate; any number of beats may run, only the lease holder sends.
+  local beat=() separate=
+  case "${DOCKYARD_BEAT:-embedded}" in
+    embedded) beat=(-B -s "$PROC_DIR/beat-schedule") ;;
+    separate) separate=1 ;;
+    *) echo "DOCKYARD_BEAT must be embedded or separate" >&2; exit 2 ;;
+  esac
   # ops: prefork, one message per process at a time (acks_late + prefetch 1).
   start_bg worker-ops $CELERY worker -Q engine.ops -n "ops.$LOG_PREFIX$$@%h" -P prefork \
-    -c "${DOCKYARD_OPS_CONCURRENCY:-2}" --prefetch-multiplier 1 -l INFO -E
+    -c "${DOCKYARD_OPS_CONCURRENCY:-2}" --prefetch-multiplier 1 -l INFO -E "${beat[@]}"
   # query: threads, so a read never waits for a process and clients are shared.
   # One engine connection per thread: the pool is sized to the lane's concurrency.
   start_bg worker-query env DOCKYARD_ENGINE_POOL_SIZE="${DOCKYARD_QUERY_CONCURRENCY:-8}" \
     $CELERY worker -Q engine.query -n "query.$LOG_PREFIX$$@%h" -P threads \
     -c "${DOCKYARD_QUERY_CONCURRENCY:-8}" -l INFO
-  start_bg beat $CELERY beat -s "$PROC_DIR/beat-schedule" -l INFO
+  if [ -n "$separate" ]; then
+    start_bg beat $CELERY beat -s "$PROC_DIR/beat-schedule" -l INFO
+  fi
   if [ "${1:-}" = "--api" ]; then
     start_bg api "$VENV/bin/gunicorn" -c "$ROOT/gunicorn.conf.py" wsgi:app
   fi

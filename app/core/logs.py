@@ -54,13 +54,11 @@ def redact(text: str) -> str:
 
 def current_request_id() -> str | None:
     """The id of the HTTP request (or of the request that queued the running job)."""
-    try:
-        from flask import g, has_request_context
-
-        if has_request_context():
-            return g.get("request_id")
-    except ImportError:  # pragma: no cover - flask is a dependency; agents still log fine
-        pass
+    # Without Flask loaded (workers, beat, agents) there is no request context to look in;
+    # importing it here would load Flask into every worker on its first log line.
+    flask = sys.modules.get("flask")
+    if flask is not None and flask.has_request_context():
+        return flask.g.get("request_id")
     return _request_id.get()
 
 

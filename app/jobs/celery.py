@@ -133,7 +133,10 @@ def load_before_fork(celery: Celery) -> None:
     connection is opened here.
     """
     for module in ("celery.app.task", "celery.canvas", "celery.result",
-                   "prometheus_client.multiprocess"):
+                   # what the first send_task loads (the disabled result backend, events)
+                   "celery.backends.base", "celery.app.events", "celery.events.dispatcher",
+                   "kombu.mixins", "kombu.utils.limits",
+                   "prometheus_client.multiprocess", "prometheus_client.core"):
         importlib.import_module(module)
     celery.loader.import_default_modules  # noqa: B018 (the loader is built on first access)
     celery.amqp  # noqa: B018

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid
 from typing import Any
 
 import redis
+from celery import signals
 from celery.beat import PersistentScheduler
 
 from app.core.store import PREFIX, RELEASE_IF_OWNER, get_redis
@@ -56,8 +58,24 @@ class Lease:
         self.client.eval(RELEASE_IF_OWNER, 1, self.key, self.owner)
 
 
+# The worker an embedded beat (``celery worker -B``) was forked from; None in a beat process.
+_embedding_worker: int | None = None
+
+
+def _embedded(**_: object) -> None:
+    global _embedding_worker
+    _embedding_worker = os.getppid()
+
+
+signals.beat_embedded_init.connect(_embedded, weak=False, dispatch_uid="dockyard-beat-embedded")
+
+
 class LeaderScheduler(PersistentScheduler):
-    """Celery beat's persistent scheduler, sending only while it holds the lease."""
+    """Celery beat's persistent scheduler, sending only while it holds the lease.
+
+    Embedded in a worker (``-B``, the default of ``make run``), it stops when that worker is
+    gone (SIGKILLed: nothing else would stop it), releasing the lease for the next beat.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lease = Lease(get_redis())
@@ -66,6 +84,9 @@ class LeaderScheduler(PersistentScheduler):
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        if _embedding_worker is not None and os.getppid() != _embedding_worker:
+            logger.warning("beat: the worker it was embedded in is gone; stopping")
+            raise SystemExit(0)
         try:
             leading = self.lease.hold()
         except redis.RedisError as exc:

@@ -9,12 +9,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-from flask import Flask, Response, g, request
 
 from app.core.store import PREFIX, get_redis, get_settings
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
 
 logger = logging.getLogger(__name__)
 
@@ -79,22 +81,24 @@ def _http_metrics() -> _HttpMetrics:
 
 def init_app(app: Flask) -> None:
     """Time every request; register first so the timing includes authentication."""
+    # Flask is imported here, not at the top: workers load this module and never Flask.
+    from flask import g, request
+
     _http_metrics()
-    app.before_request(_start_timer)
-    app.after_request(_observe_request)
 
+    def start_timer() -> None:
+        g.metrics_started = time.perf_counter()
 
-def _start_timer() -> None:
-    g.metrics_started = time.perf_counter()
+    def observe_request(response: Response) -> Response:
+        started = g.get("metrics_started")
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            _http_metrics().duration.labels(route, request.method, str(response.status_code)) \
+                .observe(time.perf_counter() - started)
+        return response
 
-
-def _observe_request(response: Response) -> Response:
-    started = g.get("metrics_started")
-    if started is not None:
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        _http_metrics().duration.labels(route, request.method, str(response.status_code)) \
-            .observe(time.perf_counter() - started)
-    return response
+    app.before_request(start_timer)
+    app.after_request(observe_request)
 
 
 # -- worker side: jobs and engine calls, kept in Redis --------------------------------------

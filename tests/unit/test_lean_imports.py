@@ -47,3 +47,15 @@ def test_beat_loads_no_http_client(tmp_path: Path) -> None:
     code = ("from app.celery_app import celery\ncelery.loader.init_worker()\ncelery.finalize()\n"
             "import sys\nassert 'requests' not in sys.modules, 'beat loaded requests'")
     assert _loaded_after(code, tmp_path) == set()
+
+
+def test_workers_and_beat_load_no_web_framework(tmp_path: Path) -> None:
+    # Flask (~6 MiB per process) is the API's: a worker registering its tasks and logging
+    # a line, or beat, must not load it (app.ops.metrics and app.core.logs import it lazily).
+    code = ("import logging, sys\nfrom celery import signals\nfrom app.celery_app import celery\n"
+            "from app.core import logs\n"
+            "signals.celeryd_init.send(sender='unit', instance=None, conf=celery.conf, options={})\n"
+            "import app.ops.beat\nassert logs.current_request_id() is None\n"
+            "logging.getLogger('unit').warning('a line')\n"
+            "assert 'flask' not in sys.modules, 'a worker loaded flask'")
+    assert _loaded_after(code, tmp_path) >= {"tasks"}
