@@ -67,7 +67,15 @@ def call() -> Call:
                 body=request.get_json(silent=True),
                 idempotency_key=request.headers.get("Idempotency-Key"),
                 callback_url=request.headers.get(CALLBACK_HEADER) or g.get("callback_url"),
-                wait=request.args.get("wait"))
+                wait=request.args.get("wait"), folding=g.get("folding"))
+
+
+def charged_by_job(view: Callable) -> Callable:
+    """Declare that a view changes nothing but through its job script (it reads, checks and
+    calls ``start_job``): its request's rate-limit charge and 202 audit entry are then made
+    by that script (see ``app/request_accounting.py``, ``app.jobs.dispatch.Folding``)."""
+    view.charged_by_job = True
+    return view
 
 
 def start_job(kind: str, **kwargs: Any) -> tuple[dict, int, dict]:

@@ -24,7 +24,7 @@ from app.core.errors import InvalidInputError
 from app.integrations.webhook_targets import check_callback_url
 from app.integrations.webhooks import watch_job
 from app.jobs import records as jobstates
-from app.jobs.dispatch import submit_job
+from app.jobs.dispatch import Folding, submit_job
 from app.runtime import runtime
 from app.security.auth import Principal
 from app.security.redaction import redact_for
@@ -45,6 +45,7 @@ class Call:
     idempotency_key: str | None = None
     callback_url: str | None = None
     wait: str | None = None
+    folding: Folding | None = None
 
     def caller(self) -> dict[str, Any]:
         """The caller as the worker needs it (role and host scope), JSON-ready."""
@@ -183,6 +184,14 @@ def _record_job(call: Call, kind: str, host_record: dict[str, Any] | None, targe
                 args: list[Any], body: Any, precheck: Callable[[], None] | None,
                 spool: Path | None, submit: Callable | None) -> tuple[dict[str, Any], bool]:
     """The job this call made now (True), or the one an Idempotency-Key replays (False)."""
+    folding = call.folding
+    # Only a plain submission leaves its charge (and audit entry) to the job script: before
+    # anything else that a request over its limit must not do (a precheck query, an upload,
+    # a callback, fan-out, an idempotent replay's lookup) the charge is made on its own.
+    folds = folding is not None and submit is None and precheck is None and spool is None \
+        and call.callback_url is None and call.idempotency_key is None
+    if folding is not None and not folds:
+        folding.charge_now()
     if call.callback_url is not None:
         check_callback_url(call.callback_url)
     idempotency = None
@@ -202,7 +211,8 @@ def _record_job(call: Call, kind: str, host_record: dict[str, Any] | None, targe
     else:
         record, created = submit_job(kind, call.principal, host_record=host_record,
                                      target=target, args=args, idempotency=idempotency,
-                                     spool=str(spool) if spool is not None else None)
+                                     spool=str(spool) if spool is not None else None,
+                                     folding=folding if folds else None)
     if call.callback_url is not None and created:
         watch_job(record["id"], {"format": "dockyard", "url": call.callback_url})
     return record, created

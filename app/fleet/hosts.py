@@ -20,6 +20,7 @@ from app.registry.registries import RegistryStore
 from app.security import agent_access, crypto
 
 _HOSTS = PREFIX + "hosts"
+HOSTS_KEY = _HOSTS  # the hash of host records (name -> JSON), read by the job script
 _STATUS = PREFIX + "hosts:status"
 _REVISION = PREFIX + "hosts:revision"
 RESERVED_NAMES = frozenset({"auto"})
