@@ -23,7 +23,13 @@ from app.core.errors import (
     problem_from_http,
 )
 from app.ops import metrics
-from app.request_accounting import PUBLIC_PATHS, audit_request, limit_rate, settle_rate
+from app.request_accounting import (
+    PUBLIC_PATHS,
+    audit_request,
+    forget_folding,
+    limit_rate,
+    settle_rate,
+)
 from app.runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -151,6 +157,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.after_request(_echo_request_id)
     app.after_request(audit_request)
     app.after_request(settle_rate)  # after_request hooks run last-registered first
+    app.teardown_request(forget_folding)
     app.register_error_handler(DockyardError, _dockyard_error)
     app.register_error_handler(redis.exceptions.ConnectionError, _redis_down)
     app.register_error_handler(redis.exceptions.TimeoutError, _redis_down)

@@ -17,7 +17,7 @@ import redis
 from flask import Response, current_app, g, request
 
 from app.core.store import utcnow as _utcnow
-from app.jobs.dispatch import Folding
+from app.jobs.dispatch import Folding, current_folding
 from app.runtime import runtime
 from app.security import audit
 from app.security.ratelimit import RateLimitedError
@@ -29,6 +29,7 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/docs", "/api/v1/openapi
 
 
 def limit_rate() -> None:
+    current_folding.set(None)  # a thread serves one request after another
     principal = g.get("principal")
     if principal is None:
         return
@@ -40,6 +41,7 @@ def limit_rate() -> None:
         kind, limit = rt.rate_limiter.limit_for(principal, request.method, rt.settings)
         g.folding = Folding(rate=(principal.token_id, kind, limit) if limit > 0 else None,
                             audit=_job_audit_entry if _plain_answer() else None)
+        current_folding.set(g.folding)
         return
     rt.rate_limiter.charge(principal, request.method, rt.settings)
 
@@ -56,6 +58,11 @@ def _charged_by_job() -> bool:
 def _plain_answer() -> bool:
     """A submission without ``?wait`` is answered 202 once its job is written."""
     return request.args.get("wait") in (None, "")
+
+
+def forget_folding(_error: BaseException | None = None) -> None:
+    """Teardown: no later work on this thread finds this request's ``Folding``."""
+    current_folding.set(None)
 
 
 def settle_rate(response: Response) -> Response:

@@ -24,7 +24,7 @@ from app.core.errors import InvalidInputError
 from app.integrations.webhook_targets import check_callback_url
 from app.integrations.webhooks import watch_job
 from app.jobs import records as jobstates
-from app.jobs.dispatch import Folding, submit_job
+from app.jobs.dispatch import Folding, current_folding, submit_job
 from app.runtime import runtime
 from app.security.auth import Principal
 from app.security.redaction import redact_for
@@ -78,7 +78,14 @@ def operation(role: str) -> Callable:
 
 
 def host_record(name: str) -> dict[str, Any]:
-    """A host's record (404 for an unknown one); scope is checked by ``operation``."""
+    """A host's record (404 for an unknown one); scope is checked by ``operation``.
+
+    Within an HTTP job submission (``api.common.charged_by_job``) it comes from the
+    process cache, and the job script checks it is still the stored one (see ``Folding``).
+    """
+    folding = current_folding.get()
+    if folding is not None:
+        return folding.host_record(name)
     return runtime().hosts.get(name)
 
 
@@ -191,7 +198,9 @@ def _record_job(call: Call, kind: str, host_record: dict[str, Any] | None, targe
     folds = folding is not None and submit is None and precheck is None and spool is None \
         and call.callback_url is None and call.idempotency_key is None
     if folding is not None and not folds:
+        folding.confirm_hosts()
         folding.charge_now()
+        folding.audit = None  # the after-request hook writes it (the answer may differ)
     if call.callback_url is not None:
         check_callback_url(call.callback_url)
     idempotency = None
@@ -212,7 +221,7 @@ def _record_job(call: Call, kind: str, host_record: dict[str, Any] | None, targe
         record, created = submit_job(kind, call.principal, host_record=host_record,
                                      target=target, args=args, idempotency=idempotency,
                                      spool=str(spool) if spool is not None else None,
-                                     folding=folding if folds else None)
+                                     folding=folding)
     if call.callback_url is not None and created:
         watch_job(record["id"], {"format": "dockyard", "url": call.callback_url})
     return record, created

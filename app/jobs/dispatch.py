@@ -7,7 +7,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import NoWorkerError, QueryTimeoutError, UnavailableError, error_from_problem
@@ -78,6 +79,15 @@ def _no_worker(queue: str, host: str | None) -> NoWorkerError:
     return NoWorkerError(f"no live worker consumes queue '{queue}'{where}", queue=queue, host=host)
 
 
+class StaleHostError(UnavailableError):
+    """The host record a submission used changed before its job script ran (nothing was
+    written); the view is run again with the record re-read (``api.common.charged_by_job``)."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"host '{host}' changed while the job was submitted; retry",
+                         retry_after=1)
+
+
 @dataclass
 class Folding:
     """What an HTTP job submission leaves to its job script (``JobStore.create``).
@@ -85,12 +95,29 @@ class Folding:
     ``rate``: (token id, route class, limit) of a rate-limit charge still owed (the
     before-request hook deferred it; see ``app/request_accounting.py``), None once made;
     ``audit``: builds the JSON audit entry of the 202 answer for a job id (None when the
-    answer may be something else, e.g. with ``?wait``); ``audited``: the script wrote it.
+    answer may be something else, e.g. with ``?wait``); ``audited``: the script wrote it;
+    ``hosts``: host name -> digest of the cached record the request used (``host_record``),
+    checked by the script (a mismatch raises ``StaleHostError``: the view runs again).
     """
 
     rate: tuple[str, str, int] | None = None
     audit: Callable[[str], str] | None = None
     audited: bool = False
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    def host_record(self, name: str) -> dict[str, Any]:
+        """The host's record from the process cache, its digest kept for the job script."""
+        record, self.hosts[name] = runtime().hosts.get_checked(name)
+        return record
+
+    def confirm_hosts(self) -> None:
+        """Check the cached host records used so far are still the stored ones, before
+        they are used for anything the job script does not check (a precheck query)."""
+        hosts = runtime().hosts
+        for name, digest in self.hosts.items():
+            if not hosts.is_current(name, digest):
+                hosts.forget_checked(name)
+                raise StaleHostError(name)
 
     def charge_now(self) -> None:
         """Make the owed charge on its own (before anything but a read is done)."""
@@ -99,6 +126,11 @@ class Folding:
             self.rate = None
             runtime().rate_limiter.hit(token_id, kind, limit)
 
+
+
+# The Folding of the HTTP submission being served (None for anything else), set by the
+# before-request hook (app/request_accounting.py) so ``api.services.host_record`` finds it.
+current_folding: ContextVar[Folding | None] = ContextVar("current_folding", default=None)
 
 
 def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] | None,
@@ -132,7 +164,8 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     # app/jobs/handoff.py): a record never exists without its message, nor a message without
     # its record, and one round trip does both.
     message = broker_message(rt.celery, kind, task_args, queue, record["id"])
-    extras, charged = _extras(folding, record["id"])
+    extras, charged = _extras(folding, record["id"], host)
+    outcome = None
     try:
         outcome, held = rt.jobs.create(
             record, lane_key(queue), claim, message,
@@ -147,8 +180,11 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     finally:
         if folding is not None:
             folding.audited = extras.audited
-            if charged is not None:
+            if charged is not None and outcome != "stale-host":
                 folding.rate = None  # the script charged it (whatever else it answered)
+    if outcome == "stale-host":
+        rt.hosts.forget_checked(host)
+        raise StaleHostError(host)
     if outcome == "limited":
         raise RateLimiter.refusal(charged[0], charged[1], charged[2])
     if outcome == "no-lane":
@@ -160,12 +196,14 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     return record, True
 
 
-def _extras(folding: Folding | None, job_id: str) -> tuple[CreateExtras | None,
-                                                tuple[str, int, float] | None]:
+def _extras(folding: Folding | None, job_id: str, host: str | None
+            ) -> tuple[CreateExtras | None, tuple[str, int, float] | None]:
     """The job script's extras for ``folding``, and (class, limit, time) of its charge."""
     if folding is None:
         return None, None
     extras = CreateExtras(audit_entry=folding.audit(job_id) if folding.audit else "")
+    if host and host in folding.hosts:
+        extras.host_check = (host, folding.hosts[host])
     charged = None
     if folding.rate is not None:
         token_id, kind, limit = folding.rate

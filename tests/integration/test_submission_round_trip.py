@@ -15,6 +15,7 @@ host whose ops lane has a fake heartbeat and no worker: no engine is touched.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ LIMIT = 5
 @pytest.fixture
 def sink(admin: Api, test_redis: redis.Redis) -> Iterator[str]:
     name = "fold-" + uuid.uuid4().hex[:8]
-    created = admin.post("/hosts", json={"name": name, "url": "unix:///var/run/docker.sock",
+    created = admin.post("/hosts", json={"name": name, "url": os.environ["DOCKER_HOST"],
                                          "route": "agent"})
     assert created.status_code == 201, created.text
     test_redis.zadd(f"dy:lane:host.{name}.ops", {"fake-worker": time.time() + 600})
@@ -138,3 +139,75 @@ def test_the_scripts_audit_entry_is_the_hooks_entry(operator, sink, admin):
     assert first["request"] == {"query": {"debug": ["1"]}, "body": body}
     assert json.dumps(sorted(by_job[folded.json()["id"]])) == json.dumps(
         sorted(by_job[hooked.json()["id"]]))
+
+
+# -- the cached host record, checked by the job script -------------------------------------
+# Each API process caches the host records its submissions use; the submissions below first
+# fill every process's cache (WARM requests over the pooled connections), then the host is
+# changed through the API, and the next submission must see the change.
+
+WARM = 12
+
+
+def warm(operator: Api, host: str) -> list[str]:
+    jobs = []
+    for _ in range(WARM):
+        answer = operator.post(f"/hosts/{host}/containers/web/start")
+        assert answer.status_code == 202, answer.text
+        jobs.append(answer.json()["id"])
+    return jobs
+
+
+def test_a_deleted_host_is_404_to_a_submission_after_its_record_was_cached(
+        operator, admin, sink, test_redis):
+    warm(operator, sink)
+    before = queued(test_redis, sink)
+    assert admin.delete(f"/hosts/{sink}").status_code == 204
+    try:
+        for path in ("start", "stop"):
+            gone = operator.post(f"/hosts/{sink}/containers/web/{path}")
+            assert gone.status_code == 404, gone.text
+        # rename's precheck is a query: the cached record is confirmed before it is used
+        renamed = operator.post(f"/hosts/{sink}/containers/web/rename", json={"name": "w2"})
+        assert renamed.status_code == 404, renamed.text
+        assert queued(test_redis, sink) == before
+    finally:
+        assert admin.post("/hosts", json={"name": sink, "url": os.environ["DOCKER_HOST"],
+                                          "route": "agent"}).status_code == 201
+
+
+def test_a_patched_host_is_used_as_patched_after_its_record_was_cached(
+        operator, admin, sink, test_redis):
+    warm(operator, sink)
+    changed = admin.patch(f"/hosts/{sink}", json={"labels": {"moved": "yes"}})
+    assert changed.status_code == 200, changed.text
+    again = operator.post(f"/hosts/{sink}/containers/web/start")
+    assert again.status_code == 202, again.text  # the script refused the old one: retried
+    # A route change moves the host's jobs to the central queue, served by the stack's
+    # worker (the container does not exist: the job fails at its first engine call).
+    before = queued(test_redis, sink)
+    moved = admin.patch(f"/hosts/{sink}", json={"route": "central"})
+    assert moved.status_code == 200, moved.text
+    missing = "dyt-missing-" + uuid.uuid4().hex[:8]
+    central = operator.post(f"/hosts/{sink}/containers/{missing}/start")
+    assert central.status_code == 202, central.text
+    job_id = central.json()["id"]
+    assert test_redis.hget(f"dy:h:{sink}:job:{job_id}", "queue") == "engine.ops"
+    assert queued(test_redis, sink) == before
+    assert operator.wait_job(job_id)["state"] == "failed"
+
+
+def test_the_job_script_is_loaded_again_when_redis_lost_it(test_redis):
+    """EVALSHA straight away; NOSCRIPT (a restarted Redis) loads it and runs it once more.
+    (A script this Redis does not hold is simulated by a store whose digest is unknown, not
+    by SCRIPT FLUSH, which would reach every database of the shared server.)"""
+    from app.jobs.dispatch import lane_key
+    from app.jobs.records import JobStore
+
+    store = JobStore(test_redis, 60)
+    real = store._create.sha
+    store._create.sha = "0" * 40
+    record = store.new_record("containers.action", None, "x", "t", "t", "fold.none")
+    assert store.create(record, lane_key("fold.none"), None) == ("no-lane", None)
+    assert store._create.sha == real
+    assert not test_redis.exists(f"dy:job:{record['id']}")
