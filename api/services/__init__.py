@@ -194,9 +194,11 @@ def _record_job(call: Call, kind: str, host_record: dict[str, Any] | None, targe
     folding = call.folding
     # Only a plain submission leaves its charge (and audit entry) to the job script: before
     # anything else that a request over its limit must not do (a precheck query, an upload,
-    # a callback, fan-out, an idempotent replay's lookup) the charge is made on its own.
+    # a callback, fan-out, an idempotent replay's lookup) the charge is made on its own,
+    # and the cached host records used are confirmed (the script checks only the job's).
     folds = folding is not None and submit is None and precheck is None and spool is None \
-        and call.callback_url is None and call.idempotency_key is None
+        and call.callback_url is None and call.idempotency_key is None \
+        and set(folding.hosts) <= ({host_record["name"]} if host_record else set())
     if folding is not None and not folds:
         folding.confirm_hosts()
         folding.charge_now()
