@@ -127,7 +127,6 @@ class Folding:
             runtime().rate_limiter.hit(token_id, kind, limit)
 
 
-
 # The Folding of the HTTP submission being served (None for anything else), set by the
 # before-request hook (app/request_accounting.py) so ``api.services.host_record`` finds it.
 current_folding: ContextVar[Folding | None] = ContextVar("current_folding", default=None)
@@ -136,7 +135,8 @@ current_folding: ContextVar[Folding | None] = ContextVar("current_folding", defa
 def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] | None,
                target: str | None, args: list[Any], idempotency: tuple[str, str] | None,
                queue: str | None = None, parent: str | None = None,
-               spool: str | None = None, folding: Folding | None = None) -> tuple[dict[str, Any], bool]:
+               spool: str | None = None,
+               folding: Folding | None = None) -> tuple[dict[str, Any], bool]:
     """Record a job and enqueue its task.
 
     Args:
