@@ -12,6 +12,7 @@ from api import services
 from api.services import Call, host_record  # noqa: F401  (blueprints take it from here)
 from api.services import jobs as job_service
 from app.core.errors import BadRequestError
+from app.jobs.dispatch import StaleHostError
 from app.jobs.pipes import PipeReader
 from app.security.auth import Principal
 from app.security.redaction import redact_for
@@ -67,7 +68,31 @@ def call() -> Call:
                 body=request.get_json(silent=True),
                 idempotency_key=request.headers.get("Idempotency-Key"),
                 callback_url=request.headers.get(CALLBACK_HEADER) or g.get("callback_url"),
-                wait=request.args.get("wait"))
+                wait=request.args.get("wait"), folding=g.get("folding"))
+
+
+_STALE_HOST_ATTEMPTS = 3
+
+
+def charged_by_job(view: Callable) -> Callable:
+    """Declare that a view changes nothing but through its job script (it reads, checks and
+    calls ``start_job``; no upload): its request's rate-limit charge, its 202's audit entry
+    and the check of the (cached) host record are made by that script (see
+    ``app/request_accounting.py``, ``app.jobs.dispatch.Folding``). When the host record
+    changed, nothing was written: the view runs again with the record re-read."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, _STALE_HOST_ATTEMPTS + 1):
+            try:
+                return view(*args, **kwargs)
+            except StaleHostError:
+                if attempt == _STALE_HOST_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    wrapper.charged_by_job = True
+    return wrapper
 
 
 def start_job(kind: str, **kwargs: Any) -> tuple[dict, int, dict]:

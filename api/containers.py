@@ -8,7 +8,16 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import call, caller_context, host_record, redacted, requires, sse_response, start_job
+from api.common import (
+    call,
+    caller_context,
+    charged_by_job,
+    host_record,
+    redacted,
+    requires,
+    sse_response,
+    start_job,
+)
 from api.services import containers as service
 from api.services.containers import require_admin_for_unmanaged
 from api.services.images import caller_policy, stored_registry_address
@@ -80,6 +89,7 @@ class Containers(MethodView):
         """`docker ps [-a] [-n N] [-l]` with filters; one engine call."""
         return service.list_containers(call(), host=host, args=args)
 
+    @charged_by_job
     @requires("operator")
     @blp.arguments(ProvisionSpecSchema)
     @blp.response(202, ProvisionJobSchema)
@@ -87,6 +97,7 @@ class Containers(MethodView):
         """`docker run -d`: provision a container (job)."""
         return service.provision(call(), host=host, spec=spec)
 
+    @charged_by_job
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
     @blp.response(202, RemoveMatchingJobSchema)
@@ -109,6 +120,7 @@ class Containers(MethodView):
 
 @blp.route("/hosts/<string:host>/containers/prune")
 class ContainerPrune(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(PruneSpecSchema)
     @blp.response(202, ContainerPruneJobSchema)
@@ -138,6 +150,7 @@ class Container(MethodView):
         return redacted("inspect", run_query(CONTAINERS_INSPECT, host_record(host),
                                              [caller_context(), ref]))
 
+    @charged_by_job
     @requires("operator")
     @blp.arguments(RemoveArgsSchema, location="query")
     @blp.response(202, ContainerRemovedJobSchema)
@@ -150,6 +163,7 @@ def _lifecycle(verb: str, schema: type, summary: str) -> None:
     """One path per lifecycle verb, each with its own body schema and operation."""
 
     class Lifecycle(MethodView):
+        @charged_by_job
         @requires("operator")
         @blp.arguments(schema, required=False)
         @blp.response(202, ContainerStateJobSchema)
@@ -196,6 +210,7 @@ class ContainerLogs(MethodView):
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/exec")
 class ContainerExec(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(ExecSpecSchema)
     @blp.response(202, ExecJobSchema)
@@ -265,6 +280,7 @@ class ContainerPorts(MethodView):
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/wait")
 class ContainerWait(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(WaitSpecSchema)
     @blp.response(202, WaitJobSchema)
@@ -276,6 +292,7 @@ class ContainerWait(MethodView):
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/rename")
 class ContainerRename(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(RenameSpecSchema)
     @blp.response(202, RenameJobSchema)
@@ -294,6 +311,7 @@ class ContainerRename(MethodView):
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/update")
 class ContainerUpdate(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(UpdateSpecSchema)
     @blp.response(202, UpdateJobSchema)

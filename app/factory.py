@@ -22,15 +22,18 @@ from app.core.errors import (
     UnsupportedMediaTypeError,
     problem_from_http,
 )
-from app.core.store import utcnow as _utcnow
 from app.ops import metrics
+from app.request_accounting import (
+    PUBLIC_PATHS,
+    audit_request,
+    forget_folding,
+    limit_rate,
+    settle_rate,
+)
 from app.runtime import runtime
-from app.security import audit
 
 logger = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/docs", "/api/v1/openapi.json",
-                "/api/v1/integrations/slack/commands", "/api/v1/integrations/mattermost/commands")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 # The HTTP layer, imported by path: app/ never imports api/ or schemas/ (the arrows run from
 # api to app, see docs/development.md).
@@ -150,9 +153,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.before_request(_authenticate)
     app.before_request(_check_content_type)
     app.before_request(_take_callback_url)
-    app.before_request(_limit_rate)
+    app.before_request(limit_rate)
     app.after_request(_echo_request_id)
-    app.after_request(_audit)
+    app.after_request(audit_request)
+    app.after_request(settle_rate)  # after_request hooks run last-registered first
+    app.teardown_request(forget_folding)
     app.register_error_handler(DockyardError, _dockyard_error)
     app.register_error_handler(redis.exceptions.ConnectionError, _redis_down)
     app.register_error_handler(redis.exceptions.TimeoutError, _redis_down)
@@ -241,45 +246,6 @@ def _take_callback_url() -> None:
         g.callback_url = body.pop("callback_url")
         # webargs re-parses the raw body, so the cached bytes are replaced as well.
         request._cached_data = json.dumps(body).encode()
-
-
-def _limit_rate() -> None:
-    principal = g.get("principal")
-    if principal is None:
-        return
-    runtime().rate_limiter.charge(principal, request.method, runtime().settings)
-
-
-def _audit(response: Response) -> Response:
-    """Record changing and denied requests: who, what, target, decision, outcome."""
-    if request.url_rule is None or request.path.startswith(PUBLIC_PATHS):
-        return response
-    if not audit.audited(request.method, response.status_code):
-        return response
-    try:
-        runtime().audit.record(_audit_entry(response))
-    except Exception:  # the audit store being down must not turn an answer into a 500
-        logger.warning("audit record failed request_id=%s", g.get("request_id"), exc_info=True)
-    return response
-
-
-_JOB_LOCATION = "/api/v1/jobs/"
-
-
-def _audit_entry(response: Response) -> dict[str, Any]:
-    # A job answer (202/200 with Location) names its job in that header: its body is never
-    # parsed again here. Others (a problem with its rule, a cancelled job) still are.
-    location = response.headers.get("Location", "")
-    job_id = location[len(_JOB_LOCATION):] if response.status_code < 400 and \
-        location.startswith(_JOB_LOCATION) else None
-    answer = response.get_json(silent=True) if job_id is None and response.is_json and \
-        not response.direct_passthrough else None
-    return audit.entry(
-        ts=_utcnow(), request_id=g.get("request_id"), principal=g.get("principal"),
-        method=request.method, route=request.url_rule.rule, path=request.path,
-        view_args=request.view_args or {}, query=request.args.to_dict(flat=False),
-        body=request.get_json(silent=True) if request.is_json else None,
-        status=response.status_code, answer=answer, chat=None, job_id=job_id)
 
 
 def _authenticate() -> None:

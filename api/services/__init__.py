@@ -24,7 +24,7 @@ from app.core.errors import InvalidInputError
 from app.integrations.webhook_targets import check_callback_url
 from app.integrations.webhooks import watch_job
 from app.jobs import records as jobstates
-from app.jobs.dispatch import submit_job
+from app.jobs.dispatch import Folding, current_folding, submit_job
 from app.runtime import runtime
 from app.security.auth import Principal
 from app.security.redaction import redact_for
@@ -45,6 +45,7 @@ class Call:
     idempotency_key: str | None = None
     callback_url: str | None = None
     wait: str | None = None
+    folding: Folding | None = None
 
     def caller(self) -> dict[str, Any]:
         """The caller as the worker needs it (role and host scope), JSON-ready."""
@@ -77,7 +78,14 @@ def operation(role: str) -> Callable:
 
 
 def host_record(name: str) -> dict[str, Any]:
-    """A host's record (404 for an unknown one); scope is checked by ``operation``."""
+    """A host's record (404 for an unknown one); scope is checked by ``operation``.
+
+    Within an HTTP job submission (``api.common.charged_by_job``) it comes from the
+    process cache, and the job script checks it is still the stored one (see ``Folding``).
+    """
+    folding = current_folding.get()
+    if folding is not None:
+        return folding.host_record(name)
     return runtime().hosts.get(name)
 
 
@@ -183,6 +191,18 @@ def _record_job(call: Call, kind: str, host_record: dict[str, Any] | None, targe
                 args: list[Any], body: Any, precheck: Callable[[], None] | None,
                 spool: Path | None, submit: Callable | None) -> tuple[dict[str, Any], bool]:
     """The job this call made now (True), or the one an Idempotency-Key replays (False)."""
+    folding = call.folding
+    # Only a plain submission leaves its charge (and audit entry) to the job script: before
+    # anything else that a request over its limit must not do (a precheck query, an upload,
+    # a callback, fan-out, an idempotent replay's lookup) the charge is made on its own,
+    # and the cached host records used are confirmed (the script checks only the job's).
+    folds = folding is not None and submit is None and precheck is None and spool is None \
+        and call.callback_url is None and call.idempotency_key is None \
+        and set(folding.hosts) <= ({host_record["name"]} if host_record else set())
+    if folding is not None and not folds:
+        folding.confirm_hosts()
+        folding.charge_now()
+        folding.audit = None  # the after-request hook writes it (the answer may differ)
     if call.callback_url is not None:
         check_callback_url(call.callback_url)
     idempotency = None
@@ -202,7 +222,8 @@ def _record_job(call: Call, kind: str, host_record: dict[str, Any] | None, targe
     else:
         record, created = submit_job(kind, call.principal, host_record=host_record,
                                      target=target, args=args, idempotency=idempotency,
-                                     spool=str(spool) if spool is not None else None)
+                                     spool=str(spool) if spool is not None else None,
+                                     folding=folding)
     if call.callback_url is not None and created:
         watch_job(record["id"], {"format": "dockyard", "url": call.callback_url})
     return record, created

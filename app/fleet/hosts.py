@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -20,12 +21,14 @@ from app.registry.registries import RegistryStore
 from app.security import agent_access, crypto
 
 _HOSTS = PREFIX + "hosts"
+HOSTS_KEY = _HOSTS  # the hash of host records (name -> JSON), read by the job script
 _STATUS = PREFIX + "hosts:status"
 _REVISION = PREFIX + "hosts:revision"
 RESERVED_NAMES = frozenset({"auto"})
 TLS_FIELDS = ("ca_cert", "client_cert", "client_key")
 SSH_FIELDS = ("private_key", "known_hosts", "passphrase")
 _SSH_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+_CACHE_SIZE = 10_000
 
 
 def validate_url(url: str, has_tls: bool, has_ssh: bool = False) -> None:
@@ -145,6 +148,8 @@ class HostStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
+        # name -> (stored JSON, its SHA-1): see ``get_checked``.
+        self._cache: dict[str, tuple[str, str]] = {}
 
     def create(self, name: str, url: str, tls: dict[str, str] | None, route: str,
                labels: dict[str, str], ssh: dict[str, str | None] | None = None) -> dict[str, Any]:
@@ -247,6 +252,34 @@ class HostStore:
             raise NotFoundError(f"no host '{name}'", host=name)
         return json.loads(raw)
 
+    def get_checked(self, name: str) -> tuple[dict[str, Any], str]:
+        """A host's record and the SHA-1 of its stored JSON, from this process's cache.
+
+        Only for a caller whose write checks that digest in the same round trip (a job
+        submission: the job script compares it with ``redis.sha1hex`` of the stored record
+        and writes nothing on a mismatch, see ``JobStore.create``), and calls
+        ``forget_checked`` then: a cached record is never used unchecked. Absent hosts are
+        not cached (404 every time).
+        """
+        hit = self._cache.get(name)
+        if hit is None:
+            raw = self.redis.hget(_HOSTS, name)
+            if raw is None:
+                raise NotFoundError(f"no host '{name}'", host=name)
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            hit = self._cache[name] = (raw, _digest(raw))
+        return json.loads(hit[0]), hit[1]
+
+    def is_current(self, name: str, digest: str) -> bool:
+        """Whether the stored record still has this SHA-1 (False once deleted)."""
+        raw = self.redis.hget(_HOSTS, name)
+        return raw is not None and _digest(raw) == digest
+
+    def forget_checked(self, name: str) -> None:
+        """Drop a cached record its job script found changed (or deleted)."""
+        self._cache.pop(name, None)
+
     def list(self) -> list[dict[str, Any]]:
         return sorted((json.loads(raw) for raw in self.redis.hvals(_HOSTS)),
                       key=lambda r: r["name"])
@@ -296,6 +329,12 @@ class HostStore:
                 if raw is not None:
                     found[name] = json.loads(raw)
         return found
+
+
+def _digest(raw: str) -> str:
+    # SHA-1 because the job script compares it with Redis's ``redis.sha1hex``: it tells a
+    # changed record from the cached one (records are written by admins), no secret.
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()
 
 
 def public_view(record: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:

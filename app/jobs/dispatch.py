@@ -6,6 +6,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import NoWorkerError, QueryTimeoutError, UnavailableError, error_from_problem
@@ -13,9 +16,10 @@ from app.core.store import PREFIX, get_redis, utcnow
 from app.fleet.hosts import queues_for
 from app.jobs.handoff import NotReplicatedError, broker_message
 from app.jobs.pipes import PipeReader, new_pipe_id
-from app.jobs.records import QUEUED, RUNNING, job_key
+from app.jobs.records import QUEUED, RUNNING, CreateExtras, job_key
 from app.runtime import runtime
 from app.security.auth import Principal
+from app.security.ratelimit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +79,64 @@ def _no_worker(queue: str, host: str | None) -> NoWorkerError:
     return NoWorkerError(f"no live worker consumes queue '{queue}'{where}", queue=queue, host=host)
 
 
+class StaleHostError(UnavailableError):
+    """The host record a submission used changed before its job script ran (nothing was
+    written); the view is run again with the record re-read (``api.common.charged_by_job``)."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"host '{host}' changed while the job was submitted; retry",
+                         retry_after=1)
+
+
+@dataclass
+class Folding:
+    """What an HTTP job submission leaves to its job script (``JobStore.create``).
+
+    ``rate``: (token id, route class, limit) of a rate-limit charge still owed (the
+    before-request hook deferred it; see ``app/request_accounting.py``), None once made;
+    ``audit``: builds the JSON audit entry of the 202 answer for a job id (None when the
+    answer may be something else, e.g. with ``?wait``); ``audited``: the script wrote it;
+    ``hosts``: host name -> digest of the cached record the request used (``host_record``),
+    checked by the script (a mismatch raises ``StaleHostError``: the view runs again).
+    """
+
+    rate: tuple[str, str, int] | None = None
+    audit: Callable[[str], str] | None = None
+    audited: bool = False
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    def host_record(self, name: str) -> dict[str, Any]:
+        """The host's record from the process cache, its digest kept for the job script."""
+        record, self.hosts[name] = runtime().hosts.get_checked(name)
+        return record
+
+    def confirm_hosts(self) -> None:
+        """Check the cached host records used so far are still the stored ones, before
+        they are used for anything the job script does not check (a precheck query)."""
+        hosts = runtime().hosts
+        for name, digest in self.hosts.items():
+            if not hosts.is_current(name, digest):
+                hosts.forget_checked(name)
+                raise StaleHostError(name)
+
+    def charge_now(self) -> None:
+        """Make the owed charge on its own (before anything but a read is done)."""
+        if self.rate is not None:
+            token_id, kind, limit = self.rate
+            self.rate = None
+            runtime().rate_limiter.hit(token_id, kind, limit)
+
+
+# The Folding of the HTTP submission being served (None for anything else), set by the
+# before-request hook (app/request_accounting.py) so ``api.services.host_record`` finds it.
+current_folding: ContextVar[Folding | None] = ContextVar("current_folding", default=None)
+
+
 def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] | None,
                target: str | None, args: list[Any], idempotency: tuple[str, str] | None,
                queue: str | None = None, parent: str | None = None,
-               spool: str | None = None) -> tuple[dict[str, Any], bool]:
+               spool: str | None = None,
+               folding: Folding | None = None) -> tuple[dict[str, Any], bool]:
     """Record a job and enqueue its task.
 
     Args:
@@ -88,6 +146,8 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
         idempotency: (key, request fingerprint) from an ``Idempotency-Key`` header.
         queue: explicit queue for host-less jobs.
         spool: the uploaded file the job consumes (deleted if it is cancelled while queued).
+        folding: an HTTP request's ``Folding``: its owed rate-limit charge and
+            its 202's audit entry go into the job script (see ``JobStore.create``).
 
     Returns:
         The job record and whether it was created now (False: an idempotent replay).
@@ -104,10 +164,12 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     # app/jobs/handoff.py): a record never exists without its message, nor a message without
     # its record, and one round trip does both.
     message = broker_message(rt.celery, kind, task_args, queue, record["id"])
+    extras, charged = _extras(folding, record["id"], host)
+    outcome = None
     try:
         outcome, held = rt.jobs.create(
             record, lane_key(queue), claim, message,
-            keep=not (host_record and host_record.get("route") == "agent"))
+            keep=not (host_record and host_record.get("route") == "agent"), extras=extras)
     except NotReplicatedError as exc:
         # The job is queued and will run; but a failover now could forget it, so the
         # client is told to retry (with its Idempotency-Key it gets this same job).
@@ -115,6 +177,16 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
         raise UnavailableError("the job store could not confirm the job on a replica in "
                                "time; retry with the same Idempotency-Key",
                                retry_after=REPLICATION_RETRY_AFTER_SECONDS) from exc
+    finally:
+        if folding is not None:
+            folding.audited = extras.audited
+            if charged is not None and outcome != "stale-host":
+                folding.rate = None  # the script charged it (whatever else it answered)
+    if outcome == "stale-host":
+        rt.hosts.forget_checked(host)
+        raise StaleHostError(host)
+    if outcome == "limited":
+        raise RateLimiter.refusal(charged[0], charged[1], charged[2])
     if outcome == "no-lane":
         raise _no_worker(queue, host)
     if outcome == "claimed":
@@ -122,6 +194,26 @@ def submit_job(kind: str, principal: Principal, *, host_record: dict[str, Any] |
     # DEBUG: at hundreds of submissions a second this line was a tenth of the API's CPU.
     logger.debug("job %s queued kind=%s host=%s", record["id"], kind, host)
     return record, True
+
+
+def _extras(folding: Folding | None, job_id: str, host: str | None
+            ) -> tuple[CreateExtras | None, tuple[str, int, float] | None]:
+    """The job script's extras for ``folding``, and (class, limit, time) of its charge."""
+    if folding is None:
+        return None, None
+    extras = CreateExtras(audit_entry=folding.audit(job_id) if folding.audit else "")
+    if host and host in folding.hosts:
+        extras.host_check = (host, folding.hosts[host])
+    charged = None
+    if folding.rate is not None:
+        token_id, kind, limit = folding.rate
+        if limit > 0:
+            extras.rate_key, now = RateLimiter.window(token_id, kind)
+            extras.rate_limit = limit
+            charged = (kind, limit, now)
+        else:
+            folding.rate = None
+    return extras, charged
 
 
 def submit_fanout(kind: str, principal: Principal, *, host_records: list[dict[str, Any]],

@@ -178,7 +178,7 @@ class Replication:
 
 
 def execute_replicated(pipe: redis.client.Pipeline, replication: Replication | None,
-                       client: redis.Redis) -> list[Any]:
+                       client: redis.Redis, wanted: int | None = None) -> list[Any]:
     """Run ``pipe`` with a WAIT at its end (same connection), checking the answer.
 
     Returns the pipeline's results without the WAIT's.
@@ -186,8 +186,9 @@ def execute_replicated(pipe: redis.client.Pipeline, replication: Replication | N
     Raises:
         NotReplicatedError: too few replicas confirmed in time.
     """
-    wanted = replication.wanted() if replication is not None else 0
-    if wanted:
+    if wanted is None:
+        wanted = replication.wanted() if replication is not None else 0
+    if wanted and replication is not None:
         pipe.execute_command("WAIT", wanted, replication.timeout_ms)
         results = pipe.execute()
         replication.check(client, wanted, int(results[-1]))

@@ -22,8 +22,12 @@ import redis
 from app.core.errors import ConflictError, InvalidInputError, NotFoundError
 from app.core.ids import new_id
 from app.core.store import PREFIX, utcnow
+from app.fleet.hosts import HOSTS_KEY as HOSTS
 from app.jobs.handoff import INFLIGHT, MESSAGES, NotReplicatedError, Replication, execute_replicated
+from app.security.audit import MAXLEN as AUDIT_MAXLEN
+from app.security.audit import STREAM as AUDIT_STREAM
 from app.security.auth import Principal
+from app.security.ratelimit import WINDOW_TTL as RATE_WINDOW_TTL
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled")
@@ -100,24 +104,39 @@ redis.call('HSET', KEYS[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
 return 1
 """
 
-# Creates a job in one round trip: the lane's liveness (a worker's heartbeat score is the
-# time it is good until), the Idempotency-Key claim, the record, the index, the first
-# event and the job's broker message (LPUSHed as kombu's Redis transport would, a copy
-# kept until the job ends; see app/jobs/handoff.py). Nothing is written when the lane is dead
-# or the key was already claimed.
+# Creates a job in one round trip: the host record's digest (the API's cached copy is still
+# the stored one), the rate-limit charge, the lane's liveness (a worker's heartbeat score is
+# the time it is good until), the Idempotency-Key claim, the record, the index, the first
+# event, the job's broker message (LPUSHed as kombu's Redis transport would, a copy kept
+# until the job ends; see app/jobs/handoff.py) and the request's audit entry. Nothing but
+# the charge is written when the lane is dead, the key was already claimed or the limit is
+# passed; nothing at all when the host record changed (the caller re-reads it and retries).
 # KEYS: 1 lane, 2 record, 3 index, 4 events, 5 queue list, 6 MESSAGES, 7 INFLIGHT,
-#       8 HOST_INDEX, 9 Idempotency-Key (optional)
+#       8 HOST_INDEX, 9 rate-limit counter, 10 audit stream, 11 hosts hash,
+#       12 Idempotency-Key (optional)
 # ARGV: 1 now, 2 retention, 3 job id, 4 first event, 5 events maxlen, 6 claim value,
 #       7 claim ttl, 8 message ('' to push none), 9 kept copy ('' to keep none: an agent's
-#       job, which the sweeper cannot see), 10 host, 11... record fields
+#       job, which the sweeper cannot see), 10 host, 11 rate limit (0: no charge here),
+#       12 counter ttl, 13 audit entry ('' for none), 14 audit maxlen, 15 host whose record
+#       is checked ('' for none), 16 its record's SHA-1, 17... record fields
 _CREATE = """
+if ARGV[15] ~= '' then
+  local raw = redis.call('HGET', KEYS[11], ARGV[15])
+  if (not raw) or redis.sha1hex(raw) ~= ARGV[16] then return {'stale-host'} end
+end
+local limit = tonumber(ARGV[11])
+if limit > 0 then
+  local count = redis.call('INCR', KEYS[9])
+  redis.call('EXPIRE', KEYS[9], ARGV[12])
+  if count > limit then return {'limited'} end
+end
 if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then return {'no-lane'} end
-if KEYS[9] then
-  if not redis.call('SET', KEYS[9], ARGV[6], 'NX', 'EX', ARGV[7]) then
-    return {'claimed', redis.call('GET', KEYS[9])}
+if KEYS[12] then
+  if not redis.call('SET', KEYS[12], ARGV[6], 'NX', 'EX', ARGV[7]) then
+    return {'claimed', redis.call('GET', KEYS[12])}
   end
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 11))
+redis.call('HSET', KEYS[2], unpack(ARGV, 17))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
 redis.call('HSET', KEYS[8], ARGV[3], ARGV[10])
@@ -130,8 +149,28 @@ end
 if ARGV[8] ~= '' then
   redis.call('LPUSH', KEYS[5], ARGV[8])
 end
+if ARGV[13] ~= '' then
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[14], '*', 'entry', ARGV[13])
+end
 return {'created'}
 """
+
+
+@dataclass
+class CreateExtras:
+    """What a submission folds into its job script besides the job.
+
+    ``host_check``: (host name, SHA-1 of its stored record) the caller used, or None;
+    ``rate_key``/``rate_limit``: the limiter's counter to charge and its limit (0: none);
+    ``audit_entry``: the JSON audit entry of the 202 answer ('' for none). ``audited`` is
+    set by ``JobStore.create``: whether the entry was written.
+    """
+
+    host_check: tuple[str, str] | None = None
+    rate_key: str = ""
+    rate_limit: int = 0
+    audit_entry: str = ""
+    audited: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,7 +293,7 @@ class JobStore:
 
     def create(self, record: dict[str, Any], lane: str, claim: Claim | None,
                message: tuple[str, str, str] | None = None,
-               keep: bool = True) -> tuple[str, str | None]:
+               keep: bool = True, extras: CreateExtras | None = None) -> tuple[str, str | None]:
         """Write ``record`` if the lane (a heartbeat key) is live and ``claim`` is free.
 
         ``message`` (queue list, kombu JSON, delivery tag; see ``handoff.broker_message``)
@@ -262,31 +301,57 @@ class JobStore:
         replication settings, the script is followed by a WAIT on the same connection.
         ``keep`` keeps a copy for the sweeper; an agent's job keeps none (its worker's
         Redis user cannot drop it, nor can the sweeper see the agent's deliveries).
+        ``extras`` folds the request's host check, rate-limit charge and audit entry into
+        the same round trip (see ``CreateExtras``); its ``audited`` says whether the entry
+        was written (never when a WAIT follows: a 503 may still be answered).
 
         Returns:
-            ("created", None); ("no-lane", None) and nothing written; or ("claimed", the
-            value the key already holds) and nothing written.
+            ("created", None); ("no-lane", None) and nothing written; ("claimed", the
+            value the key already holds) and nothing written; with ``extras``,
+            ("stale-host", None) and nothing written, or ("limited", None) and only the
+            charge written.
 
         Raises:
             NotReplicatedError: created, but too few replicas confirmed it in time.
         """
         host = record.get("host") or ""
         queue_list, payload, tag = message or ("", "", "")
+        replication = self.replication if message else None
+        wanted = replication.wanted() if replication is not None else 0
+        extras = extras or CreateExtras()
+        audit_entry = extras.audit_entry if not wanted else ""
         keys = [lane, job_key(record["id"], host), _INDEX, events_key(record["id"], host),
-                queue_list or lane, MESSAGES, INFLIGHT, HOST_INDEX]
+                queue_list or lane, MESSAGES, INFLIGHT, HOST_INDEX,
+                extras.rate_key or lane, AUDIT_STREAM, HOSTS]
         fields = [item for pair in _encode(record).items() for item in pair]
         kept = json.dumps({"queue": queue_list, "tag": tag, "message": payload, "sent": 1}
                           ) if message and keep else ""
         args = [time.time(), self.retention, record["id"], json.dumps({"state": QUEUED}),
                 _EVENTS_MAXLEN, claim.value if claim else "", claim.ttl if claim else 0,
-                payload, kept, host, *fields]
+                payload, kept, host, extras.rate_limit, RATE_WINDOW_TTL, audit_entry,
+                AUDIT_MAXLEN, extras.host_check[0] if extras.host_check else "",
+                extras.host_check[1] if extras.host_check else "", *fields]
         if claim is not None:
             keys.append(claim.key)
-        pipe = self.redis.pipeline(transaction=False)
-        self._create(keys=keys, args=args, client=pipe)
-        replication = self.replication if message else None
-        outcome = execute_replicated(pipe, replication, self.redis)[0]
+        outcome = self._run_create(keys, args, replication, wanted)
+        extras.audited = bool(audit_entry) and outcome[0] == "created"
         return outcome[0], (outcome[1] if len(outcome) > 1 else None)
+
+    def _run_create(self, keys: list[Any], args: list[Any], replication: Replication | None,
+                    wanted: int) -> list[Any]:
+        # EVALSHA straight away: a pipeline running a registered script asks SCRIPT EXISTS
+        # first, a round trip of its own. NOSCRIPT (a restarted or failed-over Redis) ran
+        # nothing, so the script is loaded and the same call made once more.
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._create.sha, len(keys), *keys, *args)
+            try:
+                return execute_replicated(pipe, replication, self.redis, wanted)[0]
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._create.sha = self.redis.script_load(self._create.script)
+        raise AssertionError("unreachable")
 
     def forget_message(self, job_id: str) -> None:
         """Drop a job's kept message (it ended, or its record expired)."""

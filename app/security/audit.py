@@ -10,8 +10,8 @@ import redis
 
 from app.core.store import PREFIX
 
-_STREAM = PREFIX + "audit"
-_MAXLEN = 1_000_000
+_STREAM = STREAM = PREFIX + "audit"
+_MAXLEN = MAXLEN = 1_000_000
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|private|client_key|^key$|credential|"
                           r"authorization|signature", re.IGNORECASE)
 _SECRET_VALUES = re.compile(r"-----BEGIN [A-Z ]+-----|\bdy_[A-Za-z0-9_-]{8,}|\bBearer\s+\S+")
@@ -72,6 +72,11 @@ def entry(*, ts: str, request_id: str | None, principal: Any, method: str, route
     }
 
 
+def encode(entry: dict[str, Any]) -> str:
+    """An entry as the stream stores it (``AuditLog.record``, or a job script's own XADD)."""
+    return json.dumps(entry, default=str)
+
+
 class AuditLog:
     """Records in a capped Redis stream, newest last; no API removes or edits them."""
 
@@ -79,8 +84,7 @@ class AuditLog:
         self.redis = client
 
     def record(self, entry: dict[str, Any]) -> None:
-        self.redis.xadd(_STREAM, {"entry": json.dumps(entry, default=str)}, maxlen=_MAXLEN,
-                        approximate=True)
+        self.redis.xadd(_STREAM, {"entry": encode(entry)}, maxlen=_MAXLEN, approximate=True)
 
     def query(self, *, actor: str | None = None, host: str | None = None,
               outcome: str | None = None, since_ms: int | None = None,
