@@ -38,6 +38,13 @@ up_redis() {
       return
     fi
     if redis_ping; then log "redis: using ours on 127.0.0.1:$REDIS_PORT"; return; fi
+    if [ -z "${DOCKYARD_REDIS_PORT:-}" ] && [ "$REDIS_PORT" -lt 6399 ]; then
+      # Somebody else's Redis (another checkout's, say): ours goes on the next port.
+      log "redis on 127.0.0.1:$REDIS_PORT is somebody else's; trying $((REDIS_PORT + 1))"
+      REDIS_PORT=$((REDIS_PORT + 1))
+      up_redis
+      return
+    fi
     log "redis on 127.0.0.1:$REDIS_PORT wants a password that is not $STATE_DIR/redis-password;"
     log "stop it, or set DOCKYARD_REDIS_PORT to another port"
     exit 1
