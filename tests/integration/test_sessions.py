@@ -631,7 +631,7 @@ def test_a_session_on_an_ssh_host_works_and_leaves_nothing_behind(operator, ssh_
 def agent_host(state_dir, admin, engine, stack_env):
     """A host served by `dockyard-agent` inside its namespace (the engine's unix socket)."""
     from tests.integration.conftest import STACK_REDIS_URL
-    from tests.integration.test_fleet import REDIS_RELAY_PORT, Agent
+    from tests.integration.test_fleet import REDIS_RELAY_PORT, agent_in_namespace
 
     remote = start_on_a_free_subnet(f"sag{os.getpid() % 100000}", state_dir, range(60, 70))
     host = f"agent-{remote.name}"
@@ -642,8 +642,8 @@ def agent_host(state_dir, admin, engine, stack_env):
                                               "route": "agent"})
         assert response.status_code == 201, response.text
         # The agent holds only its own login, key and the public verify key.
-        agent = Agent(remote, host, stack_env, state_dir / "log",
-                      response.json()["agent_credentials"])
+        agent = agent_in_namespace(remote, host, stack_env, state_dir / "log",
+                                   response.json()["agent_credentials"])
         with Forwarder((remote.host_ip, REDIS_RELAY_PORT),
                        ("127.0.0.1", urlsplit(STACK_REDIS_URL).port or 6379)):
             agent.start()
