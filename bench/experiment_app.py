@@ -28,7 +28,10 @@ from typing import Any
 
 import app.jobs.dispatch as dispatch
 from app.fleet.hosts import HostStore
-from wsgi import app, celery
+from app.runtime import runtime
+from wsgi import app
+
+celery = runtime().celery  # the API's Celery app (wsgi serves only the Flask app)
 
 ALL = "host-cache,lane-cache,argsrepr,quiet-log,gc-freeze"
 EXPERIMENTS = {e.strip() for e in os.environ.get("DOCKYARD_BENCH_EXPERIMENTS", ALL).split(",")
