@@ -390,7 +390,7 @@ def test_secret_build_args_are_redacted_everywhere(operator, engine, made, name,
 
 def test_a_failing_step_fails_the_job_naming_the_step_and_the_engine_message(operator, engine,
                                                                             name):
-    before = {c.id for c in engine.containers.list(all=True)}
+    before = {c.id for c in engine.containers.list(all=True, sparse=True)}
     job = finished(operator, operator.post("/builds", params={"wait": 60}, json={
         "host": "local", "tags": [f"{name}/broken:1"],
         "dockerfile": f"FROM {BUSYBOX}\nRUN echo before\nRUN echo boom && exit 3\n"}))
@@ -401,7 +401,7 @@ def test_a_failing_step_fails_the_job_naming_the_step_and_the_engine_message(ope
         "The command '/bin/sh -c echo boom && exit 3' returned a non-zero code: 3"
     assert error["step"] in error["detail"] and error["engine_message"] in error["detail"]
     # forcerm: the failed step's intermediate container is not left behind
-    assert {c.id for c in engine.containers.list(all=True)} <= before
+    assert {c.id for c in engine.containers.list(all=True, sparse=True)} <= before
 
     unparsable = finished(operator, operator.post("/builds", params={"wait": 60}, json={
         "host": "local", "dockerfile": f"FROM {BUSYBOX}\nFROBNICATE now\n"}))

@@ -43,9 +43,9 @@ def test_ps_filters_by_exact_name_label_status_and_ancestor(viewer, running, uni
 
 def test_ps_all_limit_and_latest_match_docker(viewer, engine, running):
     listed = viewer.get("/hosts/local/containers", params={"all": "true"}).json()
-    assert {c["id"] for c in listed} == {c.id for c in engine.containers.list(all=True)}
+    assert {c["id"] for c in listed} == {c.id for c in engine.containers.list(all=True, sparse=True)}
     latest = viewer.get("/hosts/local/containers", params={"latest": "true"}).json()
-    assert [c["id"] for c in latest] == [c.id for c in engine.containers.list(all=True, limit=1)]
+    assert [c["id"] for c in latest] == [c.id for c in engine.containers.list(all=True, limit=1, sparse=True)]
     limited = viewer.get("/hosts/local/containers", params={"all": "true", "limit": 1}).json()
     assert len(limited) == 1
 

@@ -8,7 +8,7 @@ from tests.integration.helpers import BUSYBOX
 
 
 def _count(engine) -> int:
-    return len(engine.containers.list(all=True))
+    return len(engine.containers.list(all=True, sparse=True))
 
 
 @pytest.mark.parametrize("spec, field", [
