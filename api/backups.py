@@ -8,7 +8,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import call, caller_context, host_record, principal, requires
+from api.common import call, caller_context, charged_by_job, host_record, principal, requires
 from api.services import backups as service
 from app.backups.download import digest_headers, none_match, parse_range
 from app.backups.schedules import BackupScheduleStore, validate_cron
@@ -53,6 +53,7 @@ def _with_links(manifest: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/backups")
 class ContainerBackups(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(BackupSpecSchema)
     @blp.response(202, BackupJobSchema)
@@ -145,6 +146,7 @@ class BackupContent(MethodView):
 
 @blp.route("/backups/<string:backup_id>/restore")
 class BackupRestore(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(RestoreSpecSchema)
     @blp.response(202, RestoreJobSchema)

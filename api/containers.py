@@ -323,6 +323,7 @@ class ContainerUpdate(MethodView):
 
 @blp.route("/hosts/<string:host>/containers/<string:ref>/commit")
 class ContainerCommit(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(CommitSpecSchema)
     @blp.response(202, CommitJobSchema)

@@ -9,7 +9,7 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import call, host_record, redacted, requires, start_job
+from api.common import call, charged_by_job, host_record, redacted, requires, start_job
 from api.services import images as service
 from api.services.images import caller_policy, stored_registry_address
 from app.core.errors import InvalidInputError
@@ -84,6 +84,7 @@ class Images(MethodView):
         answer = service.list_images(call(), host=host, args=args)
         return jsonify(answer) if args["quiet"] else answer
 
+    @charged_by_job
     @requires("operator")
     @blp.arguments(BulkRemoveArgsSchema, location="query")
     @blp.response(202, RemoveManyJobSchema)
@@ -96,6 +97,7 @@ class Images(MethodView):
 
 @blp.route("/hosts/<string:host>/images/pull")
 class ImagePull(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(PullSpecSchema)
     @blp.response(202, PullJobSchema)
@@ -111,6 +113,7 @@ class ImagePull(MethodView):
 
 @blp.route("/hosts/<string:host>/images/prune")
 class ImagePrune(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(ImagePruneSchema)
     @blp.response(202, ImagePruneJobSchema)
@@ -147,6 +150,7 @@ class Image(MethodView):
         """
         return redacted("inspect", run_query(IMAGES_INSPECT, host_record(host), [ref]))
 
+    @charged_by_job
     @requires("operator")
     @blp.arguments(RemoveImageArgsSchema, location="query")
     @blp.response(202, ImageRemovedJobSchema)
@@ -167,6 +171,7 @@ class ImageHistory(MethodView):
 
 @blp.route("/hosts/<string:host>/images/<path:ref>/tag")
 class ImageTag(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(TagSpecSchema)
     @blp.response(202, TagJobSchema)
@@ -183,6 +188,7 @@ class ImageTag(MethodView):
 
 @blp.route("/hosts/<string:host>/images/<path:ref>/push")
 class ImagePush(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(PushSpecSchema)
     @blp.response(202, PushJobSchema)

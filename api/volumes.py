@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.common import host_record, principal, requires, start_job
+from api.common import charged_by_job, host_record, principal, requires, start_job
 from app.core.errors import ConflictError
 from app.core.task_names import (
     VOLUMES_CREATE,
@@ -45,6 +45,7 @@ class Volumes(MethodView):
                  "labels": args["label"] or None}
         return run_query(VOLUMES_LIST, host_record(host), [query])
 
+    @charged_by_job
     @requires("operator")
     @blp.arguments(VolumeCreateSchema)
     @blp.response(202, VolumeCreatedJobSchema)
@@ -84,6 +85,7 @@ def _check_volume_spec(spec: dict) -> None:
 
 @blp.route("/hosts/<string:host>/volumes/prune")
 class VolumePrune(MethodView):
+    @charged_by_job
     @requires("operator")
     @blp.arguments(VolumePruneSchema)
     @blp.response(202, VolumePruneJobSchema)
@@ -101,6 +103,7 @@ class Volume(MethodView):
         """`docker volume inspect NAME`."""
         return run_query(VOLUMES_INSPECT, host_record(host), [name])
 
+    @charged_by_job
     @requires("operator")
     @blp.arguments(VolumeRemoveArgsSchema, location="query")
     @blp.response(202, VolumeRemovedJobSchema)

@@ -1,8 +1,8 @@
 """Redis round trips per job submission, in process (Flask test client, every hook).
 
-Counts what the API sends to Redis for one ``POST .../containers/x/start`` on the sink host
-of bench/submit.py (each ``send_packed_command`` is one round trip: a pipeline or a script
-is one, a lone command one), and lists the commands of the last submission.
+Counts what the API sends to Redis for one submission on the sink host of bench/submit.py,
+for one job route of each kind (each ``send_packed_command`` is one round trip: a pipeline
+or a script is one, a lone command one), and lists the commands of the last submission.
 
     source .state/run/env
     DOCKYARD_REDIS_URL=redis://127.0.0.1:6379/10 .venv/bin/python -m bench.submit_roundtrips
@@ -17,6 +17,17 @@ import redis.connection
 
 from bench.submit import SINK, Sink
 from bench.submit_cpu import _TestHttp
+
+# (label, method, path under the sink host, JSON body)
+ROUTES = [
+    ("container start", "POST", "containers/x/start", None),
+    ("container commit", "POST", "containers/x/commit", {"repository": "bench/commit"}),
+    ("image tag", "POST", "images/busybox:latest/tag", {"repository": "bench/tagged"}),
+    ("image prune", "POST", "images/prune", {}),
+    ("image rm", "DELETE", "images/bench/gone:1", None),
+    ("volume prune", "POST", "volumes/prune", {}),
+    ("volume rm", "DELETE", "volumes/bench-gone", None),
+]
 
 
 def main() -> int:
@@ -45,19 +56,27 @@ def main() -> int:
         return original(self, command, check_health)
 
     try:
-        url = f"/api/v1/hosts/{SINK}/containers/x/start"
-        for _ in range(3):  # warm: scripts loaded, caches filled
-            assert client.post(url, headers=http.headers).status_code == 202
-        redis.connection.AbstractConnection.send_packed_command = counting
-        count = 20
-        for _ in range(count):
-            response = client.post(url, headers=http.headers)
-            assert response.status_code == 202, response.get_data()
-        redis.connection.AbstractConnection.send_packed_command = original
-        trips = len(sent)
-        print(f"{trips / count:g} Redis round trips per submission ({trips} for {count})")
-        for trip in sent[-(trips // count):]:
-            print("  ", " + ".join(trip))
+        for label, method, path, body in ROUTES:
+            url = f"/api/v1/hosts/{SINK}/{path}"
+
+            def submit(url: str = url, method: str = method, body: Any = body) -> None:
+                response = client.open(url, method=method, headers=http.headers, json=body)
+                assert response.status_code == 202, response.get_data()
+
+            for _ in range(3):  # warm: scripts loaded, caches filled
+                submit()
+            sent.clear()
+            redis.connection.AbstractConnection.send_packed_command = counting
+            count = 20
+            for _ in range(count):
+                submit()
+            redis.connection.AbstractConnection.send_packed_command = original
+            trips = len(sent)
+            print(f"{label}: {trips / count:g} Redis round trips per submission "
+                  f"({trips} for {count})")
+            for trip in sent[-(trips // count):]:
+                print("  ", " + ".join(trip))
+            sink.drain()
     finally:
         redis.connection.AbstractConnection.send_packed_command = original
         sink.drain()

@@ -70,15 +70,32 @@ def entries_of(admin: Api, token_id: str) -> list[dict]:
             if e["token_id"] == token_id]
 
 
-def test_a_submission_is_charged_once_in_its_job_script(limited, sink, test_redis, admin):
+# One job route of each kind (method, path under the host, JSON body or None): each is
+# answered 202 without touching an engine (the sink host has no worker).
+ROUTES = {
+    "container start": ("POST", "containers/web/start", None),
+    "container commit": ("POST", "containers/web/commit", {"repository": "fold/commit"}),
+    "image tag": ("POST", "images/busybox:latest/tag", {"repository": "fold/tagged"}),
+    "image pull": ("POST", "images/pull", {"image": "127.0.0.1:5000/fold/pulled:1"}),
+    "image prune": ("POST", "images/prune", {}),
+    "image rm": ("DELETE", "images/fold/gone:1", None),
+    "volume create": ("POST", "volumes", {"labels": {"team": "fold"}}),
+    "volume prune": ("POST", "volumes/prune", {}),
+    "volume rm": ("DELETE", "volumes/fold-gone", None),
+}
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_submission_is_charged_once_in_its_job_script(route, limited, sink, test_redis, admin):
     http, token_id = limited
+    method, path, body = ROUTES[route]
     seed(test_redis, token_id, LIMIT - 1)
-    accepted = http.post(f"/hosts/{sink}/containers/web/start")
+    accepted = http.request(method, f"/hosts/{sink}/{path}", json=body)
     assert accepted.status_code == 202, accepted.text  # charged twice would be the 6th
     assert queued(test_redis, sink) == 1
 
     seed(test_redis, token_id, LIMIT)
-    refused = http.post(f"/hosts/{sink}/containers/web/stop", json={"timeout": 1})
+    refused = http.request(method, f"/hosts/{sink}/{path}", json=body)
     assert refused.status_code == 429, refused.text
     assert refused.headers["Retry-After"].isdigit()
     assert refused.json()["status"] == 429

@@ -10,28 +10,9 @@ from api.operations import OPERATION_IDS, PREFIX
 
 
 @pytest.fixture(scope="module")
-def openapi() -> dict:
+def openapi(offline_app) -> dict:
     """The document the API serves, built without any service (nothing connects here)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("DOCKYARD_SECRET_KEY", "unit-test-secret")
-        env.setenv("DOCKYARD_ADMIN_TOKEN", "")
-        env.setenv("DOCKYARD_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
-        env.delenv("DOCKYARD_REDIS_PASSWORD_FILE", raising=False)
-        from app.core.store import get_settings
-        from app.factory import create_app
-
-        get_settings.cache_clear()
-        try:
-            flask_app = create_app()
-            return flask_app.test_client().get("/api/v1/openapi.json").get_json()
-        finally:
-            # Nothing built for this document stays for other tests.
-            import app.core.store
-            import app.runtime
-
-            get_settings.cache_clear()
-            app.core.store._reset_after_fork()
-            app.runtime._runtime = app.runtime.Runtime()
+    return offline_app.test_client().get("/api/v1/openapi.json").get_json()
 
 
 def _operations(document: dict) -> dict[tuple[str, str], dict]:
