@@ -39,6 +39,8 @@ from tasks.failover import TRANSIENT_REDIS_ERRORS, through_failover
 
 logger = logging.getLogger(__name__)
 
+# docker-py's base URL for a unix-socket engine (its requests go through the socket adapter).
+UNIX_BASE_URL = "http+docker://localhost"
 _clients: EngineClients | None = None
 # How long a delivery of a job another live runner holds waits for it before giving up
 # (acknowledged; should that runner die later, the sweeper sends the kept copy again).
@@ -55,14 +57,16 @@ def engine_clients() -> EngineClients:
     return _clients
 
 
-def client_for(host: str, revision: int | None = None) -> docker.DockerClient:
-    """The cached client for ``host``, read from the inventory only on a miss."""
+def client_for(host: str, revision: int | None = None,
+               record: dict[str, Any] | None = None) -> docker.DockerClient:
+    """The cached client for ``host``, read from the inventory only on a miss (or from
+    ``record``, its record as just read)."""
     clients = engine_clients()
     if revision is not None:
         hit = clients.cached(host, int(revision))
         if hit is not None:
             return hit
-    record = runtime().hosts.get(host)
+    record = record or runtime().hosts.get(host)
     settings = runtime().settings
     if settings.agent_host == host:
         # An agent reaches its own engine by the local socket, whatever the record says.
@@ -72,18 +76,24 @@ def client_for(host: str, revision: int | None = None) -> docker.DockerClient:
     return client
 
 
-def fresh_client(host: str) -> docker.DockerClient:
+def fresh_client(host: str, record: dict[str, Any] | None = None) -> docker.DockerClient:
     """The host's client, checked with a ping; rebuilt once if its pooled connections died.
 
     After an engine restart every pooled connection is dead: the first call on one fails
     although the engine is back, so a job starts with a ping on a possibly new client.
+    Not on a unix socket: a restarted engine's end of it is closed by the kernel, and
+    urllib3 drops a closed pooled connection before reusing it
+    (tests/unit/test_engine_pool.py), so the first real call gets a new one; an engine that
+    is down fails that call with what the ping would have failed with.
     """
-    client = client_for(host)
+    client = client_for(host, record=record)
+    if client.api.base_url == UNIX_BASE_URL:
+        return client
     try:
         client.ping()
     except requests.exceptions.ConnectionError:
         engine_clients().forget(host)
-        client = client_for(host)
+        client = client_for(host, record=record)
     return client
 
 
@@ -115,25 +125,48 @@ class JobContext:
         # worker was lost mid-run (see JobTask._run_job).
         self.redelivered = False
         self._last_progress = 0.0
+        self._pending: list[dict[str, Any]] = []
         self._client: docker.DockerClient | None = None
+        self._host_record: dict[str, Any] | None = None
 
     @property
     def client(self) -> docker.DockerClient:
         assert self.host is not None
         if self._client is None:
-            self._client = fresh_client(self.host)
+            self._client = fresh_client(self.host, self.host_record)
         return self._client
 
+    @property
+    def host_record(self) -> dict[str, Any]:
+        """The job's host record, read once per delivery (client and policy share it)."""
+        assert self.host is not None
+        if self._host_record is None:
+            self._host_record = runtime().hosts.get(self.host)
+        return self._host_record
+
     def progress(self, done: int | None, total: int | None, unit: str, message: str,
-                 force: bool = False) -> None:
-        # Progress is rate-limited so a chatty stream does not flood Redis.
+                 force: bool = False, defer: bool = False) -> None:
+        """Record progress; rate-limited so a chatty stream does not flood Redis.
+
+        ``defer`` (a step that the next checkpoint follows soon) keeps it for the job's next
+        Redis write: the cancel check, the next progress, or the end of the job, whichever
+        comes first; the order of events is kept.
+        """
         now = time.monotonic()
         if not force and now - self._last_progress < 0.25:
             return
         self._last_progress = now
+        self._pending.append({"done": done, "total": total, "unit": unit, "message": message})
+        if not defer:
+            self.flush_progress()
+
+    def flush_progress(self) -> None:
+        """Write the progress kept by ``progress(defer=True)``, if any."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
         try:
-            runtime().jobs.set_progress(self.job_id, {"done": done, "total": total,
-                                                      "unit": unit, "message": message})
+            runtime().jobs.write_progress(self.job_id, pending)
         except redis.RedisError as exc:  # a failover: progress is news, not state; go on
             logger.warning("job %s: progress not recorded (%s)", self.job_id,
                            type(exc).__name__)
@@ -146,8 +179,13 @@ class JobContext:
                            type(exc).__name__, message)
 
     def check_cancelled(self) -> None:
-        """Raise JobCancelledError if a client asked to cancel this job."""
-        if through_failover(lambda: runtime().jobs.cancel_requested(self.job_id),
+        """Raise JobCancelledError if a client asked to cancel this job.
+
+        Progress kept for later is written in the same round trip.
+        """
+        pending, self._pending = self._pending, []
+        if through_failover(lambda: runtime().jobs.write_progress(self.job_id, pending,
+                                                                  check_cancel=True),
                             f"job {self.job_id} cancel check"):
             raise JobCancelledError(f"job '{self.job_id}' was cancelled")
 
@@ -234,6 +272,7 @@ class JobTask(Task):
             context.check_cancelled()
             result = _through_failover(operation, context)
         except JobCancelledError:
+            context.flush_progress()
             through_failover(lambda: store.transition(
                 job_id, (jobstates.RUNNING,), jobstates.CANCELLED, finished_at=utcnow()),
                 f"job {job_id} end")
@@ -242,6 +281,7 @@ class JobTask(Task):
             logger.info("job %s cancelled host=%s", job_id, host)
             return
         except BaseException as exc:
+            context.flush_progress()
             problem = to_problem(exc, host)
             if problem["status"] == 500:
                 logger.exception("job %s failed unexpectedly host=%s", job_id, host)
@@ -260,6 +300,7 @@ class JobTask(Task):
             if not isinstance(exc, Exception):
                 raise
             return
+        context.flush_progress()
         through_failover(lambda: store.transition(
             job_id, (jobstates.RUNNING,), jobstates.SUCCEEDED,
             event={"state": jobstates.SUCCEEDED}, result=result, finished_at=utcnow()),

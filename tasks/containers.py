@@ -66,15 +66,17 @@ def registry_auth(image: str, registry_name: str | None) -> dict[str, str] | Non
 _policies: dict[tuple[str, int], Policy] = {}
 
 
-def host_policy(host: str, revision: int | None = None) -> Policy:
+def host_policy(host: str, revision: int | None = None,
+                record: dict[str, Any] | None = None) -> Policy:
     """The policy as it applies on ``host`` (its own engine socket is never mountable).
 
     With the host record's ``revision`` (reads carry it) the policy is kept per revision, so
-    a read costs no extra Redis round trip; a changed record has a new revision.
+    a read costs no extra Redis round trip; a changed record has a new revision. ``record``
+    is the host's record when the caller has just read it.
     """
     if revision is not None and (host, revision) in _policies:
         return _policies[(host, revision)]
-    record = runtime().hosts.get(host)
+    record = record or runtime().hosts.get(host)
     socket_path = record["url"].removeprefix("unix://") if record["url"].startswith("unix://") \
         else None
     policy = policy_from_settings(runtime().settings, socket_path)
@@ -99,7 +101,7 @@ def enforce_policy_on_host(job: JobContext, spec: dict[str, Any], caller: Princi
     What the spec refers to on the engine is judged inside the provision itself
     (``app.engine.guard``), right before the create.
     """
-    policy = host_policy(job.host)
+    policy = host_policy(job.host, record=job.host_record)
     policy.enforce(spec, caller.is_admin)
     return policy
 
@@ -117,9 +119,15 @@ def provision(self: JobTask, job_id: str, host: str, spec: dict[str, Any],
         policy = enforce_policy_on_host(job, spec, principal)
         return provisioning.provision_container(
             job.client, spec, job_id, caller=principal, policy=policy,
-            auth=registry_auth(spec["image"], spec.get("registry")),
+            # A named registry is checked now; the one matching the image's address is
+            # looked up only if the image is pulled.
+            auth=registry_auth(spec["image"], spec["registry"]) if spec.get("registry")
+            else lambda: registry_auth(spec["image"], None),
+            # A step is written with the next checkpoint's cancel check (each step is
+            # followed by one, or by the job's end); a pull's layers as they come.
             progress=lambda done, total, unit, message: job.progress(
-                done, total, unit, message, force=unit == "steps" or done == total),
+                done, total, unit, message, force=unit == "steps" or done == total,
+                defer=unit == "steps"),
             checkpoint=job.check_cancelled, redelivered=job.redelivered)
 
     self.run_job(job_id, host, operation)

@@ -22,6 +22,8 @@ import base64
 import json
 import logging
 import posixpath
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -56,6 +58,24 @@ _MODE_IRREGULAR = 1 << 19
 _FORBIDDEN_MODES = {_MODE_SYMLINK: "a symlink", _MODE_SOCKET: "a socket",
                     _MODE_DEVICE: "a device", _MODE_CHAR_DEVICE: "a device",
                     _MODE_NAMED_PIPE: "a named pipe", _MODE_IRREGULAR: "an irregular file"}
+
+
+class Cleanup:
+    """Engine calls taken off the caller's path (a bind-check helper's removal), each in a
+    thread of its own; ``wait`` joins them, so nothing is left once the caller ends."""
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+
+    def run(self, call: Callable[[], None]) -> None:
+        thread = threading.Thread(target=call, daemon=True, name="dockyard-cleanup")
+        thread.start()
+        self._threads.append(thread)
+
+    def wait(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
 
 
 def _excused(policy: Policy, caller: Principal, found: list[Violation]) -> list[Violation]:
@@ -157,8 +177,10 @@ def prune_filters(filters: dict[str, Any], caller: Principal) -> dict[str, Any]:
 # -- what a provision spec refers to ------------------------------------------------------
 
 def check_references(client: docker.DockerClient, spec: dict[str, Any], caller: Principal,
-                     policy: Policy) -> None:
+                     policy: Policy, cleanup: Cleanup | None = None) -> None:
     """Judge what ``spec`` names on the engine: network, named volumes, volumes_from, binds.
+
+    With ``cleanup`` the bind check's helper is removed in its thread (see ``resolve_binds``).
 
     Raises:
         PolicyViolationError: naming the first rule broken.
@@ -170,7 +192,8 @@ def check_references(client: docker.DockerClient, spec: dict[str, Any], caller: 
     raise_for(_excused(policy, caller, found))
     binds = [v["source"] for v in spec.get("volumes") or [] if v["type"] == "bind"]
     if binds:
-        raise_for(_excused(policy, caller, resolve_binds(client, spec["image"], binds, policy)))
+        raise_for(_excused(policy, caller, resolve_binds(client, spec["image"], binds, policy,
+                                                         cleanup)))
 
 
 def check_named_volumes(client: docker.DockerClient, spec: dict[str, Any], caller: Principal,
@@ -252,14 +275,16 @@ def check_created(client: docker.DockerClient, container_id: str, spec: dict[str
 # -- bind sources, resolved on the engine's machine ---------------------------------------
 
 def resolve_binds(client: docker.DockerClient, image: str, sources: list[str],
-                  policy: Policy) -> list[Violation]:
+                  policy: Policy, cleanup: Cleanup | None = None) -> list[Violation]:
     """Walk each bind source on the engine's own filesystem; refuse links out of the root.
 
     A helper container (never started) of ``image`` mounts each bind root read-only at its
     own path; the engine's path stat of every component below the root tells a directory
     from a symlink, socket or device. Any of those below the root is refused: a symlink
     planted inside an allowed root (``ln -s /``, or a tar through ``archive``) would make
-    the engine mount whatever it points to.
+    the engine mount whatever it points to. The verdict is in once the walk ends; the
+    helper's removal runs in ``cleanup``'s thread when given (the caller goes on to its
+    create meanwhile), here otherwise.
     """
     found: list[Violation] = []
     for source in sources:
@@ -275,11 +300,18 @@ def resolve_binds(client: docker.DockerClient, image: str, sources: list[str],
             found.extend(_walk(client, helper, posixpath.normpath(source),
                                policy.root_of(posixpath.normpath(source)) or "/"))
     finally:
-        try:
-            client.api.remove_container(helper, force=True, v=True)
-        except docker.errors.APIError:
-            logger.warning("could not remove bind-check helper %s", helper[:12], exc_info=True)
+        if cleanup is None:
+            _remove_helper(client, helper)
+        else:
+            cleanup.run(lambda: _remove_helper(client, helper))
     return found
+
+
+def _remove_helper(client: docker.DockerClient, helper: str) -> None:
+    try:
+        client.api.remove_container(helper, force=True, v=True)
+    except Exception:  # in a cleanup thread too: say so, never hide the caller's outcome
+        logger.warning("could not remove bind-check helper %s", helper[:12], exc_info=True)
 
 
 def _create_helper(client: docker.DockerClient, image: str, roots: list[str]) -> str | None:

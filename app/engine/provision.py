@@ -11,7 +11,7 @@ from typing import Any
 import docker
 from docker.types import Healthcheck, LogConfig, Mount
 
-from app.core.errors import ConflictError, EngineError
+from app.core.errors import ConflictError, EngineError, NotFoundError
 from app.engine import guard
 from app.engine.containers import (
     _NANO,
@@ -19,7 +19,7 @@ from app.engine.containers import (
     MANAGED_LABEL,
     describe_container,
 )
-from app.engine.images import ensure_image
+from app.engine.images import ensure_image, pull_image
 from app.security.auth import Principal
 from app.security.policy import SCOPE_LABEL, Policy
 
@@ -112,11 +112,13 @@ def find_by_job(client: docker.DockerClient, job_id: str) -> dict[str, Any] | No
 
 def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_id: str, *,
                         caller: Principal, policy: Policy,
-                        auth: dict[str, str] | None = None,
+                        auth: dict[str, str] | Callable[[], dict[str, str] | None] | None = None,
                         progress: ProgressFn | None = None,
                         checkpoint: Callable[[], None] = lambda: None,
                         redelivered: bool = True) -> dict[str, Any]:
     """``docker run -d``: pull as the policy says, create, start, wait; clean up on failure.
+
+    ``auth`` (registry credentials, or a function answering them) is used only for a pull.
 
     What the spec refers to on the engine (network, named volumes, volumes_from, bind
     sources) is judged before the create, and the created container's own mounts and
@@ -127,9 +129,11 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     steps and while waiting; it raises to abandon the provision (e.g. on cancel), which
     removes the container.
 
-    Engine calls for a fresh named container: the image check, create (its 409 is the name
-    check), the inspect the guard judges, start, the wait's inspects (the last one is the
-    result).
+    Engine calls for a fresh named container: create (its 409 is the name check, its 404
+    the image check of pull ``missing`` and ``never``: pulled then, and created again), the
+    inspect the guard judges, start, the wait's inspects (the last one is the result); a
+    bind mount's check adds a helper's create and a path stat per component, the helper's
+    removal running meanwhile in a thread joined before this returns.
 
     Raises:
         ConflictError: the name is taken and ``replace`` is false.
@@ -139,6 +143,9 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     def step(message: str, done: int) -> None:
         if progress:
             progress(done, 4, "steps", message)
+
+    def credentials() -> dict[str, str] | None:  # ``auth`` may be asked for only if pulling
+        return auth() if callable(auth) else auth
 
     earlier = find_by_job(client, job_id) if redelivered else None
     if earlier is not None:
@@ -150,11 +157,56 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
             _discard(client, earlier["Id"])
             raise
 
-    step("pulling image" if spec.get("pull") != "never" else "checking image", 0)
-    ensure_image(client, spec["image"], spec.get("pull", "missing"), auth, progress)
-    checkpoint()
-    guard.check_references(client, spec, caller, policy)
+    pull = spec.get("pull", "missing")
+    # A replaced container is set aside before the create: the image is made sure of
+    # first, so that a missing one does not stop and restart it twice.
+    if pull == "always" or spec.get("replace"):
+        step("pulling image" if pull != "never" else "checking image", 0)
+        ensure_image(client, spec["image"], pull, credentials(), progress)
+    cleanup = guard.Cleanup()
+    try:
+        try:
+            container_id, displaced = _create(client, spec, job_id, caller, policy, cleanup,
+                                              step, checkpoint)
+        except docker.errors.ImageNotFound:
+            if pull == "never":
+                raise NotFoundError(f"image '{spec['image']}' is not on the host and pull "
+                                    "is 'never'") from None
+            if pull != "missing":
+                raise
+            step("pulling image", 0)
+            pull_image(client, spec["image"], credentials(), progress)
+            container_id, displaced = _create(client, spec, job_id, caller, policy, cleanup,
+                                              step, checkpoint)
+        try:
+            guard.check_created(client, container_id, spec, caller, policy)
+            result = _finish(client, container_id, spec, adopted=False, step=step,
+                             checkpoint=checkpoint)
+        except BaseException:
+            _discard(client, container_id)
+            _restore(client, displaced, spec.get("name"))
+            raise
+        if displaced:
+            _discard(client, displaced["id"])
+        return result
+    finally:
+        cleanup.wait()
+
+
+def _create(client: docker.DockerClient, spec: dict[str, Any], job_id: str, caller: Principal,
+            policy: Policy, cleanup: guard.Cleanup, step: Callable[[str, int], None],
+            checkpoint: Callable[[], None]) -> tuple[str, dict[str, Any] | None]:
+    """Judge what the spec refers to, set aside the container it replaces, create.
+
+    Answers the new container's id and the set-aside container (None unless replacing).
+
+    Raises:
+        docker.errors.ImageNotFound: the image is not on the host (nothing was changed).
+        ConflictError: the name is taken and ``replace`` is false.
+    """
+    guard.check_references(client, spec, caller, policy, cleanup)
     step("creating container", 1)
+    checkpoint()
     displaced = _displace(client, spec, job_id, caller, policy)
     try:
         created = client.api.create_container(**_with_host_config(
@@ -167,18 +219,7 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     except BaseException:
         _restore(client, displaced, spec.get("name"))
         raise
-    container_id = created["Id"]
-    try:
-        guard.check_created(client, container_id, spec, caller, policy)
-        result = _finish(client, container_id, spec, adopted=False, step=step,
-                         checkpoint=checkpoint)
-    except BaseException:
-        _discard(client, container_id)
-        _restore(client, displaced, spec.get("name"))
-        raise
-    if displaced:
-        _discard(client, displaced["id"])
-    return result
+    return created["Id"], displaced
 
 
 def _with_host_config(client: docker.DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:

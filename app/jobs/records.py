@@ -551,12 +551,23 @@ class JobStore:
                             result=result, finished_at=utcnow())
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self.write_progress(job_id, [progress])
+
+    def write_progress(self, job_id: str, progresses: list[dict[str, Any]],
+                       check_cancel: bool = False) -> bool:
+        """Record ``progresses`` in order (the last one stays on the record), in one round
+        trip with the cancel check when ``check_cancel``; answers whether a cancel was asked."""
         key, events = self.keys(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, "progress", json.dumps(progress))
-        pipe.xadd(events, {"type": "progress", "data": json.dumps(progress)},
-                  maxlen=_EVENTS_MAXLEN, approximate=True)
-        pipe.execute()
+        for progress in progresses:
+            data = json.dumps(progress)
+            pipe.hset(key, "progress", data)
+            pipe.xadd(events, {"type": "progress", "data": data},
+                      maxlen=_EVENTS_MAXLEN, approximate=True)
+        if check_cancel:
+            pipe.hget(key, "cancel_requested")
+        answers = pipe.execute()
+        return check_cancel and answers[-1] == "1"
 
     def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         self.redis.xadd(self.keys(job_id)[1], {"type": kind, "data": json.dumps(data)},

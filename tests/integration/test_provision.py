@@ -28,18 +28,28 @@ def www(bind_root, unique):
     return folder
 
 
+def bind_check_helpers(engine, root):
+    """The bind check's helper containers that mount ``root`` (the engine's list alone)."""
+    return [row["Id"] for row in engine.api.containers(
+        all=True, filters={"label": "dockyard.helper=bind-check"})
+        if any(m.get("Source") == str(root) for m in row.get("Mounts") or [])]
+
+
 def provision(api, spec, wait=60, host="local"):
     response = api.post(f"/hosts/{host}/containers", params={"wait": wait}, json=spec)
     assert response.status_code in (200, 202), response.text
     return response.json()
 
 
-def test_provision_maps_ports_and_mounts_read_only(operator, engine, www, unique, cleanup):
+def test_provision_maps_ports_and_mounts_read_only(operator, engine, www, bind_root, unique,
+                                                   cleanup):
     port = free_port()
     cleanup.append(unique)
     job = provision(operator, httpd_spec(unique, port, str(www), env={"MODE": "prod"},
                                          labels={"team": "a"}))
     assert job["state"] == "succeeded", job
+    # The bind check's helper is removed alongside the create, and gone when the job ends.
+    assert bind_check_helpers(engine, bind_root) == []
     result = job["result"]
     assert result["name"] == unique and result["state"] == "running"
     assert {"container_port": 8080, "protocol": "tcp", "host_ip": ANY_IPV4, "host_port": port} \
@@ -258,6 +268,7 @@ def test_symlink_escaping_a_bind_root_is_refused_by_the_worker(operator, engine,
     assert job["state"] == "failed"
     assert job["error"]["status"] == 403 and job["error"]["rule"] == "bind-roots"
     assert containers_of_job(engine, job["id"]) == []
+    assert bind_check_helpers(engine, bind_root) == []
 
 
 def test_worker_killed_mid_provision_ends_with_exactly_one_container(operator, engine, stack,
