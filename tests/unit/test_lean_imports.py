@@ -35,11 +35,40 @@ def test_beat_loads_no_task_module_nor_engine_library(tmp_path: Path) -> None:
     assert _loaded_after(code, tmp_path) == set()
 
 
-def test_worker_start_up_registers_the_tasks(tmp_path: Path) -> None:
+def test_worker_start_up_registers_the_tasks_without_paramiko(tmp_path: Path) -> None:
+    # paramiko (with invoke, PyNaCl, bcrypt: ~7 MiB per process) loads only for ssh:// hosts.
     code = ("from celery import signals\nfrom app.celery_app import celery\n"
             "signals.celeryd_init.send(sender='unit', instance=None, conf=celery.conf, options={})\n"
             "assert 'containers.provision' in celery.tasks, sorted(celery.tasks)")
-    assert _loaded_after(code, tmp_path) >= {"docker", "tasks"}
+    assert _loaded_after(code, tmp_path) == {"docker", "tasks"}
+
+
+def test_a_worker_talks_to_socket_and_tcp_engines_without_paramiko(tmp_path: Path) -> None:
+    # Building clients and classifying their failures (a refused connection is a 503).
+    code = ("import tasks, docker\nfrom app.engine.errors import translate_engine_error\n"
+            "docker.DockerClient(base_url='unix:///nonexistent.sock', version='1.41')\n"
+            "docker.DockerClient(base_url='tcp://127.0.0.1:1', version='1.41')\n"
+            "error = translate_engine_error(ConnectionRefusedError('refused'), 'h')\n"
+            "assert error.status == 503, error")
+    assert _loaded_after(code, tmp_path) == {"docker", "tasks"}
+
+
+def test_docker_py_builds_ssh_clients_once_its_transport_is_loaded_on_demand(
+        tmp_path: Path) -> None:
+    # Dockyard's own ssh clients (app.engine.ssh) and docker-py's: the transport, real, on demand.
+    code = ("import app\nimport docker, docker.api.client, docker.transport\n"
+            "from app.engine import ssh_transport\n"
+            "assert ssh_transport.deferred() and 'paramiko' not in sys.modules\n"
+            "client = docker.DockerClient(base_url='ssh://root@127.0.0.1:1', version='1.41',\n"
+            "                             use_ssh_client=True)\n"
+            "from docker.transport import sshconn\n"
+            "assert not ssh_transport.deferred()\n"
+            "assert type(client.api._custom_adapter) is sshconn.SSHHTTPAdapter\n"
+            "assert docker.transport.SSHHTTPAdapter is sshconn.SSHHTTPAdapter\n"
+            "assert docker.api.client.SSHHTTPAdapter is sshconn.SSHHTTPAdapter\n"
+            "from app.engine.ssh import StoredKeySSHAdapter\n"
+            "assert issubclass(StoredKeySSHAdapter, sshconn.SSHHTTPAdapter)")
+    assert _loaded_after(code, tmp_path) == {"docker", "paramiko"}
 
 
 def test_beat_loads_no_http_client(tmp_path: Path) -> None:
@@ -59,3 +88,4 @@ def test_workers_and_beat_load_no_web_framework(tmp_path: Path) -> None:
             "logging.getLogger('unit').warning('a line')\n"
             "assert 'flask' not in sys.modules, 'a worker loaded flask'")
     assert _loaded_after(code, tmp_path) >= {"tasks"}
+
