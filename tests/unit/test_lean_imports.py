@@ -39,7 +39,9 @@ def test_worker_start_up_registers_the_tasks_without_paramiko(tmp_path: Path) ->
     # paramiko (with invoke, PyNaCl, bcrypt: ~7 MiB per process) loads only for ssh:// hosts.
     code = ("from celery import signals\nfrom app.celery_app import celery\n"
             "signals.celeryd_init.send(sender='unit', instance=None, conf=celery.conf, options={})\n"
-            "assert 'containers.provision' in celery.tasks, sorted(celery.tasks)")
+            "assert 'containers.provision' in celery.tasks, sorted(celery.tasks)\n"
+            # Nor what only a registration parses (certificates) or the API validates with.
+            "assert 'cryptography.x509' not in sys.modules and 'marshmallow' not in sys.modules")
     assert _loaded_after(code, tmp_path) == {"docker", "tasks"}
 
 
@@ -89,3 +91,15 @@ def test_workers_and_beat_load_no_web_framework(tmp_path: Path) -> None:
             "assert 'flask' not in sys.modules, 'a worker loaded flask'")
     assert _loaded_after(code, tmp_path) >= {"tasks"}
 
+
+def test_a_prefork_worker_builds_what_each_child_would_before_it_forks(tmp_path: Path) -> None:
+    # billiard's set_pdeathsig declares prctl through cffi in every pool child; the C parser
+    # it needs is built once in the parent (shared) and not at all in a thread-pool worker.
+    code = ("from app.jobs.celery import _freeze_heap\n"
+            "class Worker:\n    pool_cls = 'threads'\n"
+            "_freeze_heap(sender=Worker())\nassert 'pycparser' not in sys.modules\n"
+            "Worker.pool_cls = 'prefork'\n_freeze_heap(sender=Worker())\n"
+            "from cffi import cparser\nassert cparser._parser_cache is not None\n"
+            "before = set(sys.modules)\nfrom billiard import util\nutil.set_pdeathsig(0)\n"
+            "assert set(sys.modules) == before, set(sys.modules) - before")
+    assert _loaded_after(code, tmp_path) == set()
