@@ -11,12 +11,16 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER_ONLY = ("docker", "paramiko", "tasks")
 
 
+def _unit_env(tmp_path: Path) -> dict[str, str]:
+    # Nothing may connect while the app is built: this port answers nobody.
+    return {"DOCKYARD_STATE_DIR": str(tmp_path), "DOCKYARD_SECRET_KEY": "unit-test-secret-key",
+            "DOCKYARD_REDIS_URL": "redis://127.0.0.1:1/0", "DOCKYARD_DEV_OPEN_REDIS": "1"}
+
+
 def _loaded_after(code: str, tmp_path: Path) -> set[str]:
     """The worker-only modules a fresh interpreter holds after running ``code``."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("DOCKYARD_")}
-    env.update(DOCKYARD_STATE_DIR=str(tmp_path), DOCKYARD_SECRET_KEY="unit-test-secret-key",
-               # Nothing may connect while the app is built: this port answers nobody.
-               DOCKYARD_REDIS_URL="redis://127.0.0.1:1/0", DOCKYARD_DEV_OPEN_REDIS="1")
+    env.update(_unit_env(tmp_path))
     probe = (f"import sys\n{code}\n"
              f"print(','.join(m for m in {WORKER_ONLY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
@@ -103,3 +107,19 @@ def test_a_prefork_worker_builds_what_each_child_would_before_it_forks(tmp_path:
             "before = set(sys.modules)\nfrom billiard import util\nutil.set_pdeathsig(0)\n"
             "assert set(sys.modules) == before, set(sys.modules) - before")
     assert _loaded_after(code, tmp_path) == set()
+
+
+def test_the_worker_command_line_is_celerys_without_its_repl(tmp_path: Path) -> None:
+    # What scripts/processes.sh and compose run: every celery subcommand, no prompt_toolkit.
+    code = ("from app.celery_cli import _without_repl\n_without_repl()\n"
+            "from celery.bin.celery import celery as group\n"
+            "assert {'worker', 'beat', 'amqp', 'inspect'} <= set(group.commands), group.commands\n"
+            "assert 'repl' not in group.commands['amqp'].commands\n"
+            "assert not any(m.split('.')[0] == 'prompt_toolkit' for m in sys.modules)")
+    assert _loaded_after(code, tmp_path) == set()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DOCKYARD_")}
+    done = subprocess.run([sys.executable, "-m", "app.celery_cli", "-A", "app.celery_app:celery",
+                           "worker", "--help"], cwd=ROOT, env={**env, **_unit_env(tmp_path)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--concurrency" in done.stdout and "--beat" in done.stdout
