@@ -23,7 +23,16 @@ _lock = threading.RLock()
 
 
 class _Deferred(types.ModuleType):
-    """What docker-py finds in place of its SSH transport until ``load()`` runs."""
+    """What docker-py finds in place of its SSH transport until ``load()`` runs.
+
+    Any other name asked of it (``from docker.transport.sshconn import SSHConnection``)
+    loads the real module and answers from it; dunder lookups (the import system's) do not.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(load(), name)
 
 
 def _deferred_adapter(*args: Any, **kwargs: Any) -> Any:

@@ -77,6 +77,15 @@ def test_docker_py_builds_ssh_clients_once_its_transport_is_loaded_on_demand(
     assert _loaded_after(code, tmp_path) == {"docker", "paramiko"}
 
 
+def test_naming_anything_else_of_the_deferred_transport_loads_it(tmp_path: Path) -> None:
+    code = ("import app\nimport docker\nfrom app.engine import ssh_transport\n"
+            "assert ssh_transport.deferred() and 'paramiko' not in sys.modules\n"
+            "from docker.transport.sshconn import SSHConnectionPool\n"
+            "assert not ssh_transport.deferred()\n"
+            "assert SSHConnectionPool is sys.modules['docker.transport.sshconn'].SSHConnectionPool")
+    assert _loaded_after(code, tmp_path) == {"docker", "paramiko"}
+
+
 def test_beat_loads_no_http_client(tmp_path: Path) -> None:
     # requests (~5 MiB) is for workers talking to registries and for the CLI, not beat.
     code = ("from app.celery_app import celery\ncelery.loader.init_worker()\ncelery.finalize()\n"
