@@ -8,7 +8,8 @@ source "${DOCKYARD_ENV_FILE:-$RUN_DIR/env}"
 PROC_DIR="${PROC_DIR:-$RUN_DIR}"
 LOG_PREFIX="${LOG_PREFIX:-}"
 mkdir -p "$PROC_DIR"
-CELERY="$VENV/bin/celery -A app.celery_app:celery"
+# Celery's own command line minus its REPL (prompt_toolkit, ~8 MiB per process): app/celery_cli.py.
+CELERY="$VENV/bin/python -m app.celery_cli -A app.celery_app:celery"
 cd "$ROOT"
 
 start_bg() {  # name, command...

@@ -14,8 +14,6 @@ import docker
 from docker.constants import DEFAULT_DOCKER_API_VERSION
 from docker.transport.basehttpadapter import BaseHTTPAdapter
 
-from app.engine.ssh import ssh_docker_client
-
 logger = logging.getLogger(__name__)
 
 _MIN_API_VERSION = "1.24"
@@ -111,6 +109,9 @@ class EngineClients:
     def _build(self, record: dict[str, Any], credentials: dict[str, str] | None
                ) -> docker.DockerClient:
         if record["url"].startswith("ssh://"):
+            # Imported here: paramiko loads only in processes that talk to an ssh:// host.
+            from app.engine.ssh import ssh_docker_client
+
             # Connects at once: one SSH connection per host per process, channels pooled on it.
             client = ssh_docker_client(record["url"], credentials or {}, _MIN_API_VERSION,
                                        self.timeout, self.pool_size)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import docker.errors
-import paramiko
 import requests.exceptions
 
 from app.core.errors import (
@@ -38,16 +38,6 @@ class SSHTransportError(docker.errors.DockerException):
     Raised as a DockerException so every task base treats it as an engine failure (and drops
     the cached client); translate_engine_error classifies it by its cause.
     """
-
-
-class UntrustedHostKeyError(paramiko.SSHException):
-    """The SSH server offered a host key that no trusted known_hosts entry names."""
-
-    def __init__(self, host_key_name: str, key: paramiko.PKey) -> None:
-        super().__init__(f"no trusted host key for {host_key_name}")
-        self.host_key_name = host_key_name
-        self.key_type = key.get_name()
-        self.fingerprint = key.fingerprint
 
 
 def raise_for_stream_chunk(chunk: dict[str, Any]) -> None:
@@ -92,8 +82,8 @@ def translate_engine_error(exc: BaseException, host: str) -> DockyardError:
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return HostUnreachableError(f"host '{host}' did not accept a connection in time",
                                     host=host)
-    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError |
-                  paramiko.ssh_exception.NoValidConnectionsError):
+    if isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError,
+                        *_no_valid_connections())):
         return HostUnreachableError(f"host '{host}' is unreachable: {_root_cause(exc)}", host=host)
     if isinstance(exc, requests.exceptions.ReadTimeout | TimeoutError):
         return QueryTimeoutError(f"engine on host '{host}' did not answer in time", host=host)
@@ -105,8 +95,19 @@ def translate_engine_error(exc: BaseException, host: str) -> DockyardError:
     return EngineError(f"unexpected failure talking to host '{host}'", host=host)
 
 
+def _no_valid_connections() -> tuple[type[BaseException], ...]:
+    """paramiko's "no address answered" error, if paramiko is loaded (nothing raised it if not)."""
+    paramiko = sys.modules.get("paramiko")
+    return (paramiko.ssh_exception.NoValidConnectionsError,) if paramiko is not None else ()
+
+
 def _ssh_error(exc: SSHTransportError, host: str) -> DockyardError:
     """Classify a failed SSH connection by the type of paramiko's error."""
+    # An SSHTransportError comes from app.engine.ssh, which loaded paramiko already.
+    import paramiko
+
+    from app.engine.ssh import UntrustedHostKeyError
+
     cause = exc.__cause__
     if isinstance(cause, UntrustedHostKeyError):
         return EngineError(

@@ -1,4 +1,9 @@
-"""The ssh:// transport: a stored key, pinned host keys and one SSH connection per client."""
+"""The ssh:// transport: a stored key, pinned host keys and one SSH connection per client.
+
+Imported only where an ssh:// host is used (a client is built, or one is registered): it
+loads paramiko and docker-py's SSH transport, which other processes never load
+(app/engine/ssh_transport.py).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ import paramiko
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
 
-from app.engine.errors import SSHTransportError, UntrustedHostKeyError
+from app.engine import ssh_transport
+from app.engine.errors import SSHTransportError
+
+_sshconn = ssh_transport.load()
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +33,16 @@ MIN_RSA_BITS = 2048
 # Where the worker's own ssh client keeps host keys: used only when a host pins none.
 SYSTEM_KNOWN_HOSTS = (Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts"))
 _KEEPALIVE_SECONDS = 30
+
+
+class UntrustedHostKeyError(paramiko.SSHException):
+    """The SSH server offered a host key that no trusted known_hosts entry names."""
+
+    def __init__(self, host_key_name: str, key: paramiko.PKey) -> None:
+        super().__init__(f"no trusted host key for {host_key_name}")
+        self.host_key_name = host_key_name
+        self.key_type = key.get_name()
+        self.fingerprint = key.fingerprint
 
 
 class SSHMaterialError(ValueError):
@@ -175,7 +192,7 @@ class _RejectUnknownHostKey(paramiko.MissingHostKeyPolicy):
         raise UntrustedHostKeyError(hostname, key)
 
 
-class _ChannelConnection(SSHConnection):
+class _ChannelConnection(_sshconn.SSHConnection):
     """An HTTP connection over one SSH channel running ``docker system dial-stdio``."""
 
     def connect(self) -> None:
@@ -186,12 +203,12 @@ class _ChannelConnection(SSHConnection):
             raise ConnectionError(f"could not open an ssh channel: {exc}") from exc
 
 
-class _ChannelPool(SSHConnectionPool):
+class _ChannelPool(_sshconn.SSHConnectionPool):
     def _new_conn(self) -> _ChannelConnection:
         return _ChannelConnection(self.ssh_transport, self.timeout, self.ssh_host)
 
 
-class StoredKeySSHAdapter(SSHHTTPAdapter):
+class StoredKeySSHAdapter(_sshconn.SSHHTTPAdapter):
     """docker-py's paramiko adapter, authenticated only by the stored key and pinned host keys.
 
     One SSH connection carries every request of the client; each pooled HTTP connection is

@@ -51,7 +51,7 @@ def worker_env(environ: dict[str, str], host: str, engine: str, pool_size: int) 
 
 
 def worker_commands(host: str, ops_concurrency: int, query_concurrency: int) -> list[list[str]]:
-    celery = [sys.executable, "-m", "celery", "-A", "app.celery_app:celery", "worker"]
+    celery = [sys.executable, "-m", "app.celery_cli", "-A", "app.celery_app:celery", "worker"]
     return [
         [*celery, "-Q", f"host.{host}.ops", "-n", f"agent-ops.{host}@%h", "-P", "prefork",
          "-c", str(ops_concurrency), "--prefetch-multiplier", "1", "-l", "INFO", *_QUIET],

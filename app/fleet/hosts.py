@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import redis
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from app.core.config import Settings
@@ -113,6 +112,9 @@ def validate_tls(tls: dict[str, str]) -> None:
             errors[name] = ["required for mutual TLS"]
     if errors:
         raise InvalidInputError("incomplete TLS material", errors={"tls": errors})
+    # Imported here: only registering a TLS host parses certificates (~1.3 MiB per process).
+    from cryptography import x509
+
     certs = {}
     for name in ("ca_cert", "client_cert"):
         try:

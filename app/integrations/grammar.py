@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from marshmallow import ValidationError
-
 
 class GrammarError(ValueError):
     """A command line docker would refuse; the message reads like docker's own."""
@@ -325,6 +323,9 @@ def validate_run_spec(spec: dict[str, Any], check_spec: SpecCheck) -> None:
     The API validates the same spec again; this only makes the error arrive sooner and
     read like the command line the user typed.
     """
+    # Imported here: workers import this module (describe_job) and never load marshmallow.
+    from marshmallow import ValidationError
+
     try:
         check_spec(spec)
     except ValidationError as exc:

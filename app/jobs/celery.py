@@ -6,7 +6,7 @@ import gc
 import importlib
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from celery import Celery, signals
 from celery.schedules import crontab
@@ -150,13 +150,41 @@ def _import_tasks(**_: object) -> None:
     importlib.import_module(TASKS_PACKAGE)  # importing registers the tasks
 
 
-def _freeze_heap(**_: object) -> None:
+def _freeze_heap(sender: object = None, **_: object) -> None:
     """Keep the collector off what the worker loaded, so pool children share those pages.
 
     A prefork child is forked after this; a full collection in it would otherwise write to
     every object header and copy the parent's heap page by page.
     """
+    if _forks_a_pool(sender):
+        _load_what_each_child_would()
     gc.freeze()
+
+
+def _forks_a_pool(worker: object) -> bool:
+    """Whether ``worker`` (Celery's WorkController, before its pool starts) runs prefork."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool
+
+    pool = getattr(worker, "pool_cls", None)
+    if pool is None:
+        return False
+    pool = get_implementation(pool)
+    return isinstance(pool, type) and issubclass(pool, TaskPool)
+
+
+def _load_what_each_child_would() -> None:
+    """Load once in the parent what every prefork child would otherwise load on its own.
+
+    Each child asks the kernel to kill it with its parent (billiard's ``set_pdeathsig``), which
+    with cffi installed declares ``prctl`` through cffi's C parser: pycparser and its parser
+    built anew in every child, ~5 MiB of private memory each. Reading the setting here builds
+    the parser (cffi keeps it) where the children share it.
+    """
+    from billiard import util
+
+    with suppress(OSError):
+        util.get_pdeathsig()
 
 
 def _wire_logging() -> None:

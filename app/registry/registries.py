@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
-from cryptography import x509
 
 from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidInputError, NotFoundError
@@ -118,6 +117,8 @@ def validate_ca_cert(pem: str) -> None:
     Raises:
         InvalidInputError: ``pem`` holds no parseable PEM certificate.
     """
+    from cryptography import x509  # only a registration parses certificates (~1.3 MiB)
+
     try:
         x509.load_pem_x509_certificates(pem.encode())
     except ValueError:

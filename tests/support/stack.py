@@ -42,8 +42,10 @@ class Stack:
     def start_worker(
         self, name: str, queues: str, pool: str, concurrency: int, extra_env: dict[str, str] | None = None
     ) -> subprocess.Popen:
-        args = [
-            str(VENV_BIN / "celery"),
+        args = [  # what scripts/processes.sh runs
+            str(VENV_BIN / "python"),
+            "-m",
+            "app.celery_cli",
             "-A",
             "app.celery_app:celery",
             "worker",

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from app.core.errors import EngineError, HostUnreachableError
-from app.engine.errors import SSHTransportError, UntrustedHostKeyError, translate_engine_error
-from app.engine.ssh import host_key_name, ssh_docker_client
+from app.engine.errors import SSHTransportError, translate_engine_error
+from app.engine.ssh import UntrustedHostKeyError, host_key_name, ssh_docker_client
 
 HOST = "edge-ssh"
 
