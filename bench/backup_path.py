@@ -120,7 +120,8 @@ def main() -> int:
         def copy(compression: str, writer: Callable[[Path, str], PartWriter]) -> Callable[[], None]:
             def run() -> None:
                 target = work / f"part-{compression}"
-                pool = BufferPool(engine_backups._BUFFERS)
+                pool = BufferPool(engine_backups._BUFFERS_DIRECT if compression == "none"
+                                  else engine_backups._BUFFERS)
                 engine_backups._copy(export(pool), writer(target, compression), lambda: None,
                                      lambda _done: None, pool)
                 fd = os.open(target, os.O_RDONLY)

@@ -57,7 +57,7 @@ class BufferPool:
     """
 
     def __init__(self, count: int, size: int = CHUNK_BYTES) -> None:
-        self.size = size
+        self.count, self.size = count, size
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._mine: set[int] = set()
         for _ in range(count):

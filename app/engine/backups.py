@@ -40,8 +40,12 @@ _HOLD = "hold.json"
 # 1 MiB buffers a part's stream cycles through: one filled from the engine's socket, the
 # others queued for or being written (or compressed) and hashed. Enough to overlap the
 # three, few enough that a backup's peak worker RSS stays under 100 MiB (docs/benchmarks.md).
+# Uncompressed parts get more: their O_DIRECT writes wait for the disk, and a few MiB of
+# slack keep the socket read through the disk's slower moments; a compressor, slower than
+# the socket, would only fill them (and zstd's own buffers already take ~20 MiB).
 _BUFFERS = 6
-_QUEUED = 4  # pieces waiting for the part writer
+_BUFFERS_DIRECT = 16
+_QUEUED = 4  # pieces waiting for the part writer, when they come from no pool
 # zstd's multithreaded mode: the input is cut into jobs of this size compressed on
 # ``threads`` workers while the next chunk is read (the frame stays one standard frame).
 _ZSTD_JOB_BYTES = 512 << 10
@@ -147,7 +151,7 @@ def _write_parts(client: docker.DockerClient, info: dict[str, Any], staging: Any
     # Parts are fsynced when the bundle is published, while its download is hashed.
     parts = [{"path": "config.json", "kind": "config", "compression": "none",
               **writer.finish(durable=False)}]
-    pool = BufferPool(_BUFFERS)
+    pool = BufferPool(_BUFFERS_DIRECT if compression == "none" else _BUFFERS)
     rootfs = part_name("rootfs", compression)
     progress(1, total, "parts", f"exporting the filesystem to {rootfs}")
     parts.append({"path": rootfs, "kind": "rootfs", "compression": compression,
@@ -185,7 +189,7 @@ def _copy(chunks: Iterator[Any], writer: PartWriter, checkpoint: Callable[[], No
     the GIL). Pieces of ``pool`` go back to it once written and hashed, so memory stays flat.
     """
     give = pool.give if pool is not None else (lambda _piece: None)
-    pipe: queue.Queue[Any] = queue.Queue(maxsize=_QUEUED)
+    pipe: queue.Queue[Any] = queue.Queue(maxsize=pool.count if pool is not None else _QUEUED)
     failed: list[BaseException] = []
 
     def drain() -> None:
