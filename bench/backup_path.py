@@ -29,8 +29,9 @@ from pathlib import Path
 
 import docker
 
-from app.backups.parts import PartWriter
+from app.backups.parts import BufferPool, PartWriter
 from app.engine import backups as engine_backups
+from app.engine import streaming
 from bench.common import ROOT, TEST_IMAGE, docker_host, machine_summary, table
 
 SIZE_MIB = int(os.environ.get("DOCKYARD_BENCH_BACKUP_MIB", "256"))
@@ -100,35 +101,50 @@ def main() -> int:
         while container.exec_run(["test", "-f", "/done"]).exit_code:
             time.sleep(0.5)
 
-        def export() -> Iterator[bytes]:
-            return engine_backups.engine_stream(client, f"/containers/{container.id}/export",
-                                                None, 60, "the export")
+        def export(pool: BufferPool) -> Iterator[memoryview]:
+            return streaming.engine_stream(client, f"/containers/{container.id}/export",
+                                           None, 60, "the export", pool)
 
         def drop() -> None:
-            for _ in export():
-                pass
+            pool = BufferPool(engine_backups._BUFFERS)
+            for piece in export(pool):
+                pool.give(piece)
 
         def hashed() -> None:
+            pool = BufferPool(engine_backups._BUFFERS)
             digest = hashlib.sha256()
-            for chunk in export():
-                digest.update(chunk)
+            for piece in export(pool):
+                digest.update(piece)
+                pool.give(piece)
 
         def copy(compression: str, writer: Callable[[Path, str], PartWriter]) -> Callable[[], None]:
             def run() -> None:
                 target = work / f"part-{compression}"
-                engine_backups._copy(export(), writer(target, compression), lambda: None,
-                                     lambda _done: None)
+                pool = BufferPool(engine_backups._BUFFERS_DIRECT if compression == "none"
+                                  else engine_backups._BUFFERS)
+                engine_backups._copy(export(pool), writer(target, compression), lambda: None,
+                                     lambda _done: None, pool)
+                fd = os.open(target, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # _copy leaves it to the bundle's publish
+                finally:
+                    os.close(fd)
                 target.unlink()
             return run
 
         def single_zstd(path: Path, compression: str) -> PartWriter:
             return PartWriter(path, compression)  # zstandard's default: one thread
 
+        def buffered(path: Path, compression: str) -> PartWriter:
+            return PartWriter(path, compression)  # through the page cache, as before O_DIRECT
+
         rows = [
             measure("engine socket only (engine_stream, chunks dropped)", drop, engine_pid),
             measure("+ sha256 in line", hashed, engine_pid),
-            measure("backup `_copy`, compression none (hash thread, write, fsync)",
+            measure("backup `_copy`, compression none (hash thread, O_DIRECT write, fsync)",
                     copy("none", engine_backups.part_writer), engine_pid),
+            measure("backup `_copy`, compression none, through the page cache",
+                    copy("none", buffered), engine_pid),
             measure("backup `_copy`, zstd single-threaded", copy("zstd", single_zstd), engine_pid),
             measure("backup `_copy`, zstd multithreaded (what backups use)",
                     copy("zstd", engine_backups.part_writer), engine_pid),

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,8 +74,9 @@ class LocalBackupStorage:
         return staging
 
     def publish(self, backup_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Write the manifest and the download's checksum, fsync everything, then make the
-        bundle visible by renaming; the manifest with ``content_sha256`` and ``content_size``."""
+        """Write the manifest and the download's checksum, fsync everything (the parts
+        included), then make the bundle visible by renaming; the manifest with
+        ``content_sha256`` and ``content_size``."""
         staging = self.staging_path(backup_id)
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         fd = os.open(staging / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
@@ -83,7 +85,13 @@ class LocalBackupStorage:
             os.fsync(fd)
         finally:
             os.close(fd)
-        content = self._record_content(staging, manifest)
+        # The parts reach the disk (workers write them without fsync) while the download is
+        # hashed from the page cache: the disk and the CPU work at the same time.
+        syncing = _Background(lambda: [_fsync_file(staging / p["path"]) for p in manifest["parts"]])
+        try:
+            content = self._record_content(staging, manifest)
+        finally:
+            syncing.join()
         for folder in sorted({(staging / p["path"]).parent for p in manifest["parts"]} | {staging}):
             _fsync_dir(folder)
         os.replace(staging, self._dir(backup_id))
@@ -235,6 +243,35 @@ def _escaping_part(backup_id: str, relative: Any) -> BackupCorruptError:
     return BackupCorruptError(
         f"backup '{backup_id}' is corrupt: part path '{relative}' escapes the bundle folder "
         "(absolute, '..' or a symlink); nothing was read from it", part=str(relative))
+
+
+class _Background:
+    """``work`` on its own thread; ``join`` waits for it and raises what it raised."""
+
+    def __init__(self, work: Any) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, daemon=True, name="backup-fsync")
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

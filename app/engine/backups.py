@@ -12,7 +12,6 @@ import logging
 import os
 import posixpath
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import docker
 
 from app import __version__
-from app.backups.parts import CHUNK_BYTES, FORMAT, BackupStalledError, PartWriter, part_name, read_part
+from app.backups.parts import FORMAT, BufferPool, PartWriter, part_name, read_part
 from app.backups.restore import image_changes
 from app.backups.storage import LocalBackupStorage
 from app.core.errors import ConflictError
@@ -30,6 +29,7 @@ from app.engine import guard
 from app.engine.containers import JOB_LABEL, MANAGED_LABEL, describe_container, require_container
 from app.engine.errors import raise_for_stream_chunk
 from app.engine.provision import provision_container
+from app.engine.streaming import engine_stream
 from app.security.auth import Principal
 from app.security.policy import SCOPE_LABEL, Policy
 
@@ -37,10 +37,15 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int | None, int | None, str, str], None]
 _HOLD = "hold.json"
-# 1 MiB chunks waiting for the part writer (the writer's sha256 thread holds its own few):
-# enough to overlap the engine's socket with compression and the disk, few enough that a
-# backup's peak worker RSS stays under 100 MiB (docs/benchmarks.md).
-_QUEUED = 4
+# 1 MiB buffers a part's stream cycles through: one filled from the engine's socket, the
+# others queued for or being written (or compressed) and hashed. Enough to overlap the
+# three, few enough that a backup's peak worker RSS stays under 100 MiB (docs/benchmarks.md).
+# Uncompressed parts get more: their O_DIRECT writes wait for the disk, and a few MiB of
+# slack keep the socket read through the disk's slower moments; a compressor, slower than
+# the socket, would only fill them (and zstd's own buffers already take ~20 MiB).
+_BUFFERS = 6
+_BUFFERS_DIRECT = 16
+_QUEUED = 4  # pieces waiting for the part writer, when they come from no pool
 # zstd's multithreaded mode: the input is cut into jobs of this size compressed on
 # ``threads`` workers while the next chunk is read (the frame stays one standard frame).
 _ZSTD_JOB_BYTES = 512 << 10
@@ -67,122 +72,12 @@ def zstd_compressor() -> Any:
 
 
 def part_writer(path: Any, compression: str) -> PartWriter:
-    """A part writer; a zstd one compresses with ``zstd_compressor()``."""
-    writer = PartWriter(path, compression)
+    """A part writer; a zstd one compresses with ``zstd_compressor()``, an uncompressed one
+    writes with O_DIRECT (whole 1 MiB pieces of the stream's pool, page-aligned)."""
+    writer = PartWriter(path, compression, direct=compression == "none")
     if compression == "zstd":
         writer._compressor = zstd_compressor()  # same format, more threads
     return writer
-
-
-class StallWatchdog:
-    """Calls ``abort`` when ``fed()`` has not been called for ``seconds``.
-
-    docker-py turns the socket timeout off for export streams, so without this a silent
-    engine would block the job until its hard time limit.
-    """
-
-    def __init__(self, seconds: float, abort: Callable[[], None]) -> None:
-        self.seconds = seconds
-        self.abort = abort
-        self.fired = False
-        self._last = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="backup-watchdog")
-
-    def __enter__(self) -> StallWatchdog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def fed(self) -> None:
-        self._last = time.monotonic()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.seconds / 4)):
-            if time.monotonic() - self._last > self.seconds:
-                self.fired = True
-                try:
-                    self.abort()
-                except Exception:
-                    logger.warning("could not abort a stalled stream", exc_info=True)
-                return
-
-
-def engine_stream(client: docker.DockerClient, path: str, params: dict[str, Any] | None,
-                  stall: float, what: str) -> Iterator[bytes]:
-    """A raw engine GET streamed in chunks; a ``stall``-second silence raises BackupStalledError."""
-    api = client.api
-    response = api._get(api._url(path), params=params, stream=True)
-    try:
-        api._raise_for_status(response)
-        raw_socket = api._get_raw_response_socket(response)
-        api._disable_socket_timeout(raw_socket)
-
-        def abort() -> None:
-            try:
-                raw_socket.shutdown(socket.SHUT_RDWR)
-            finally:
-                response.close()
-
-        body = _chunked_body(response)
-        chunks = _dechunk(body) if body is not None else \
-            iter(lambda: response.raw.read(CHUNK_BYTES), b"")
-        with StallWatchdog(stall, abort) as watchdog:
-            try:
-                for chunk in chunks:
-                    watchdog.fed()
-                    yield chunk
-            except Exception:
-                if not watchdog.fired:
-                    raise
-            if watchdog.fired:
-                raise BackupStalledError(f"the engine sent nothing for {stall:g}s while streaming "
-                                         f"{what}; the backup was abandoned")
-    finally:
-        response.close()
-
-
-def _chunked_body(response: Any) -> Any:
-    """The buffered socket under a chunked response, or None (then urllib3 decodes it)."""
-    http_response = getattr(response.raw, "_fp", None)
-    if http_response is not None and getattr(http_response, "chunked", False):
-        return getattr(http_response, "fp", None)
-    return None
-
-
-def _dechunk(body: Any) -> Iterator[bytes]:
-    """HTTP/1.1 chunked decoding, coalesced to ~1 MiB pieces.
-
-    urllib3 decodes the engine's many 32 KiB chunks at well under the disk's speed; reading
-    the buffered socket directly keeps a backup as fast as ``docker export -o``.
-
-    Raises:
-        ConnectionError: the stream ended before its last chunk (truncated, or aborted).
-    """
-    pending: list[bytes] = []
-    buffered = 0
-    while True:
-        line = body.readline(1024)
-        if not line:
-            raise ConnectionError("the engine closed the stream before its end")
-        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            while body.readline(1024) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            break
-        data = body.read(size)
-        if len(data) < size or body.read(2) != b"\r\n":
-            raise ConnectionError("the engine closed the stream mid-chunk")
-        pending.append(data)
-        buffered += size
-        if buffered >= CHUNK_BYTES:
-            yield b"".join(pending)
-            pending, buffered = [], 0
-    if pending:
-        yield b"".join(pending)
 
 
 # -- backup ----------------------------------------------------------------------------------
@@ -253,15 +148,19 @@ def _write_parts(client: docker.DockerClient, info: dict[str, Any], staging: Any
     config = json.dumps(info, indent=2, sort_keys=True).encode()
     writer = PartWriter(staging / "config.json", "none")
     writer.write(config)
-    parts = [{"path": "config.json", "kind": "config", "compression": "none", **writer.finish()}]
+    # Parts are fsynced when the bundle is published, while its download is hashed.
+    parts = [{"path": "config.json", "kind": "config", "compression": "none",
+              **writer.finish(durable=False)}]
+    pool = BufferPool(_BUFFERS_DIRECT if compression == "none" else _BUFFERS)
     rootfs = part_name("rootfs", compression)
     progress(1, total, "parts", f"exporting the filesystem to {rootfs}")
     parts.append({"path": rootfs, "kind": "rootfs", "compression": compression,
                   **_copy(engine_stream(client, f"/containers/{info['Id']}/export", None, stall,
-                                        "the container export"),
+                                        "the container export", pool),
                           part_writer(staging / rootfs, compression), checkpoint,
                           lambda done: progress(1, total, "parts",
-                                                f"exporting the filesystem: {done >> 20} MiB"))})
+                                                f"exporting the filesystem: {done >> 20} MiB"),
+                          pool)})
     for index, mount in enumerate(mounts, start=2):
         target = mount["Destination"]
         if mount["Type"] == "volume":
@@ -273,41 +172,45 @@ def _write_parts(client: docker.DockerClient, info: dict[str, Any], staging: Any
             entry = {"kind": "bind", "source": mount["Source"]}
         progress(index, total, "parts", f"archiving {target}")
         stream = engine_stream(client, f"/containers/{info['Id']}/archive", {"path": target},
-                               stall, f"the archive of {target}")
+                               stall, f"the archive of {target}", pool)
         parts.append({"path": relative, "compression": compression, "target": target, **entry,
                       **_copy(stream, part_writer(staging / relative, compression), checkpoint,
-                              lambda _done: None)})
+                              lambda _done: None, pool)})
     progress(total, total, "parts", "parts written")
     return parts
 
 
-def _copy(chunks: Iterator[bytes], writer: PartWriter, checkpoint: Callable[[], None],
-          report: Callable[[int], None]) -> dict[str, Any]:
-    """Stream ``chunks`` into ``writer``; hashing, compressing and writing run on a second thread.
+def _copy(chunks: Iterator[Any], writer: PartWriter, checkpoint: Callable[[], None],
+          report: Callable[[int], None], pool: BufferPool | None = None) -> dict[str, Any]:
+    """Stream ``chunks`` into ``writer`` (not fsynced: see ``finish(durable=False)``).
 
-    The two sides overlap (hashlib, zlib, zstd and file writes release the GIL), and the
-    queue between them holds at most ``_QUEUED`` chunks, so memory stays flat.
+    Three threads overlap: this one reads the engine's socket, a second writes (or
+    compresses) each piece and a third hashes it (hashlib, zlib, zstd and file writes release
+    the GIL). Pieces of ``pool`` go back to it once written and hashed, so memory stays flat.
     """
-    pipe: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
+    give = pool.give if pool is not None else (lambda _piece: None)
+    pipe: queue.Queue[Any] = queue.Queue(maxsize=pool.count if pool is not None else _QUEUED)
     failed: list[BaseException] = []
 
     def drain() -> None:
-        while (chunk := pipe.get()) is not None:
+        while (piece := pipe.get()) is not None:
             if failed:
-                continue  # keep taking chunks so the producer never blocks on a dead writer
+                give(piece)  # keep taking pieces so the producer never blocks on a dead writer
+                continue
             try:
-                writer.write(chunk)
-            except BaseException as exc:
+                writer.write(piece, done=lambda piece=piece: give(piece))
+            except BaseException as exc:  # write gave the piece back
                 failed.append(exc)
 
     thread = threading.Thread(target=drain, daemon=True, name="backup-part-writer")
     thread.start()
     try:
         next_check = time.monotonic() + 1
-        for chunk in chunks:
+        for piece in chunks:
             if failed:
+                give(piece)
                 break
-            pipe.put(chunk)
+            pipe.put(piece)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1
                 checkpoint()
@@ -328,7 +231,7 @@ def _copy(chunks: Iterator[bytes], writer: PartWriter, checkpoint: Callable[[], 
         if close:
             close()
         raise failed[0]
-    return writer.finish()
+    return writer.finish(durable=False)
 
 
 def _anonymous(name: str) -> bool:

@@ -21,7 +21,7 @@ from app.backups.schedules import CronExpression, apply_retention, due_minutes, 
 from app.backups.storage import LocalBackupStorage
 from app.core.errors import InvalidInputError, NotFoundError
 from app.core.ids import new_id
-from app.engine.backups import StallWatchdog, _dechunk
+from app.engine.streaming import StallWatchdog, _dechunk
 from schemas.backups import BackupSpecSchema, RestoreSpecSchema, ScheduleSpecSchema
 
 
