@@ -211,15 +211,23 @@ def redis_client():
 
 
 def forget_jobs(job_ids: Iterable[str]) -> int:
-    """Delete job records (hash, event stream, index entry) that a benchmark created."""
+    """Delete job records (hash, event stream, index entries) that a benchmark created.
+
+    A record lives under its host's prefix (``app.jobs.records.job_key``), found through
+    the host index the job script writes.
+    """
+    from app.jobs.records import _INDEX, HOST_INDEX, events_key, job_key
+
     ids = list(job_ids)
     client = redis_client()
     for start in range(0, len(ids), 1000):
         chunk = ids[start:start + 1000]
+        hosts = client.hmget(HOST_INDEX, chunk)
         pipe = client.pipeline(transaction=False)
-        for job_id in chunk:
-            pipe.delete(f"dy:job:{job_id}", f"dy:job:{job_id}:events")
-        pipe.zrem("dy:jobs", *chunk)
+        for job_id, host in zip(chunk, hosts, strict=True):
+            pipe.delete(job_key(job_id, host or None), events_key(job_id, host or None))
+        pipe.zrem(_INDEX, *chunk)
+        pipe.hdel(HOST_INDEX, *chunk)
         pipe.execute()
     return len(ids)
 

@@ -175,14 +175,10 @@ class Sink:
             self.redis.hdel("dy:hosts", SINK)
             self.redis.hdel("dy:hosts:status", SINK)
         # Belt and braces: any record of the sink host not found through the queue.
-        stray = []
-        ids = self.redis.zrange("dy:jobs", 0, -1)
-        for start in range(0, len(ids), 2000):
-            chunk = ids[start:start + 2000]
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id in chunk:
-                pipe.hget(f"dy:job:{job_id}", "host")
-            stray += [j for j, host in zip(chunk, pipe.execute(), strict=True) if host == SINK]
+        from app.jobs.records import HOST_INDEX
+
+        stray = [job_id for job_id, host in self.redis.hscan_iter(HOST_INDEX, count=5000)
+                 if host == SINK]
         if stray:
             forget_jobs(stray)
             print(f"removed {len(stray)} stray {SINK} job record(s)", file=sys.stderr)
