@@ -34,6 +34,14 @@ worker_class = "gthread"
 # two, so one worker's restart never leaves the API without a process answering.
 workers = _env_int("DOCKYARD_API_WORKERS", max(2, _cores()))
 threads = _env_int("DOCKYARD_API_THREADS", 16)
+# SO_REUSEPORT: each worker listens on a socket of its own and the kernel spreads new
+# connections evenly over them. With one shared socket whichever worker wakes first accepts,
+# so a client's pool of keep-alive connections can land mostly on one process (56 of 64
+# seen), which then saturates its core while the other idles (docs/benchmarks.md). The
+# master then binds nothing itself: ``on_starting`` refuses an address somebody already
+# listens on, as a shared socket's bind would (two APIs must not split one port unnoticed),
+# and keeps one shared socket for a unix socket (each worker would re-create the path).
+reuse_port = os.environ.get("DOCKYARD_API_REUSE_PORT", "1") == "1"
 # Long enough for ?wait=60 and streamed downloads; the gthread heartbeat is independent.
 timeout = 120
 # SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
@@ -157,3 +165,35 @@ def post_worker_init(worker):
     import gc
 
     gc.freeze()
+
+
+
+def on_starting(server):
+    """With ``reuse_port``: a unix socket shared as before, a taken address refused (above)."""
+    if not server.cfg.reuse_port:
+        return
+    addresses = server.cfg.bind
+    if any(not _is_tcp(address) for address in addresses):
+        server.cfg.set("reuse_port", False)
+        return
+    for address in addresses:
+        _refuse_taken(address)
+
+
+def _is_tcp(address: str) -> bool:
+    return not address.startswith(("unix:", "fd://")) and ":" in address
+
+
+def _refuse_taken(address: str) -> None:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (only probed, then closed)
+    for family, kind, proto, _name, sockaddr in socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                raise RuntimeError(f"cannot listen on {address}: {exc.strerror}") from None
