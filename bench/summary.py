@@ -14,8 +14,8 @@ from pathlib import Path
 from bench.common import ROOT, machine_summary, table
 from bench.figures import Figure, load
 
-ORDER = ("provision", "submit_rate", "submit_cpu", "submit_p99", "list", "backup", "backup_fsync",
-         "backup_rss", "pss")
+ORDER = ("provision", "provision_no_bind", "submit_rate", "submit_cpu", "submit_p99", "list",
+         "backup", "backup_fsync", "backup_rss", "pss")
 BEGIN = "<!-- make-bench:begin (written by bench/summary.py; edit outside the markers) -->"
 END = "<!-- make-bench:end -->"
 

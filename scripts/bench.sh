@@ -70,6 +70,10 @@ for bench in "${benches[@]}"; do
   esac
   log "running bench/$bench.py ${args[*]}"
   "$VENV/bin/python" -m "bench.$bench" ${args[@]+"${args[@]}"} | tee -a "$out" || status=1
+  if [ "$bench" = provision ]; then  # the same without a bind mount: the bind check's share
+    log "running bench/provision.py ${args[*]} --no-bind"
+    "$VENV/bin/python" -m bench.provision "${args[@]}" --no-bind | tee -a "$out" || status=1
+  fi
 done
 machine_load "after" >> "$notes"
 summary=(--figures "$DOCKYARD_BENCH_FIGURES" --notes "$notes" --output "$out"
