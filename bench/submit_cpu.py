@@ -52,6 +52,25 @@ class _Reply:
         self.text = response.get_data(as_text=True)
 
 
+def in_process_sink() -> tuple[Any, _TestHttp, Sink]:
+    """The API's Flask app in this process (its test client), an admin's requests to it and
+    bench/submit.py's sink host, set up; the caller tears the sink down."""
+    import logging
+
+    logging.disable(logging.INFO)  # gunicorn runs the app at INFO: no per-request line either
+    from app.factory import create_app
+    from app.runtime import runtime
+
+    token = runtime().settings.admin_token
+    if not token:
+        sys.exit("DOCKYARD_ADMIN_TOKEN (or _FILE) must be set: source .state/run/env")
+    client = create_app().test_client()
+    http = _TestHttp(client, token)
+    sink = Sink(http, "")
+    sink.setup()
+    return client, http, sink
+
+
 def _cpu_ms_per_call(call: Any, count: int, rounds: int) -> list[float]:
     """CPU ms per call, one figure per round of ``count`` calls."""
     figures = []
@@ -143,29 +162,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    import logging
-
-    logging.disable(logging.INFO)  # gunicorn runs the app at INFO: no per-request line either
-    from app.factory import create_app
     from app.jobs.dispatch import submit_job
     from app.runtime import runtime
 
-    settings = runtime().settings
-    token = settings.admin_token
-    if not token:
-        sys.exit("DOCKYARD_ADMIN_TOKEN (or _FILE) must be set: source .state/run/env")
-    app = create_app()
-    client = app.test_client()
-    http = _TestHttp(client, token)
-    sink = Sink(http, "")
-    sink.setup()
+    client, http, sink = in_process_sink()
+    app = client.application
     try:
         url = f"/api/v1/hosts/{SINK}/containers/x/start"
         first = client.post(url, headers=http.headers)
         if first.status_code != 202:
             sys.exit(f"a submission was answered {first.status_code}: {first.get_data()[:300]!r}")
         host_record = runtime().hosts.get(SINK)
-        principal = runtime().tokens.authenticate(f"Bearer {token}")
+        principal = runtime().tokens.authenticate(http.headers["Authorization"])
 
         def request() -> None:
             response = client.post(url, headers=http.headers)

@@ -15,8 +15,8 @@ from typing import Any
 
 import redis.connection
 
-from bench.submit import SINK, Sink
-from bench.submit_cpu import _TestHttp
+from bench.submit import SINK
+from bench.submit_cpu import in_process_sink
 
 # (label, method, path under the sink host, JSON body)
 ROUTES = [
@@ -31,20 +31,7 @@ ROUTES = [
 
 
 def main() -> int:
-    import logging
-
-    logging.disable(logging.INFO)
-    from app.factory import create_app
-    from app.runtime import runtime
-
-    token = runtime().settings.admin_token
-    if not token:
-        sys.exit("DOCKYARD_ADMIN_TOKEN (or _FILE) must be set: source .state/run/env")
-    app = create_app()
-    client = app.test_client()
-    http = _TestHttp(client, token)
-    sink = Sink(http, "")
-    sink.setup()
+    client, http, sink = in_process_sink()
     sent: list[list[str]] = []
     original = redis.connection.AbstractConnection.send_packed_command
 
