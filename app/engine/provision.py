@@ -132,8 +132,8 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     Engine calls for a fresh named container: create (its 409 is the name check, its 404
     the image check of pull ``missing`` and ``never``: pulled then, and created again), the
     inspect the guard judges, start, the wait's inspects (the last one is the result); a
-    bind mount's check adds a helper's create and a path stat per component, the helper's
-    removal running meanwhile in a thread joined before this returns.
+    bind mount's check adds a path stat per component below its root (asked of the kept
+    bind-check helper, ``guard.resolve_binds``; its lookup or create once per process).
 
     Raises:
         ConflictError: the name is taken and ``replace`` is false.
@@ -163,38 +163,32 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     if pull == "always" or spec.get("replace"):
         step("pulling image" if pull != "never" else "checking image", 0)
         ensure_image(client, spec["image"], pull, credentials(), progress)
-    cleanup = guard.Cleanup()
     try:
-        try:
-            container_id, displaced = _create(client, spec, job_id, caller, policy, cleanup,
-                                              step, checkpoint)
-        except docker.errors.ImageNotFound:
-            if pull == "never":
-                raise NotFoundError(f"image '{spec['image']}' is not on the host and pull "
-                                    "is 'never'") from None
-            if pull != "missing":
-                raise
-            step("pulling image", 0)
-            pull_image(client, spec["image"], credentials(), progress)
-            container_id, displaced = _create(client, spec, job_id, caller, policy, cleanup,
-                                              step, checkpoint)
-        try:
-            guard.check_created(client, container_id, spec, caller, policy)
-            result = _finish(client, container_id, spec, adopted=False, step=step,
-                             checkpoint=checkpoint)
-        except BaseException:
-            _discard(client, container_id)
-            _restore(client, displaced, spec.get("name"))
+        container_id, displaced = _create(client, spec, job_id, caller, policy, step, checkpoint)
+    except docker.errors.ImageNotFound:
+        if pull == "never":
+            raise NotFoundError(f"image '{spec['image']}' is not on the host and pull "
+                                "is 'never'") from None
+        if pull != "missing":
             raise
-        if displaced:
-            _discard(client, displaced["id"])
-        return result
-    finally:
-        cleanup.wait()
+        step("pulling image", 0)
+        pull_image(client, spec["image"], credentials(), progress)
+        container_id, displaced = _create(client, spec, job_id, caller, policy, step, checkpoint)
+    try:
+        guard.check_created(client, container_id, spec, caller, policy)
+        result = _finish(client, container_id, spec, adopted=False, step=step,
+                         checkpoint=checkpoint)
+    except BaseException:
+        _discard(client, container_id)
+        _restore(client, displaced, spec.get("name"))
+        raise
+    if displaced:
+        _discard(client, displaced["id"])
+    return result
 
 
 def _create(client: docker.DockerClient, spec: dict[str, Any], job_id: str, caller: Principal,
-            policy: Policy, cleanup: guard.Cleanup, step: Callable[[str, int], None],
+            policy: Policy, step: Callable[[str, int], None],
             checkpoint: Callable[[], None]) -> tuple[str, dict[str, Any] | None]:
     """Judge what the spec refers to, set aside the container it replaces, create.
 
@@ -204,7 +198,7 @@ def _create(client: docker.DockerClient, spec: dict[str, Any], job_id: str, call
         docker.errors.ImageNotFound: the image is not on the host (nothing was changed).
         ConflictError: the name is taken and ``replace`` is false.
     """
-    guard.check_references(client, spec, caller, policy, cleanup)
+    guard.check_references(client, spec, caller, policy)
     step("creating container", 1)
     checkpoint()
     displaced = _displace(client, spec, job_id, caller, policy)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 
+import docker
 import pytest
 import requests
 
+from app.engine import guard
+from app.security.policy import Policy
 from tests.integration.helpers import (
     BUSYBOX,
     containers_of_job,
@@ -30,9 +34,27 @@ def www(bind_root, unique):
 
 def bind_check_helpers(engine, root):
     """The bind check's helper containers that mount ``root`` (the engine's list alone)."""
-    return [row["Id"] for row in engine.api.containers(
+    return [row for row in engine.api.containers(
         all=True, filters={"label": "dockyard.helper=bind-check"})
-        if any(m.get("Source") == str(root) for m in row.get("Mounts") or [])]
+        if any(m.get("Source") == str(root) for m in row.get("Mounts") or [])
+        and "dockyard.managed" not in (row.get("Labels") or {})]
+
+
+def assert_one_kept_helper(engine, root):
+    """The bind check leaves one helper per root, kept between provisions: never started,
+    of its own empty image (so it holds no image a user may remove), out of every token's
+    reach, mounting the root read-only and nothing else."""
+    helpers = bind_check_helpers(engine, root)
+    assert len(helpers) == 1, helpers
+    helper = engine.api.inspect_container(helpers[0]["Id"])
+    assert helper["State"]["Status"] == "created" and helper["State"]["StartedAt"].startswith("0001")
+    assert helper["Config"]["Image"] == guard.HELPER_IMAGE
+    assert engine.api.inspect_image(guard.HELPER_IMAGE)["Size"] == 0
+    assert helper["Config"]["Labels"]["dockyard.system"] == "true"
+    assert "dockyard.managed" not in helper["Config"]["Labels"]
+    assert [(m["Type"], m["Source"], m["Destination"], m["RW"]) for m in helper["Mounts"]] \
+        == [("bind", str(root), str(root), False)]
+    return helper
 
 
 def provision(api, spec, wait=60, host="local"):
@@ -48,8 +70,7 @@ def test_provision_maps_ports_and_mounts_read_only(operator, engine, www, bind_r
     job = provision(operator, httpd_spec(unique, port, str(www), env={"MODE": "prod"},
                                          labels={"team": "a"}))
     assert job["state"] == "succeeded", job
-    # The bind check's helper is removed alongside the create, and gone when the job ends.
-    assert bind_check_helpers(engine, bind_root) == []
+    assert_one_kept_helper(engine, bind_root)
     result = job["result"]
     assert result["name"] == unique and result["state"] == "running"
     assert {"container_port": 8080, "protocol": "tcp", "host_ip": ANY_IPV4, "host_port": port} \
@@ -268,7 +289,54 @@ def test_symlink_escaping_a_bind_root_is_refused_by_the_worker(operator, engine,
     assert job["state"] == "failed"
     assert job["error"]["status"] == 403 and job["error"]["rule"] == "bind-roots"
     assert containers_of_job(engine, job["id"]) == []
-    assert bind_check_helpers(engine, bind_root) == []
+    assert len(bind_check_helpers(engine, bind_root)) <= 1
+
+
+def test_bind_check_refuses_a_symlink_after_its_helper_was_removed(engine, bind_root, unique):
+    """The kept helper removed behind the worker's back (a prune, an admin's rm): a path
+    stat of a gone container answers 404 like a missing path does, so the walk must not
+    read it as 'nothing there'. In process, so that the client that kept the old helper is
+    the one asked again."""
+    policy = Policy(bind_roots=(str(bind_root),))
+    (bind_root / unique).mkdir()
+    link = bind_root / unique / "etc"
+    assert guard.resolve_binds(engine, [str(bind_root / unique)], policy) == []
+    kept = assert_one_kept_helper(engine, bind_root)
+    link.symlink_to("/etc")
+    engine.api.remove_container(kept["Id"], force=True)
+    found = guard.resolve_binds(engine, [f"{link}/passwd"], policy)
+    assert [v.rule for v in found] == ["bind-roots"], found
+    assert "is a symlink to '/etc'" in found[0].detail
+    assert assert_one_kept_helper(engine, bind_root)["Id"] != kept["Id"]
+    # A missing path with a kept helper that is there: nothing to refuse (the engine's own
+    # create then says the source does not exist).
+    assert guard.resolve_binds(engine, [str(bind_root / unique / "missing")], policy) == []
+
+
+def test_bind_check_ignores_a_managed_container_that_looks_like_its_helper(
+        operator, engine, bind_root, unique, cleanup):
+    """A provisioned, never started container that mounts the root read-only at its own
+    path is not taken for the helper (it carries dockyard.managed, whatever its image's
+    labels say)."""
+    cleanup.append(unique)
+    lookalike = f"{unique}:lookalike"
+    engine.images.build(fileobj=io.BytesIO(
+        f"FROM {BUSYBOX}\nLABEL dockyard.system=true dockyard.helper=bind-check\n".encode()),
+        tag=lookalike, rm=True)
+    for helper in bind_check_helpers(engine, bind_root):
+        engine.api.remove_container(helper["Id"], force=True)
+    job = provision(operator, {"image": lookalike, "name": unique, "command": ["true"],
+                               "start": False, "labels": {"team": "a"},
+                               "volumes": [f"{bind_root}:{bind_root}:ro"]})
+    assert job["state"] == "succeeded", job
+    policy = Policy(bind_roots=(str(bind_root),))
+    (bind_root / unique).mkdir()
+    fresh = docker.DockerClient(base_url=os.environ["DOCKER_HOST"])
+    assert guard.resolve_binds(fresh, [str(bind_root / unique)], policy) == []
+    assert engine.api.inspect_container(unique)["Config"]["Labels"]["dockyard.system"] == "true"
+    assert assert_one_kept_helper(engine, bind_root)["Name"] != f"/{unique}"
+    engine.api.remove_container(unique, force=True)
+    engine.images.remove(lookalike)
 
 
 def test_worker_killed_mid_provision_ends_with_exactly_one_container(operator, engine, stack,
