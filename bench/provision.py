@@ -9,7 +9,7 @@ was timed; the removal is not timed.
     python -m bench.provision [--rounds 20] [--unnamed] [--no-bind]
 
 ``--no-bind`` leaves the bind mount out (httpd serves / instead): what the API costs
-without the worker's walk of a bind source (``app.engine.guard.resolve_binds``), for
+without the worker's walk of a bind source (``app.engine.bind_check.resolve_binds``), for
 telling that check's share of the ratio; its figure is recorded apart, not as the target.
 """
 

@@ -133,7 +133,7 @@ def provision_container(client: docker.DockerClient, spec: dict[str, Any], job_i
     the image check of pull ``missing`` and ``never``: pulled then, and created again), the
     inspect the guard judges, start, the wait's inspects (the last one is the result); a
     bind mount's check adds a path stat per component below its root (asked of the kept
-    bind-check helper, ``guard.resolve_binds``; its lookup or create once per process).
+    bind-check helper, ``bind_check.resolve_binds``; its lookup or create once per process).
 
     Raises:
         ConflictError: the name is taken and ``replace`` is false.

@@ -11,7 +11,7 @@ import docker
 import pytest
 import requests
 
-from app.engine import guard
+from app.engine import bind_check
 from app.security.policy import Policy
 from tests.integration.helpers import (
     BUSYBOX,
@@ -48,8 +48,8 @@ def assert_one_kept_helper(engine, root):
     assert len(helpers) == 1, helpers
     helper = engine.api.inspect_container(helpers[0]["Id"])
     assert helper["State"]["Status"] == "created" and helper["State"]["StartedAt"].startswith("0001")
-    assert helper["Config"]["Image"] == guard.HELPER_IMAGE
-    assert engine.api.inspect_image(guard.HELPER_IMAGE)["Size"] == 0
+    assert helper["Config"]["Image"] == bind_check.HELPER_IMAGE
+    assert engine.api.inspect_image(bind_check.HELPER_IMAGE)["Size"] == 0
     assert helper["Config"]["Labels"]["dockyard.system"] == "true"
     assert "dockyard.managed" not in helper["Config"]["Labels"]
     assert [(m["Type"], m["Source"], m["Destination"], m["RW"]) for m in helper["Mounts"]] \
@@ -300,17 +300,17 @@ def test_bind_check_refuses_a_symlink_after_its_helper_was_removed(engine, bind_
     policy = Policy(bind_roots=(str(bind_root),))
     (bind_root / unique).mkdir()
     link = bind_root / unique / "etc"
-    assert guard.resolve_binds(engine, [str(bind_root / unique)], policy) == []
+    assert bind_check.resolve_binds(engine, [str(bind_root / unique)], policy) == []
     kept = assert_one_kept_helper(engine, bind_root)
     link.symlink_to("/etc")
     engine.api.remove_container(kept["Id"], force=True)
-    found = guard.resolve_binds(engine, [f"{link}/passwd"], policy)
+    found = bind_check.resolve_binds(engine, [f"{link}/passwd"], policy)
     assert [v.rule for v in found] == ["bind-roots"], found
     assert "is a symlink to '/etc'" in found[0].detail
     assert assert_one_kept_helper(engine, bind_root)["Id"] != kept["Id"]
     # A missing path with a kept helper that is there: nothing to refuse (the engine's own
     # create then says the source does not exist).
-    assert guard.resolve_binds(engine, [str(bind_root / unique / "missing")], policy) == []
+    assert bind_check.resolve_binds(engine, [str(bind_root / unique / "missing")], policy) == []
 
 
 def test_bind_check_ignores_a_managed_container_that_looks_like_its_helper(
@@ -332,7 +332,7 @@ def test_bind_check_ignores_a_managed_container_that_looks_like_its_helper(
     policy = Policy(bind_roots=(str(bind_root),))
     (bind_root / unique).mkdir()
     fresh = docker.DockerClient(base_url=os.environ["DOCKER_HOST"])
-    assert guard.resolve_binds(fresh, [str(bind_root / unique)], policy) == []
+    assert bind_check.resolve_binds(fresh, [str(bind_root / unique)], policy) == []
     assert engine.api.inspect_container(unique)["Config"]["Labels"]["dockyard.system"] == "true"
     assert assert_one_kept_helper(engine, bind_root)["Name"] != f"/{unique}"
     engine.api.remove_container(unique, force=True)
