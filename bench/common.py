@@ -25,7 +25,9 @@ API_URL = os.environ.get("DOCKYARD_BENCH_API", "http://127.0.0.1:8000")
 TEST_IMAGE = os.environ.get("DOCKYARD_BENCH_IMAGE", "dockyard-test/busybox:latest")
 # Not under dockyard.*: those labels are reserved for Dockyard itself (policy rule reserved-labels).
 BENCH_LABEL = "bench.dockyard"
-PYTEST_PATTERN = "bin/pytest"
+# A regex that matches "bin/pytest" but not its own text: two pgreps running at once (the
+# overlap monitor's thread and a direct check) would otherwise each find the other.
+PYTEST_PATTERN = "[b]in/pytest"
 
 
 def admin_token() -> str:

@@ -52,7 +52,7 @@ machine_load() {  # what else is running: load average and the busiest processes
   echo "== $1 ($(date -u '+%Y-%m-%d %H:%M:%S') UTC)"
   uptime
   top -bn1 -w 160 | sed -n '7,15p' | cut -c1-120
-  echo "pytest runs: $(pgrep -fc 'bin/pytest' || true)"
+  echo "pytest runs: $(pgrep -fc '[b]in/pytest' || true)"
 }
 
 cd "$ROOT"

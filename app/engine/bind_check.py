@@ -20,6 +20,7 @@ from typing import Any
 import docker
 from docker.types import Mount
 
+from app.core.errors import EngineError
 from app.security.policy import MANAGED_LABEL, SYSTEM_LABEL, Policy, Violation
 
 HELPER_LABEL = "dockyard.helper"
@@ -85,11 +86,13 @@ class _BindHelper:
     (``HELPER_IMAGE``, imported once), that mounts each root read-only at its own path and
     carries ``dockyard.helper=bind-check`` and ``dockyard.system=true`` (so no token may
     exec, archive, commit, back up, update or remove it through Dockyard). Keeping it saves a
-    create per provision; its image is its own, so it holds no image a user may want to
-    remove. Each path stat is live (the engine mounts the roots for every request), so a
-    kept helper answers what the path is now. One is found again by its labels and mounts
-    (a container a provision made always carries ``dockyard.managed`` and never matches),
-    kept per engine client in the process, and made again if it was removed.
+    create per provision. Its image is its own: it holds no image a user may want to
+    remove, and no VOLUME of a user's image is mounted over the paths it stats (a helper
+    is used only if the roots are its only mounts). Each path stat is live (the engine
+    mounts the roots for every request), so a kept helper answers what the path is now.
+    One is found again by its labels and mounts (a container a provision made always
+    carries ``dockyard.managed`` and never matches), kept per engine client in the
+    process, and made again if it was removed.
     """
 
     def __init__(self, client: docker.DockerClient, roots: tuple[str, ...]) -> None:
@@ -119,16 +122,36 @@ class _BindHelper:
             "label": [f"{HELPER_LABEL}=bind-check", f"{SYSTEM_LABEL}=true"],
             "status": ["created"]})
         for row in rows:
-            labels = row.get("Labels") or {}
-            mounts = sorted((m.get("Type"), m.get("Source"), m.get("Destination"), m.get("RW"))
-                            for m in row.get("Mounts") or [])
-            if MANAGED_LABEL not in labels and \
-                    mounts == [("bind", root, root, False) for root in self.roots]:
+            if MANAGED_LABEL not in (row.get("Labels") or {}) and self._only_roots(row):
                 return row["Id"]
         return None
 
+    def _only_roots(self, container: dict[str, Any]) -> bool:
+        """Whether ``container`` (a listing row or an inspect) mounts each root read-only at
+        its own path and nothing else: a volume an image declares below a root would hide
+        what the root holds there from the walk."""
+        mounts = sorted((m.get("Type"), m.get("Source"), m.get("Destination"), m.get("RW"))
+                        for m in container.get("Mounts") or [])
+        return mounts == [("bind", root, root, False) for root in self.roots]
+
     def _create(self) -> str | None:
-        """Create the helper, importing its image first if the engine lacks it."""
+        """Create the helper, importing its image if the engine lacks it, or again if what
+        the tag names now (someone tagged another image so) gives the helper other mounts
+        than the roots.
+
+        Raises:
+            EngineError: the helper still has other mounts (none is left behind).
+        """
+        for _ in range(2):
+            helper = self._create_once()
+            if helper is None or self._only_roots(self.client.api.inspect_container(helper)):
+                return helper
+            self.forget(helper)
+            _import_helper_image(self.client)
+        raise EngineError(f"the bind-check helper made from '{HELPER_IMAGE}' mounts more than "
+                          f"the bind roots; no bind source can be checked on this engine")
+
+    def _create_once(self) -> str | None:
         api = self.client.api
         mounts = [Mount(target=root, source=root, type="bind", read_only=True)
                   for root in self.roots]

@@ -313,16 +313,66 @@ def test_bind_check_refuses_a_symlink_after_its_helper_was_removed(engine, bind_
     assert bind_check.resolve_binds(engine, [str(bind_root / unique / "missing")], policy) == []
 
 
+def build_image(engine, tag, *instructions):
+    dockerfile = "\n".join([f"FROM {BUSYBOX}", *instructions]) + "\n"
+    engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    return tag
+
+
+def test_a_volume_the_image_declares_does_not_hide_a_symlink_from_the_bind_check(
+        operator, engine, bind_root, unique):
+    """An image declaring a VOLUME over the folder that holds a planted symlink: a helper
+    made of the provision's own image (as before the kept helper) had that empty volume
+    mounted over the folder, the stat of the link answered 404 ("missing", no verdict),
+    and the start mounted the host's /etc at /x (seen on f521b8e: the container read the
+    host's /etc/hostname)."""
+    (bind_root / unique).mkdir()
+    link = bind_root / unique / "link"
+    link.symlink_to("/etc")
+    image = build_image(engine, f"{unique}:shadow", f"VOLUME {bind_root / unique}")
+    try:
+        job = provision(operator, {"image": image, "name": unique, "command": ["sleep", "300"],
+                                   "volumes": [f"{link}:/x:ro"]})
+        assert job["state"] == "failed", job
+        assert job["error"]["status"] == 403 and job["error"]["rule"] == "bind-roots"
+        assert "is a symlink to '/etc'" in job["error"]["detail"]
+        assert containers_of_job(engine, job["id"]) == []
+        assert_one_kept_helper(engine, bind_root)
+    finally:
+        engine.images.remove(image, force=True)
+
+
+def test_a_helper_image_tag_pointed_elsewhere_is_imported_again(engine, bind_root, unique):
+    """Someone tags an image with a VOLUME under the root as the helper's image: the helper
+    made from it has a mount besides the roots, so it is removed, the empty image imported
+    again under the tag, and the walk still sees the symlink."""
+    (bind_root / unique).mkdir()
+    link = bind_root / unique / "link"
+    link.symlink_to("/etc")
+    impostor = engine.api.inspect_image(
+        build_image(engine, bind_check.HELPER_IMAGE, f"VOLUME {bind_root / unique}"))["Id"]
+    try:
+        for helper in bind_check_helpers(engine, bind_root):
+            engine.api.remove_container(helper["Id"], force=True)
+        policy = Policy(bind_roots=(str(bind_root),))
+        fresh = docker.DockerClient(base_url=os.environ["DOCKER_HOST"])
+        found = bind_check.resolve_binds(fresh, [str(link)], policy)
+        assert [v.rule for v in found] == ["bind-roots"], found
+        assert_one_kept_helper(engine, bind_root)
+        assert engine.api.inspect_image(bind_check.HELPER_IMAGE)["Id"] != impostor
+        assert engine.api.inspect_image(bind_check.HELPER_IMAGE)["Config"].get("Volumes") is None
+    finally:
+        engine.images.remove(impostor, force=True)
+
+
 def test_bind_check_ignores_a_managed_container_that_looks_like_its_helper(
         operator, engine, bind_root, unique, cleanup):
     """A provisioned, never started container that mounts the root read-only at its own
     path is not taken for the helper (it carries dockyard.managed, whatever its image's
     labels say)."""
     cleanup.append(unique)
-    lookalike = f"{unique}:lookalike"
-    engine.images.build(fileobj=io.BytesIO(
-        f"FROM {BUSYBOX}\nLABEL dockyard.system=true dockyard.helper=bind-check\n".encode()),
-        tag=lookalike, rm=True)
+    lookalike = build_image(engine, f"{unique}:lookalike",
+                            "LABEL dockyard.system=true dockyard.helper=bind-check")
     for helper in bind_check_helpers(engine, bind_root):
         engine.api.remove_container(helper["Id"], force=True)
     job = provision(operator, {"image": lookalike, "name": unique, "command": ["true"],
