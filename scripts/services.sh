@@ -121,10 +121,21 @@ build_test_image() {
   log "docker: built dockyard-test/busybox:latest"
 }
 
+admin_token_file() {  # the bootstrap admin token, kept whole (dy_…) in .state/admin-token
+  local token
+  token=$(secret_file admin-token)
+  case "$token" in
+    dy_*) ;;
+    *) token="dy_$token"  # a file written before the token was kept whole
+       (umask 077; printf '%s' "$token" > "$STATE_DIR/admin-token") ;;
+  esac
+  printf '%s' "$token"
+}
+
 write_env() {
   local secret token
   secret=${DOCKYARD_SECRET_KEY:-$(secret_file secret-key)}
-  token=${DOCKYARD_ADMIN_TOKEN:-dy_$(secret_file admin-token)}
+  token=${DOCKYARD_ADMIN_TOKEN:-$(admin_token_file)}
   (umask 077; cat > "$RUN_DIR/env" <<ENV
 export DOCKYARD_STATE_DIR="$STATE_DIR"
 export DOCKYARD_REDIS_URL="${DOCKYARD_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
