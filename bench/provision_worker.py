@@ -118,6 +118,7 @@ def main() -> int:
 
     from app.core.store import get_redis
     from app.core.task_names import CONTAINERS_PROVISION
+    from app.engine import bind_check
     from app.runtime import runtime
     from app.security.auth import Principal
     from schemas.containers import ProvisionSpecSchema
@@ -201,6 +202,7 @@ def main() -> int:
             with contextlib.suppress(docker.errors.NotFound):
                 sdk.api.remove_container(row["Id"], force=True)
         get_redis().flushdb()
+        bind_check.remove_helpers(sdk, str(root))
         for path in sorted(root.rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         root.rmdir()

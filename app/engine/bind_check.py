@@ -75,6 +75,18 @@ def resolve_binds(client: docker.DockerClient, sources: list[str],
     return []  # not reached: the second pass returns or raises
 
 
+def remove_helpers(client: docker.DockerClient, root: str) -> int:
+    """Remove the kept helpers that mount ``root``, a root given up (a test's or a
+    benchmark's own); answers how many went. A helper still needed is made again."""
+    removed = 0
+    for row in client.api.containers(all=True, filters={"label": f"{HELPER_LABEL}=bind-check"}):
+        if any(m.get("Source") == root for m in row.get("Mounts") or []):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(row["Id"], force=True)
+                removed += 1
+    return removed
+
+
 class _HelperGoneError(Exception):
     """The bind-check helper was removed while a walk asked it."""
 

@@ -20,6 +20,7 @@ import redis
 import requests
 
 from app.core.config import Settings, secret_from_env
+from app.engine import bind_check
 from tests.integration.helpers import REGISTRY_PASSWORD, REGISTRY_USER, free_port
 from tests.support.stack import ROOT, Stack
 
@@ -56,10 +57,13 @@ def state_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def bind_root(state_dir: Path) -> Path:
+def bind_root(state_dir: Path) -> Iterator[Path]:
     root = state_dir / "binds"
     root.mkdir()
-    return root
+    yield root
+    # The bind check keeps a helper per engine and set of roots; this root ends with the run.
+    if "DOCKER_HOST" in os.environ:
+        bind_check.remove_helpers(docker.DockerClient(base_url=os.environ["DOCKER_HOST"]), str(root))
 
 
 @pytest.fixture(scope="session")
