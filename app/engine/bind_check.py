@@ -56,23 +56,27 @@ def resolve_binds(client: docker.DockerClient, sources: list[str],
         return []  # the roots themselves: nothing below them to walk
     roots = tuple(sorted({policy.root_of(s) for s in sources} - {None}))
     helpers = _BindHelper(client, roots)
-    for fresh in (False, True):
-        helper = helpers.get(fresh=fresh)
-        if helper is None:
-            return []  # a root that does not exist: the create fails with the engine's answer
-        try:
-            for source in sources:
-                found = _walk(client, helper, source, policy.root_of(source) or "/")
-                if found:
-                    return found
-            return []
-        except (_HelperGoneError, docker.errors.APIError):
-            if fresh:
-                raise
-            # Removed meanwhile (a prune), or its mount fails (the root was replaced): the
-            # walk starts over on a new helper.
-            helpers.forget(helper)
-    return []  # not reached: the second pass returns or raises
+    helper = helpers.get()
+    try:
+        return _walk_all(client, helper, sources, policy)
+    except (_HelperGoneError, docker.errors.APIError):
+        # Removed meanwhile (a prune), or its mount fails (the root was replaced): once more,
+        # on a new helper; a second failure is the job's.
+        helpers.forget(helper)
+    return _walk_all(client, helpers.get(fresh=True), sources, policy)
+
+
+def _walk_all(client: docker.DockerClient, helper: str | None, sources: list[str],
+              policy: Policy) -> list[Violation]:
+    """The first source's violations found by ``_walk``; none if there is no helper (a root
+    that does not exist: the create then fails with the engine's answer)."""
+    if helper is None:
+        return []
+    for source in sources:
+        found = _walk(client, helper, source, policy.root_of(source) or "/")
+        if found:
+            return found
+    return []
 
 
 def remove_helpers(client: docker.DockerClient, root: str) -> int:

@@ -50,3 +50,20 @@ def job_keys(client, job_id: str) -> tuple[str, str]:
 
     host = client.hget(HOST_INDEX, job_id)
     return job_key(job_id, host), events_key(job_id, host)
+
+
+def outcome(response) -> tuple[int, dict]:
+    """The status and problem of a request, whether refused at once or by its job."""
+    if response.status_code in (200, 202) and "state" in response.json():
+        job = response.json()
+        if job["state"] == "failed":
+            return job["error"]["status"], job["error"]
+        return 200, job
+    return response.status_code, response.json()
+
+
+def refused(response, rule: str, status: int = 403) -> dict:
+    got, problem = outcome(response)
+    assert got == status, problem
+    assert problem.get("rule") == rule, problem
+    return problem

@@ -18,28 +18,11 @@ import docker
 import pytest
 
 from tests.integration.conftest import Api
-from tests.integration.helpers import BUSYBOX
+from tests.integration.helpers import BUSYBOX, outcome, refused
 from tests.support.remote_engine import RemoteEngine, start_on_a_free_subnet
 
 LOCAL = "/hosts/local/containers"
 SLEEP = ["sleep", "300"]
-
-
-def outcome(response) -> tuple[int, dict]:
-    """The status and problem of a request, whether refused at once or by its job."""
-    if response.status_code in (200, 202) and "state" in response.json():
-        job = response.json()
-        if job["state"] == "failed":
-            return job["error"]["status"], job["error"]
-        return 200, job
-    return response.status_code, response.json()
-
-
-def refused(response, rule: str, status: int = 403) -> dict:
-    got, problem = outcome(response)
-    assert got == status, problem
-    assert problem.get("rule") == rule, problem
-    return problem
 
 
 def provision(api: Api, spec: dict, base: str = LOCAL):
