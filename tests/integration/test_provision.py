@@ -19,6 +19,7 @@ from tests.integration.helpers import (
     eventually,
     free_port,
     httpd_spec,
+    refused,
 )
 
 ANY_IPV4 = "0.0.0.0"  # noqa: S104 (what the engine reports for -p without an address)
@@ -317,6 +318,28 @@ def build_image(engine, tag, *instructions):
     dockerfile = "\n".join([f"FROM {BUSYBOX}", *instructions]) + "\n"
     engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
     return tag
+
+
+def test_the_kept_helper_is_out_of_every_tokens_reach(operator, admin, engine, www, bind_root,
+                                                     unique, cleanup):
+    """The helper mounts the whole bind root: no token may read it, run in it, commit, remove
+    or start it, and it is left as it was (never started, same id, same mounts)."""
+    cleanup.append(unique)
+    job = provision(operator, {"image": BUSYBOX, "name": unique, "command": ["sleep", "300"],
+                               "volumes": [f"{www}:/www:ro"]})
+    assert job["state"] == "succeeded", job
+    helper = assert_one_kept_helper(engine, bind_root)
+    ref = f"/hosts/local/containers/{helper['Id']}"
+    for api in (operator, admin):
+        refused(api.get(f"{ref}/archive", params={"path": str(www)}), "dockyard-system")
+        refused(api.post(f"{ref}/exec", json={"cmd": ["true"]}), "dockyard-system")
+        refused(api.post(f"{ref}/commit", params={"wait": 30},
+                         json={"repository": f"dyt/{unique}"}), "dockyard-system")
+        refused(api.delete(ref, params={"force": "true", "wait": 30}), "dockyard-system")
+    refused(operator.post(f"{ref}/start", params={"wait": 30}), "managed-only")
+    after = assert_one_kept_helper(engine, bind_root)
+    assert after["Id"] == helper["Id"] and after["Mounts"] == helper["Mounts"]
+    assert engine.images.list(name=f"dyt/{unique}") == []
 
 
 def test_a_volume_the_image_declares_does_not_hide_a_symlink_from_the_bind_check(
